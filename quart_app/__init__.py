@@ -1,0 +1,53 @@
+"""quart_app: trackable long-running jobs and live server push over Server-Sent Events."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from quart import Quart
+
+from . import errors, security, state
+from .config import default_config, validate
+from .secrets_store import load_or_create_secret
+
+__all__ = ["create_app"]
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("quart_app")
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Quart:
+    overrides = dict(config or {})
+    instance = overrides.get("INSTANCE_PATH") or os.environ.get("QUART_INSTANCE_PATH")
+    app = Quart(
+        __name__,
+        instance_path=str(Path(instance).resolve()) if instance else None,
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+    )
+    app.config.update(default_config())
+    app.config.from_prefixed_env()
+    app.config.update(overrides)
+    app.config.update(validate(app.config))
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = load_or_create_secret(Path(app.instance_path))
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    if not logging.getLogger().handlers and not log.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    errors.init_app(app)
+    security.init_app(app)
+    app_state = state.init_app(app)
+
+    from .blueprints import generator, ops, push
+
+    app.register_blueprint(generator.bp)
+    app.register_blueprint(push.bp)
+    app.register_blueprint(ops.bp)
+    push.init_app(app, app_state)
+    return app

@@ -1,0 +1,43 @@
+"""Request helpers shared by the blueprints."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quart import request
+
+from ..errors import APIError
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def client_address() -> str:
+    return request.remote_addr or "unknown"
+
+
+async def read_body(max_bytes: int | None = None) -> dict[str, Any]:
+    """A JSON object or a form, as a dict; 400/413/415 otherwise."""
+    length = request.content_length
+    if max_bytes is not None and length is not None and length > max_bytes:
+        raise APIError(413, f"the request body is larger than {max_bytes} bytes")
+    raw = await request.get_data(cache=True)
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise APIError(413, f"the request body is larger than {max_bytes} bytes")
+    mimetype = request.mimetype
+    if not raw and not mimetype:
+        return {}
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise APIError(400, "the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        return body
+    if mimetype in FORM_TYPES:
+        form = await request.form
+        return {key: form.get(key) for key in form}
+    if not raw:
+        return {}
+    raise APIError(415, "send JSON (application/json) or a form")

@@ -1,0 +1,115 @@
+"""Broadcast tasks that run only while someone listens: the ticker and the clock.
+
+Each :class:`Broadcast` owns one topic.  Its task starts with the first local
+subscriber and is cancelled when the last one leaves, so nothing runs while
+nobody listens and there is never a second task beside the first.  Ticks are
+scheduled on absolute times so the interval does not drift.
+
+Overflow policy: a broadcast subscriber that falls behind loses the oldest
+ticks (``Overflow.DROP_OLDEST`` over ``buffer`` ticks) instead of being
+disconnected: an old random number or clock reading is worth nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from .broker import Broker, BrokerUnavailable, Overflow
+
+log = logging.getLogger("quart_app.broadcast")
+
+
+def random_number() -> tuple[str, str | None]:
+    return json.dumps({"number": round(random.random() * 10, 3), "t": time.time()}), "newnumber"
+
+
+def local_time() -> tuple[str, str | None]:
+    return time.strftime("%Y-%m-%d %H:%M:%S"), None
+
+
+class Broadcast:
+    def __init__(
+        self,
+        broker: Broker,
+        topic: str,
+        make: Callable[[], tuple[str, str | None]],
+        *,
+        interval_s: float,
+        buffer: int,
+        backlog: int,
+    ) -> None:
+        self.broker = broker
+        self.topic = topic
+        self.make = make
+        self.interval_s = interval_s
+        self.buffer = buffer
+        self.backlog = backlog
+        self.listeners = 0
+        self.task: asyncio.Task[None] | None = None
+        self.started_total = 0
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        await self._stop()
+
+    def subscribe(self, after: int | None):  # -> async context manager of Subscription
+        return self.broker.subscribe(
+            self.topic,
+            after=after,
+            backlog=self.backlog,
+            max_lag=self.buffer,
+            overflow=Overflow.DROP_OLDEST,
+            maxlen=self.buffer,
+        )
+
+    def joined(self, _sub: object = None) -> None:
+        self.listeners += 1
+        if not self.running:
+            self.started_total += 1
+            self.task = asyncio.create_task(self._run(), name=f"broadcast-{self.topic}")
+
+    def left(self, _sub: object = None) -> None:
+        self.listeners -= 1
+        if self.listeners <= 0:
+            self.listeners = 0
+            if self.task is not None:
+                self.task.cancel()
+                self.task = None
+
+    async def _stop(self) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def tick(self) -> int:
+        data, event = self.make()
+        return await self.broker.publish(self.topic, data, event=event, maxlen=self.buffer)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            try:
+                await self.tick()
+            except BrokerUnavailable:
+                log.warning("broker unavailable: %s tick skipped", self.topic)
+            next_at += self.interval_s
+            now = loop.time()
+            if next_at < now:  # fell behind (a stalled loop): skip, don't burst
+                next_at = now + self.interval_s
+            await asyncio.sleep(next_at - now)

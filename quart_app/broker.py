@@ -1,0 +1,476 @@
+"""Topics with bounded history, cursor subscribers, and the Broker protocol.
+
+Every topic keeps an ordered history of messages numbered ``1, 2, 3, ...``
+(``seq``).  A message's SSE frame is encoded **once**, when the process first
+sees it, and every subscriber writes those same bytes.
+
+A subscriber is a *cursor* into its topic's history, not a private queue: a
+publish appends once and wakes the waiting subscribers, and each subscriber
+takes everything after its cursor in one write (coalescing; never reordered,
+merged or dropped).  Its "bounded queue" is therefore a bound on how far
+behind the newest message its cursor may fall, with one of two overflow
+policies, chosen per topic:
+
+* ``DISCONNECT`` (jobs, channels, chat): a live subscriber more than
+  ``max_lag`` messages behind is closed; the client resumes with
+  ``Last-Event-ID`` from the history.  A slow reader never slows the
+  publisher or the others and costs no memory of its own.
+* ``DROP_OLDEST`` (the ticker): a subscriber that falls behind skips to the
+  newest ``max_lag`` messages.
+
+The in-memory broker serves one process.  ``RedisBroker`` (``redis_broker``)
+feeds the same ``LocalTopic`` objects from Redis Streams, so subscribers and
+streams do not know which broker they run on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+from .sse import encode
+
+
+class Overflow(enum.Enum):
+    DISCONNECT = "disconnect"
+    DROP_OLDEST = "drop_oldest"
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker cannot accept the operation right now (e.g. Redis is down)."""
+
+
+class Message:
+    __slots__ = ("event", "frame", "seq")
+
+    def __init__(self, seq: int, frame: bytes, event: str | None) -> None:
+        self.seq = seq
+        self.frame = frame
+        self.event = event
+
+    def __repr__(self) -> str:
+        return f"Message(seq={self.seq}, event={self.event!r}, frame={self.frame[:40]!r}...)"
+
+
+def make_message(seq: int, data: str, event: str | None, sse_id: str | None) -> Message:
+    return Message(seq, encode(data, event=event, id=sse_id if sse_id is not None else str(seq)), event)
+
+
+class History:
+    """The last ``maxlen`` messages of a topic, addressable by seq in O(1)."""
+
+    __slots__ = ("_first", "_items", "maxlen")
+
+    def __init__(self, maxlen: int, first_seq: int = 1) -> None:
+        self.maxlen = maxlen
+        self._items: list[Message] = []
+        self._first = first_seq
+
+    @property
+    def first_seq(self) -> int:
+        return self._first
+
+    @property
+    def last_seq(self) -> int:
+        """The newest seq held or seen (``first_seq - 1`` when empty)."""
+        return self._first + len(self._items) - 1
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def append(self, message: Message) -> None:
+        if message.seq != self.last_seq + 1:
+            # A jump (another process trimmed or reset the topic): start over.
+            self._items.clear()
+            self._first = message.seq
+        self._items.append(message)
+        excess = len(self._items) - self.maxlen
+        # Trim in slices, not one element per append.
+        if excess > max(16, self.maxlen // 8):
+            del self._items[:excess]
+            self._first += excess
+
+    def since(self, after: int, max_count: int, max_bytes: int) -> list[Message]:
+        start = max(0, after + 1 - self._first)
+        chunk = self._items[start : start + max_count]
+        total = 0
+        for index, message in enumerate(chunk):
+            total += len(message.frame)
+            if total > max_bytes and index > 0:
+                return chunk[:index]
+        return chunk
+
+
+class Subscription:
+    """A cursor into a topic, consumed by one stream."""
+
+    __slots__ = (
+        "_waiter",
+        "backlog",
+        "closed",
+        "cursor",
+        "deadline",
+        "gap",
+        "heartbeat_due",
+        "kind",
+        "last_sent",
+        "live_from",
+        "max_lag",
+        "overflow",
+        "reason",
+        "task",
+        "topic",
+    )
+
+    def __init__(
+        self,
+        topic: LocalTopic,
+        cursor: int,
+        *,
+        max_lag: int | None,
+        overflow: Overflow,
+        backlog: Sequence[Message] = (),
+    ) -> None:
+        self.topic = topic
+        self.cursor = cursor
+        self.live_from = topic.history.last_seq
+        self.max_lag = max_lag
+        self.overflow = overflow
+        self.backlog: list[Message] = list(backlog)
+        self.gap: tuple[int, int] | None = None
+        self.closed = False
+        self.reason: str | None = None
+        self.heartbeat_due = False
+        self.kind = ""
+        self.last_sent = time.monotonic()
+        self.deadline = float("inf")
+        self.task: asyncio.Task[Any] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def pending(self) -> bool:
+        return bool(self.backlog) or self.topic.history.last_seq > self.cursor
+
+    def take(self, max_count: int = 4096, max_bytes: int = 256 * 1024) -> list[Message]:
+        """Everything after the cursor (bounded), advancing the cursor."""
+        if self.backlog:
+            chunk = self.backlog[:max_count]
+            del self.backlog[:max_count]
+            if chunk:
+                self.cursor = max(self.cursor, chunk[-1].seq)
+            return chunk
+        history = self.topic.history
+        if self.cursor >= history.last_seq:
+            return []
+        if self.overflow is Overflow.DROP_OLDEST and self.max_lag is not None:
+            self.cursor = max(self.cursor, history.last_seq - self.max_lag)
+        if self.cursor < history.first_seq - 1:
+            # Fell out of the history: the client must resume (and get a gap).
+            self.close("overflow")
+            return []
+        chunk = history.since(self.cursor, max_count, max_bytes)
+        if chunk:
+            self.cursor = chunk[-1].seq
+        return chunk
+
+    async def wait(self) -> None:
+        """Until there is something to take, a heartbeat is due, or it closed."""
+        if self.closed or self.heartbeat_due or self.pending():
+            return
+        if self.task is None:
+            self.task = asyncio.current_task()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.reason = reason
+        self.topic.subscribers.discard(self)
+        if self._waiter is not None:
+            self.wake()
+        elif reason == "overflow" and self.task is not None and not self.task.done():
+            # Stuck writing to a client that does not read: end its request.
+            self.task.cancel()
+
+
+class LocalTopic:
+    """A topic as this process sees it: history plus local subscribers."""
+
+    __slots__ = ("expires_at", "history", "name", "subscribers")
+
+    def __init__(self, name: str, maxlen: int, first_seq: int = 1) -> None:
+        self.name = name
+        self.history = History(maxlen, first_seq)
+        self.subscribers: set[Subscription] = set()
+        self.expires_at: float | None = None
+
+    def add(self, messages: Iterable[Message]) -> None:
+        for message in messages:
+            self.history.append(message)
+        self.notify()
+
+    def notify(self) -> None:
+        last = self.history.last_seq
+        overflowed: list[Subscription] = []
+        for sub in self.subscribers:
+            max_lag = sub.max_lag
+            if (
+                max_lag is not None
+                and sub.overflow is Overflow.DISCONNECT
+                and last - max(sub.cursor, sub.live_from) > max_lag
+            ):
+                overflowed.append(sub)
+            else:
+                waiter = sub._waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+        for sub in overflowed:
+            sub.close("overflow")
+
+    def attach(
+        self,
+        after: int | None,
+        *,
+        backlog: int,
+        max_lag: int | None,
+        overflow: Overflow,
+        replay: Sequence[Message] = (),
+    ) -> Subscription:
+        """Subscribe after seq ``after`` (None: live, preceded by the last ``backlog``).
+
+        ``replay`` holds messages older than the local history that the caller
+        fetched elsewhere (the Redis broker's catch-up read).
+        """
+        history = self.history
+        gap: tuple[int, int] | None = None
+        if after is None:
+            cursor = max(history.first_seq - 1, history.last_seq - backlog)
+        elif replay:
+            cursor = after
+        elif after > history.last_seq or after < history.first_seq - 1:
+            # Trimmed away, or from before a reset of the topic.
+            cursor = history.first_seq - 1
+            gap = (after, history.first_seq)
+        else:
+            cursor = after
+        sub = Subscription(self, cursor, max_lag=max_lag, overflow=overflow, backlog=replay)
+        sub.gap = gap
+        self.subscribers.add(sub)
+        return sub
+
+
+class Broker(Protocol):
+    """What the rest of the app needs from a broker; memory and Redis implement it."""
+
+    url: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def healthy(self) -> bool: ...
+
+    async def publish(
+        self,
+        topic: str,
+        data: str,
+        *,
+        event: str | None = None,
+        sse_id: str | None = None,
+        maxlen: int,
+    ) -> int: ...
+
+    async def publish_many(
+        self,
+        topic: str,
+        items: Sequence[tuple[str, str | None, str | None]],
+        *,
+        maxlen: int,
+    ) -> int: ...
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        after: int | None = None,
+        backlog: int = 0,
+        max_lag: int | None = None,
+        overflow: Overflow = Overflow.DISCONNECT,
+        maxlen: int,
+    ) -> Any:  # an async context manager yielding a Subscription
+        ...
+
+    async def last_seq(self, topic: str) -> int | None: ...
+
+    async def expire(self, topic: str, ttl_s: float) -> None: ...
+
+    async def set_state(self, key: str, state: dict[str, str], ttl_s: float | None) -> None: ...
+
+    async def get_state(self, key: str) -> dict[str, str] | None: ...
+
+    async def incr(self, name: str, amount: int = 1) -> int: ...
+
+    async def counters(self) -> dict[str, int]: ...
+
+    def local_subscribers(self) -> dict[str, int]: ...
+
+
+class MemoryBroker:
+    """One process, nothing to install.  Expiry is swept once a second."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._topics: dict[str, LocalTopic] = {}
+        self._state: dict[str, tuple[dict[str, str], float | None]] = {}
+        self._counters: dict[str, int] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="memory-broker-sweep")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+            self._sweeper = None
+        for topic in self._topics.values():
+            for sub in list(topic.subscribers):
+                sub.close("closed")
+
+    async def healthy(self) -> bool:
+        return True
+
+    def _topic(self, name: str, maxlen: int) -> LocalTopic:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = LocalTopic(name, maxlen)
+        return topic
+
+    async def publish(
+        self,
+        topic: str,
+        data: str,
+        *,
+        event: str | None = None,
+        sse_id: str | None = None,
+        maxlen: int,
+    ) -> int:
+        return await self.publish_many(topic, [(data, event, sse_id)], maxlen=maxlen)
+
+    async def publish_many(
+        self,
+        topic: str,
+        items: Sequence[tuple[str, str | None, str | None]],
+        *,
+        maxlen: int,
+    ) -> int:
+        local = self._topic(topic, maxlen)
+        local.expires_at = None
+        seq = local.history.last_seq
+        messages = []
+        for data, event, sse_id in items:
+            seq += 1
+            messages.append(make_message(seq, data, event, sse_id))
+        local.add(messages)
+        return seq
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        topic: str,
+        *,
+        after: int | None = None,
+        backlog: int = 0,
+        max_lag: int | None = None,
+        overflow: Overflow = Overflow.DISCONNECT,
+        maxlen: int,
+    ) -> AsyncIterator[Subscription]:
+        sub = self._topic(topic, maxlen).attach(
+            after, backlog=backlog, max_lag=max_lag, overflow=overflow
+        )
+        try:
+            yield sub
+        finally:
+            sub.close("unsubscribed")
+
+    async def last_seq(self, topic: str) -> int | None:
+        local = self._topics.get(topic)
+        return None if local is None else local.history.last_seq
+
+    async def expire(self, topic: str, ttl_s: float) -> None:
+        local = self._topics.get(topic)
+        if local is not None:
+            local.expires_at = time.monotonic() + ttl_s
+
+    async def set_state(self, key: str, state: dict[str, str], ttl_s: float | None) -> None:
+        expires = None if ttl_s is None else time.monotonic() + ttl_s
+        old = self._state.get(key)
+        merged = {**old[0], **state} if old is not None else dict(state)
+        self._state[key] = (merged, expires)
+
+    async def get_state(self, key: str) -> dict[str, str] | None:
+        entry = self._state.get(key)
+        if entry is None:
+            return None
+        state, expires = entry
+        if expires is not None and expires <= time.monotonic():
+            del self._state[key]
+            return None
+        return dict(state)
+
+    async def incr(self, name: str, amount: int = 1) -> int:
+        value = self._counters.get(name, 0) + amount
+        self._counters[name] = value
+        return value
+
+    async def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    def local_subscribers(self) -> dict[str, int]:
+        return {name: len(t.subscribers) for name, t in self._topics.items() if t.subscribers}
+
+    def topic_names(self) -> list[str]:
+        return list(self._topics)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.sweep(time.monotonic())
+
+    def sweep(self, now: float) -> None:
+        for name, topic in list(self._topics.items()):
+            if topic.expires_at is not None and topic.expires_at <= now:
+                for sub in list(topic.subscribers):
+                    sub.close("expired")
+                del self._topics[name]
+        for key, (_, expires) in list(self._state.items()):
+            if expires is not None and expires <= now:
+                del self._state[key]
+
+
+def create_broker(url: str) -> Broker:
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "memory":
+        return MemoryBroker(url)
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis_broker import RedisBroker
+
+        return RedisBroker(url)
+    raise ValueError(f"unsupported BROKER_URL scheme {scheme!r}: use memory:// or redis://")

@@ -1,0 +1,127 @@
+"""Configuration defaults, environment overrides (``QUART_*``) and validation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class Defaults:
+    # Secrets: never committed.  Without SECRET_KEY one is generated into the
+    # instance folder on first start (see ``quart_app.secrets``).
+    SECRET_KEY: str | None = None
+    PUBLISH_TOKEN: str | None = None
+
+    BROKER_URL = "memory://"
+    DATABASE_URL: str | None = None
+
+    # Sessions (SPEC §7).  Set SESSION_COOKIE_SECURE behind HTTPS.
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = False
+
+    # SSE framing and stream lifetime (SPEC §3).
+    SSE_RETRY_MS = 3000
+    SSE_HEARTBEAT_S = 15.0
+    SSE_MAX_AGE_S = 600.0
+    # How far (in events) a live subscriber of a replayable topic may fall
+    # behind before it is disconnected; it resumes with Last-Event-ID.
+    SSE_QUEUE_SIZE = 1000
+    # Largest chunk one write may carry when a subscriber catches up.
+    SSE_MAX_CHUNK_BYTES = 256 * 1024
+    # Jitter added to the last `retry:` sent on shutdown, so that clients do
+    # not all reconnect in the same instant.
+    SSE_DRAIN_JITTER_MS = 5000
+
+    # The trackable generator (SPEC §4).
+    MAX_AMOUNT = 100_000
+    MAX_LENGTH = 1024
+    MAX_DELAY_MS = 10_000
+    JOB_ORPHAN_S = 30.0
+    JOB_TTL_S = 300.0
+    MAX_JOBS_PER_SESSION = 4
+    MAX_JOBS = 64
+    # Strings generated between two yields to the event loop (delay_ms=0).
+    JOB_BATCH = 256
+
+    # Server push (SPEC §5).
+    TICKER_INTERVAL_S = 1.0
+    TICKER_HISTORY = 10
+    # Numbers kept for slow ticker subscribers; past it they lose the oldest.
+    TICKER_BUFFER = 100
+    CLOCK_INTERVAL_S = 1.0
+    CHANNEL_HISTORY = 1000
+    MAX_MESSAGE_BYTES = 65536
+    MAX_CHAT_CHARS = 2000
+    CORS_ORIGINS = ""
+
+    # Request bodies larger than this are refused with 413.
+    MAX_CONTENT_LENGTH = 1024 * 1024
+
+    # Instance folder (secret key, job results, database); default: Quart's.
+    INSTANCE_PATH: str | None = None
+
+
+def default_config() -> dict[str, Any]:
+    return {key: getattr(Defaults, key) for key in dir(Defaults) if key.isupper()}
+
+
+_POSITIVE_INT = (
+    "SSE_RETRY_MS",
+    "SSE_QUEUE_SIZE",
+    "SSE_MAX_CHUNK_BYTES",
+    "MAX_AMOUNT",
+    "MAX_LENGTH",
+    "MAX_JOBS_PER_SESSION",
+    "MAX_JOBS",
+    "JOB_BATCH",
+    "TICKER_HISTORY",
+    "TICKER_BUFFER",
+    "CHANNEL_HISTORY",
+    "MAX_MESSAGE_BYTES",
+    "MAX_CHAT_CHARS",
+    "MAX_CONTENT_LENGTH",
+)
+_NON_NEGATIVE_INT = ("MAX_DELAY_MS", "SSE_DRAIN_JITTER_MS")
+_POSITIVE_FLOAT = (
+    "SSE_HEARTBEAT_S",
+    "SSE_MAX_AGE_S",
+    "JOB_ORPHAN_S",
+    "JOB_TTL_S",
+    "TICKER_INTERVAL_S",
+    "CLOCK_INTERVAL_S",
+)
+
+
+def validate(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Coerce and check limits; raise ValueError naming the bad setting."""
+    checked: dict[str, Any] = {}
+    for key in _POSITIVE_INT + _NON_NEGATIVE_INT:
+        value = config[key]
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be an integer, got {value!r}") from None
+        minimum = 1 if key in _POSITIVE_INT else 0
+        if number < minimum or isinstance(value, bool):
+            raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
+        checked[key] = number
+    for key in _POSITIVE_FLOAT:
+        value = config[key]
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, got {value!r}") from None
+        if not number > 0 or isinstance(value, bool):
+            raise ValueError(f"{key} must be a number > 0, got {value!r}")
+        checked[key] = number
+    if checked["TICKER_BUFFER"] < checked["TICKER_HISTORY"]:
+        raise ValueError("TICKER_BUFFER must be >= TICKER_HISTORY")
+    origins = config["CORS_ORIGINS"]
+    if isinstance(origins, str):
+        origins = [o.strip() for o in origins.split(",") if o.strip()]
+    checked["CORS_ORIGINS"] = tuple(origins)
+    for key in ("BROKER_URL",):
+        if not isinstance(config[key], str) or "://" not in config[key]:
+            raise ValueError(f"{key} must be a URL such as memory:// or redis://host:6379/0")
+    return checked

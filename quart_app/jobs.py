@@ -1,0 +1,368 @@
+"""Generation jobs: asyncio tasks that publish their events to the broker.
+
+A job is decoupled from any HTTP connection: it runs in the process that
+accepted it, writes its strings to a result file (``aiofiles``) and publishes
+one event per string to topic ``job:<id>`` followed by exactly one terminal
+event (``done``, ``cancelled`` or ``failed``).  Streams are only subscribers.
+
+Event ids are ``<job_id>:<i>`` for string ``i`` (the topic's seq), and
+``<job_id>:done`` for the ``done`` event, so a reconnect resumes the same job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import string
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+
+from .broker import Broker
+from .errors import APIError
+
+log = logging.getLogger("quart_app.jobs")
+
+TERMINAL_EVENTS = frozenset({"done", "cancelled", "failed"})
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
+
+CHARSETS: dict[str, str] = {
+    "lowercase": string.ascii_lowercase,
+    "uppercase": string.ascii_uppercase,
+    "digits": string.digits,
+    "symbols": string.punctuation,
+}
+DEFAULT_CHARSETS: dict[str, int] = {"lowercase": 1, "uppercase": 1, "digits": 1, "symbols": 0}
+
+
+def charset_for(selection: Mapping[str, int]) -> str:
+    return "".join(chars for key, chars in CHARSETS.items() if selection.get(key))
+
+
+def topic_for(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def is_job_id(value: str) -> bool:
+    return bool(JOB_ID_RE.match(value))
+
+
+@dataclass(slots=True)
+class JobParams:
+    amount: int
+    length: int
+    delay_ms: int = 0
+
+
+class Job:
+    __slots__ = (
+        "cancel_reason",
+        "charset",
+        "committed",
+        "created_at",
+        "finished_at",
+        "id",
+        "message",
+        "orphan_timer",
+        "owner",
+        "params",
+        "produced",
+        "result_path",
+        "status",
+        "task",
+        "watchers",
+    )
+
+    def __init__(self, job_id: str, params: JobParams, charset: str, owner: str, path: Path):
+        self.id = job_id
+        self.params = params
+        self.charset = charset
+        self.owner = owner
+        self.result_path = path
+        self.status = "running"
+        self.produced = 0
+        self.committed = 0
+        self.created_at = time.time()
+        self.finished_at: float | None = None
+        self.message = ""
+        self.cancel_reason: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.watchers = 0
+        self.orphan_timer: asyncio.TimerHandle | None = None
+
+    def state(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "amount": str(self.params.amount),
+            "length": str(self.params.length),
+            "delay_ms": str(self.params.delay_ms),
+            "produced": str(self.produced),
+            "created_at": repr(self.created_at),
+            "finished_at": "" if self.finished_at is None else repr(self.finished_at),
+            "message": self.message,
+        }
+
+
+def describe(state: Mapping[str, str], produced: int | None = None) -> dict[str, Any]:
+    """The public JSON for a job's state."""
+    amount = int(state["amount"])
+    count = int(state["produced"]) if produced is None else produced
+    finished = state.get("finished_at") or None
+    return {
+        "id": state["id"],
+        "status": state["status"],
+        "amount": amount,
+        "length": int(state["length"]),
+        "delay_ms": int(state["delay_ms"]),
+        "produced": count,
+        "progress": count * 100 // amount,
+        "created_at": float(state["created_at"]),
+        "finished_at": float(finished) if finished else None,
+        "message": state.get("message", ""),
+        "events_url": f"/jobs/{state['id']}/events",
+        "result_url": f"/jobs/{state['id']}/result",
+    }
+
+
+class JobRegistry:
+    """The jobs this process runs, and the limits on starting them."""
+
+    def __init__(self, broker: Broker, config: Mapping[str, Any], results_dir: Path) -> None:
+        self.broker = broker
+        self.results_dir = results_dir
+        self.orphan_s = float(config["JOB_ORPHAN_S"])
+        self.ttl_s = float(config["JOB_TTL_S"])
+        self.max_jobs = int(config["MAX_JOBS"])
+        self.max_per_owner = int(config["MAX_JOBS_PER_SESSION"])
+        self.batch = int(config["JOB_BATCH"])
+        self.jobs: dict[str, Job] = {}
+        self.finished_total = 0
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._forget_timers: dict[str, asyncio.TimerHandle] = {}
+        self._closing = False
+
+    async def start(self) -> None:
+        await aiofiles.os.makedirs(self.results_dir, exist_ok=True)
+        # Result files outlive their jobs only until JOB_TTL_S; a restart
+        # forgets the jobs, so it forgets their files too.
+        for name in await aiofiles.os.listdir(self.results_dir):
+            if name.startswith("job-") and name.endswith(".txt"):
+                await aiofiles.os.remove(self.results_dir / name)
+
+    async def close(self) -> None:
+        self._closing = True
+        running = [job for job in self.jobs.values() if job.task and not job.task.done()]
+        for job in running:
+            job.cancel_reason = "shutdown"
+            job.task.cancel()  # type: ignore[union-attr]
+        if running:
+            await asyncio.gather(*(j.task for j in running), return_exceptions=True)  # type: ignore[misc]
+        for timer in [*self._timers, *self._forget_timers.values()]:
+            timer.cancel()
+        self._timers.clear()
+        self._forget_timers.clear()
+
+    def running(self, owner: str | None = None) -> int:
+        return sum(
+            1
+            for job in self.jobs.values()
+            if job.status == "running" and (owner is None or job.owner == owner)
+        )
+
+    async def create(self, params: JobParams, charset: str, owner: str) -> Job:
+        if self._closing:
+            raise APIError(503, "the server is shutting down", headers={"Retry-After": "5"})
+        if self.running() >= self.max_jobs:
+            raise APIError(
+                503, "too many jobs are running on this server; try again shortly",
+                headers={"Retry-After": "5"},
+            )
+        if self.running(owner) >= self.max_per_owner:
+            raise APIError(
+                429,
+                f"at most {self.max_per_owner} jobs may run at once per session; "
+                "wait for one to finish or cancel one",
+                headers={"Retry-After": "2"},
+            )
+        job_id = secrets.token_urlsafe(16)
+        job = Job(job_id, params, charset, owner, self.results_dir / f"job-{job_id}.txt")
+        await self.broker.set_state(self._key(job_id), job.state(), None)
+        self.jobs[job_id] = job
+        job.task = asyncio.create_task(self._run(job), name=f"job-{job_id}")
+        self._arm_orphan(job)
+        return job
+
+    async def state(self, job_id: str) -> dict[str, Any] | None:
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return describe(job.state())
+        state = await self.broker.get_state(self._key(job_id))
+        return None if state is None else describe(state)
+
+    async def last_seq(self, job_id: str) -> int:
+        return await self.broker.last_seq(topic_for(job_id)) or 0
+
+    async def cancel(self, job_id: str) -> dict[str, Any] | None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return await self.state(job_id)
+        if job.task is not None and not job.task.done():
+            job.cancel_reason = "cancelled"
+            job.task.cancel()
+            await asyncio.gather(job.task, return_exceptions=True)
+        return describe(job.state())
+
+    def watch(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        job.watchers += 1
+        if job.orphan_timer is not None:
+            job.orphan_timer.cancel()
+            self._timers.discard(job.orphan_timer)
+            job.orphan_timer = None
+
+    def unwatch(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        job.watchers -= 1
+        if job.watchers <= 0:
+            job.watchers = 0
+            self._arm_orphan(job)
+
+    def result_path(self, job_id: str) -> Path:
+        return self.results_dir / f"job-{job_id}.txt"
+
+    def committed_bytes(self, job_id: str) -> int | None:
+        """How much of a local job's result file holds whole lines (None: not local)."""
+        job = self.jobs.get(job_id)
+        return None if job is None else job.committed
+
+    @staticmethod
+    def _key(job_id: str) -> str:
+        return f"jobstate:{job_id}"
+
+    def _arm_orphan(self, job: Job) -> None:
+        if job.status != "running" or job.orphan_timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.orphan_s, self._orphaned, job)
+        job.orphan_timer = timer
+        self._timers.add(timer)
+
+    def _orphaned(self, job: Job) -> None:
+        if job.orphan_timer is not None:
+            self._timers.discard(job.orphan_timer)
+        job.orphan_timer = None
+        if job.watchers == 0 and job.task is not None and not job.task.done():
+            log.info("job %s had no watcher for %.0f s: cancelling it", job.id, self.orphan_s)
+            job.cancel_reason = "orphaned"
+            job.task.cancel()
+
+    async def _run(self, job: Job) -> None:
+        params = job.params
+        topic = topic_for(job.id)
+        maxlen = params.amount + 2
+        prefix = f'{{"job": "{job.id}", "index": '
+        tail = f', "amount": {params.amount}, "progress": '
+        rng = random.Random()
+        choices = rng.choices
+        charset = job.charset
+        length = params.length
+        amount = params.amount
+        # Keep one batch near 64 KiB of text so no step holds the loop long.
+        batch = 1 if params.delay_ms else max(1, min(self.batch, 65536 // length))
+        final: tuple[str, str | None, str | None]
+        try:
+            async with aiofiles.open(job.result_path, "w", encoding="utf-8") as out:
+                index = 0
+                while index < amount:
+                    count = min(batch, amount - index)
+                    strings = ["".join(choices(charset, k=length)) for _ in range(count)]
+                    items: list[tuple[str, str | None, str | None]] = []
+                    for text in strings:
+                        index += 1
+                        data = (
+                            f'{prefix}{index}{tail}{index * 100 // amount}, '
+                            f'"generated_string": {json.dumps(text)}}}'
+                        )
+                        items.append((data, None, f"{job.id}:{index}"))
+                    text = "\n".join(strings) + "\n"
+                    await out.write(text)
+                    await out.flush()
+                    job.committed += len(text)  # ASCII only: characters are bytes
+                    await self.broker.publish_many(topic, items, maxlen=maxlen)
+                    job.produced = index
+                    await asyncio.sleep(params.delay_ms / 1000 if params.delay_ms else 0)
+            job.status = "done"
+            job.message = f"Generated {amount} strings of length {length}."
+            final = (
+                json.dumps(
+                    {"job": job.id, "amount": amount, "length": length, "message": job.message}
+                ),
+                "done",
+                f"{job.id}:done",
+            )
+        except asyncio.CancelledError:
+            reason = job.cancel_reason
+            if reason is None:
+                raise
+            job.status = "cancelled" if reason != "shutdown" else "failed"
+            job.message = {
+                "cancelled": "Job cancelled.",
+                "orphaned": f"Job cancelled: nobody watched it for {self.orphan_s:g} s.",
+                "shutdown": "Job interrupted: the server shut down.",
+            }[reason]
+            final = self._terminal(job, job.status)
+        except Exception as error:
+            log.exception("job %s failed", job.id)
+            job.status = "failed"
+            job.message = f"Job failed: {type(error).__name__}"
+            final = self._terminal(job, "failed")
+        await self._finish(job, topic, maxlen, final)
+
+    def _terminal(self, job: Job, event: str) -> tuple[str, str | None, str | None]:
+        data = json.dumps({"job": job.id, "produced": job.produced, "message": job.message})
+        return data, event, None
+
+    async def _finish(
+        self, job: Job, topic: str, maxlen: int, final: tuple[str, str | None, str | None]
+    ) -> None:
+        job.finished_at = time.time()
+        self.finished_total += 1
+        data, event, sse_id = final
+        if sse_id is None:
+            sse_id = f"{job.id}:{job.produced + 1}"
+        try:
+            await self.broker.publish(topic, data, event=event, sse_id=sse_id, maxlen=maxlen)
+        finally:
+            await self.broker.set_state(self._key(job.id), job.state(), self.ttl_s)
+            await self.broker.expire(topic, self.ttl_s)
+            if job.orphan_timer is not None:
+                job.orphan_timer.cancel()
+                self._timers.discard(job.orphan_timer)
+                job.orphan_timer = None
+            if not self._closing:
+                loop = asyncio.get_running_loop()
+                self._forget_timers[job.id] = loop.call_later(self.ttl_s, self._forget, job.id)
+
+    def _forget(self, job_id: str) -> None:
+        self._forget_timers.pop(job_id, None)
+        job = self.jobs.pop(job_id, None)
+        if job is not None:
+            try:
+                os.unlink(job.result_path)
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,132 @@
+"""Server-Sent Events: the one encoder every frame goes through, and Last-Event-ID parsing.
+
+Frames follow the WHATWG ``text/event-stream`` format.  Deliberate choices:
+
+* ``id`` and ``event`` values containing CR, LF or NUL are refused with
+  ``ValueError`` rather than silently stripped: a caller that lets user text
+  reach a field name has a bug that must surface, not a frame that differs
+  from what was asked for.
+* ``data`` is split on every line ending the spec knows (CRLF, CR, LF) into
+  one ``data:`` line each, so no text can end a frame or forge a field.
+* A ``data`` value that is empty still yields one ``data:`` line, so the event
+  is dispatched (an event with no data line is dropped by browsers).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\x00]")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+MAX_LAST_EVENT_ID_BYTES = 256
+
+HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+KEEP_ALIVE = b": keep-alive\n\n"
+
+
+class FieldError(ValueError):
+    """An ``id`` or ``event`` value that would break out of its field."""
+
+
+def _check_field(name: str, value: str) -> str:
+    if _FORBIDDEN_IN_FIELD.search(value):
+        raise FieldError(f"SSE {name} must not contain CR, LF or NUL: {value!r}")
+    return value
+
+
+def encode(
+    data: str | None = None,
+    *,
+    event: str | None = None,
+    id: str | None = None,  # noqa: A002 - the SSE field's own name
+    retry: int | None = None,
+) -> bytes:
+    """Encode one frame.  ``data=None`` with only ``retry`` gives a retry-only frame."""
+    parts: list[str] = []
+    if id is not None:
+        parts.append(f"id: {_check_field('id', id)}\n")
+    if event is not None:
+        parts.append(f"event: {_check_field('event', event)}\n")
+    if retry is not None:
+        if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
+            raise ValueError(f"SSE retry must be a non-negative integer, got {retry!r}")
+        parts.append(f"retry: {retry}\n")
+    if data is not None:
+        if "\n" in data or "\r" in data:
+            parts.extend(f"data: {line}\n" for line in _LINE_BREAK.split(data))
+        else:
+            parts.append(f"data: {data}\n")
+    if not parts:
+        raise ValueError("an SSE frame needs at least one field")
+    parts.append("\n")
+    return "".join(parts).encode()
+
+
+def comment(text: str = "") -> bytes:
+    """A comment frame (ignored by clients, keeps proxies from timing out)."""
+    lines = _LINE_BREAK.split(text) if text else [""]
+    return "".join(f": {line}\n" if line else ":\n" for line in lines).encode() + b"\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSentEvent:
+    data: str | None = None
+    event: str | None = None
+    id: str | None = None
+    retry: int | None = None
+
+    def encode(self) -> bytes:
+        return encode(self.data, event=self.event, id=self.id, retry=self.retry)
+
+
+class LastEventIdError(ValueError):
+    pass
+
+
+def last_event_id(header: str | None, query: str | None) -> str | None:
+    """The Last-Event-ID a client sent (header first, then ``?last_event_id=``)."""
+    value = header if header is not None else query
+    if value is None:
+        return None
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_LAST_EVENT_ID_BYTES:
+        raise LastEventIdError(f"Last-Event-ID is longer than {MAX_LAST_EVENT_ID_BYTES} bytes")
+    value = value.strip()
+    return value or None
+
+
+def parse_seq_id(value: str) -> int:
+    """A channel/ticker id: a non-negative decimal integer."""
+    if not value.isascii() or not value.isdigit() or len(value) > 19:
+        raise LastEventIdError(f"Last-Event-ID {value!r} is not an event id of this stream")
+    return int(value)
+
+
+def parse_job_id(value: str) -> tuple[str, int | None]:
+    """A job stream id ``<job_id>:<integer>`` or ``<job_id>:done`` -> (job, index|None)."""
+    job, sep, tail = value.rpartition(":")
+    if not sep or not job:
+        raise LastEventIdError("Last-Event-ID must be <job_id>:<integer> or <job_id>:done")
+    if tail == "done":
+        return job, None
+    if not tail.isascii() or not tail.isdigit() or len(tail) > 19:
+        raise LastEventIdError("Last-Event-ID must be <job_id>:<integer> or <job_id>:done")
+    return job, int(tail)
+
+
+async def publish(data: object, type: str | None = None, channel: str = "sse") -> str:  # noqa: A002
+    """Publish ``data`` (any JSON value) to a channel, as Flask-SSE's ``sse.publish``.
+
+    ``from quart_app import sse; await sse.publish({"message": "hi"}, type="greeting",
+    channel="news")`` from any coroutine running in the app's context.  Returns
+    the id subscribers see.
+    """
+    from .blueprints.push import publish as publish_to_channel
+
+    return await publish_to_channel(data, type=type, channel=channel)

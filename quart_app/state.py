@@ -1,0 +1,76 @@
+"""The app's shared resources, kept in ``app.extensions`` behind typed getters."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quart import Quart, current_app
+
+from .broker import Broker, create_broker
+from .jobs import JobRegistry
+from .streams import StreamHub
+
+EXTENSION = "quart_app"
+log = logging.getLogger("quart_app")
+
+
+@dataclass
+class AppState:
+    broker: Broker
+    hub: StreamHub
+    jobs: JobRegistry
+    ticker: Any = None
+    clock: Any = None
+    services: list[Any] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await self.broker.start()
+        await self.hub.start()
+        await self.jobs.start()
+        for service in self.services:
+            await service.start()
+
+    async def close(self) -> None:
+        self.hub.drain()
+        for service in reversed(self.services):
+            await service.close()
+        await self.jobs.close()
+        await self.hub.close()
+        await self.broker.close()
+
+
+def init_app(app: Quart) -> AppState:
+    config = app.config
+    broker = create_broker(config["BROKER_URL"])
+    hub = StreamHub(
+        retry_ms=config["SSE_RETRY_MS"],
+        heartbeat_s=config["SSE_HEARTBEAT_S"],
+        max_age_s=config["SSE_MAX_AGE_S"],
+        jitter_ms=config["SSE_DRAIN_JITTER_MS"],
+        max_chunk_bytes=config["SSE_MAX_CHUNK_BYTES"],
+    )
+    jobs = JobRegistry(broker, config, Path(app.instance_path) / "results")
+    state = AppState(broker=broker, hub=hub, jobs=jobs)
+    app.extensions[EXTENSION] = state
+    app.before_serving(state.start)
+    app.after_serving(state.close)
+    return state
+
+
+def get_state(app: Quart | None = None) -> AppState:
+    return (app or current_app).extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
+def get_broker() -> Broker:
+    return get_state().broker
+
+
+def get_hub() -> StreamHub:
+    return get_state().hub
+
+
+def get_jobs() -> JobRegistry:
+    return get_state().jobs

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart import Quart
+from quart.typing import TestClientProtocol
+
+from quart_app import create_app
+
+from .server import ServerProcess
+
+# Short intervals so tests wait on events, not on wall-clock defaults.
+FAST = {
+    "TICKER_INTERVAL_S": 0.05,
+    "CLOCK_INTERVAL_S": 0.05,
+    "SSE_HEARTBEAT_S": 0.2,
+    "JOB_ORPHAN_S": 0.5,
+    "JOB_TTL_S": 1.0,
+}
+
+
+@pytest.fixture
+def app_config(tmp_path: Path) -> dict[str, Any]:
+    return {"INSTANCE_PATH": str(tmp_path / "instance"), "SECRET_KEY": "test-" + "k" * 40, **FAST}
+
+
+@pytest.fixture
+async def app(app_config: dict[str, Any]) -> AsyncIterator[Quart]:
+    app = create_app(app_config)
+    async with app.test_app():
+        yield app
+
+
+@pytest.fixture
+def client(app: Quart) -> TestClientProtocol:
+    return app.test_client()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    """Start real Hypercorn servers: ``server_factory(env={...}, workers=N)``."""
+    started: list[ServerProcess] = []
+
+    def start(env: dict[str, str] | None = None, **kwargs: Any) -> ServerProcess:
+        instance = kwargs.pop("instance", None) or tmp_path / f"srv{len(started)}"
+        server = ServerProcess(Path(instance), env, **kwargs)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(server_factory: Any) -> ServerProcess:
+    """One server with fast intervals."""
+    return server_factory({f"QUART_{k}": str(v) for k, v in FAST.items()})
