@@ -59,3 +59,12 @@ def server_factory(tmp_path: Path) -> Iterator[Any]:
 def server(server_factory: Any) -> ServerProcess:
     """One server with fast intervals."""
     return server_factory({f"QUART_{k}": str(v) for k, v in FAST.items()})
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Any]:
+    """A headless Chromium context (Playwright, Debian's chromium, empty profile)."""
+    from .browser import chromium_context
+
+    async with chromium_context(tmp_path / "chromium-profile") as context:
+        yield context
