@@ -1,0 +1,241 @@
+"""The live page in a real browser: numbers, chart, clock, chat, one shared connection."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import BrowserContext, Page, expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.timeout(30)]
+
+WAIT_MS = 5000
+
+
+async def open_live(browser: BrowserContext, url: str) -> Page:
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.set_default_timeout(WAIT_MS)
+    await page.goto(f"{url}/live")
+    await page.wait_for_function("window.live !== undefined")
+    page.js_errors = errors  # type: ignore[attr-defined]
+    return page
+
+
+async def numbers_shown(page: Page) -> list[str]:
+    return await page.locator("#numbers li").all_text_contents()
+
+
+async def wait_numbers_advance(page: Page) -> None:
+    """Until the newest number's id moves on: the list changes while we watch."""
+    before = await page.evaluate("window.live.streams.numbers.lastEventId")
+    await page.wait_for_function(
+        "(before) => window.live.streams.numbers.lastEventId !== before"
+        " && Number(window.live.streams.numbers.lastEventId) > Number(before)",
+        arg=before,
+    )
+
+
+async def open_streams(client: httpx.AsyncClient, url: str) -> dict[str, int]:
+    response = await client.get(f"{url}/api/v1/stats")
+    response.raise_for_status()
+    body = response.json()
+    assert body["success"] is True
+    return body["content"]["open_streams"]
+
+
+async def stable_open_streams(
+    client: httpx.AsyncClient, url: str, *, want: dict[str, int], timeout: float = 5.0
+) -> dict[str, int]:
+    """Poll the stats until they equal ``want`` for several reads in a row."""
+    deadline = time.monotonic() + timeout
+    streak = 0
+    seen: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        seen = await open_streams(client, url)
+        current = {kind: seen.get(kind, 0) for kind in want}
+        streak = streak + 1 if current == want else 0
+        if streak >= 5:
+            return seen
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"open streams never settled at {want}; last seen {seen}")
+
+
+async def send_chat(page: Page, message: str, user: str | None = None) -> None:
+    if user is not None:
+        await page.fill("#chat-user", user)
+    await page.fill("#chat-message", message)
+    await page.click("#chat-send")
+
+
+async def test_numbers_fill_the_list_and_the_chart(
+    server: Any, browser: BrowserContext, tmp_path: Path
+) -> None:
+    page = await open_live(browser, server.url)
+
+    await expect(page.locator("#numbers li")).to_have_count(10)
+    first = await numbers_shown(page)
+    await wait_numbers_advance(page)
+    await expect(page.locator("#numbers li")).not_to_have_text(first)
+    for text in await numbers_shown(page):
+        assert 0.0 <= float(text) <= 10.0
+
+    # The chart library's own data, not only a canvas on the page.
+    await page.wait_for_function("window.live.chart.data[0].length >= 20")
+    chart = await page.evaluate(
+        """() => {
+            const u = window.live.chart;
+            const [xs, ys] = u.data;
+            return {xs: Array.from(xs), ys: Array.from(ys), width: u.width,
+                    canvas: u.ctx.canvas.width, scale: [u.scales.y.min, u.scales.y.max]};
+        }"""
+    )
+    assert chart["xs"] == sorted(chart["xs"])
+    assert all(0.0 <= y <= 10.0 for y in chart["ys"])
+    assert chart["scale"] == [0, 10]
+    assert chart["width"] > 200 and chart["canvas"] > 0
+    # The newest point is the newest number in the list.
+    assert f"{chart['ys'][-1]:.3f}" in await numbers_shown(page)
+
+    # Bounded: however long it runs, the chart keeps the last 60 points.
+    await page.wait_for_function("window.live.chart.data[0].length === 60")
+    await wait_numbers_advance(page)
+    await wait_numbers_advance(page)
+    assert await page.evaluate("window.live.chart.data[0].length") == 60
+    assert await page.evaluate("window.live.points().x.length") == 60
+
+    # Something is drawn: the plot area has pixels of the line's colour.
+    drawn = await page.evaluate(
+        """() => {
+            const c = window.live.chart.ctx.canvas;
+            const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let ink = 0;
+            for (let i = 3; i < px.length; i += 4) if (px[i] > 0) ink++;
+            return ink / (c.width * c.height);
+        }"""
+    )
+    assert drawn > 0.01
+
+    await expect(page.locator("#clock")).to_have_text(
+        re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
+    )
+    await expect(page.locator("#status")).to_have_attribute("data-state", "open")
+    await expect(page.locator("#status-text")).to_have_text("Live")
+    await page.screenshot(path=tmp_path / "live.png", full_page=True)
+    assert page.js_errors == []  # type: ignore[attr-defined]
+
+
+async def test_chat_message_reaches_another_page(
+    server: Any, browser: BrowserContext, tmp_path: Path
+) -> None:
+    sender = await open_live(browser, server.url)
+    reader = await open_live(browser, server.url)
+
+    await send_chat(sender, "hello from the first tab", user="Ada")
+    for page in (sender, reader):
+        last = page.locator("#messages li").last
+        await expect(last.locator(".text")).to_have_text("hello from the first tab")
+        await expect(last.locator(".user")).to_have_text("Ada")
+    await expect(sender.locator("#chat-message")).to_have_value("")
+    await expect(sender.locator("#chat-error")).to_be_hidden()
+
+    # A page opened later gets the chat history.
+    late = await open_live(browser, server.url)
+    await expect(late.locator("#messages li .text").last).to_have_text("hello from the first tab")
+    await reader.screenshot(path=tmp_path / "chat.png", full_page=True)
+
+
+async def test_chat_text_is_shown_literally(
+    server: Any, browser: BrowserContext, tmp_path: Path
+) -> None:
+    page = await open_live(browser, server.url)
+    text = "<b>not bold</b>\nsecond line\n<img src=x onerror=alert(1)>"
+    await send_chat(page, text, user="<i>Eve</i>")
+
+    item = page.locator("#messages li").last
+    await expect(item.locator(".text")).to_have_text(text, use_inner_text=True)
+    await expect(item.locator(".user")).to_have_text("<i>Eve</i>")
+    assert await item.locator("b, i, img").count() == 0
+    # The line break is kept on screen, not collapsed into a space.
+    lines = await item.locator(".text").evaluate("el => el.innerText.split('\\n')")
+    assert lines == text.split("\n")
+    await page.screenshot(path=tmp_path / "literal.png", full_page=True)
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ("   \n  ", "the message is empty"),
+        ("x" * 2001, "longer than 2000 characters"),
+    ],
+)
+async def test_refused_chat_shows_the_servers_reason(
+    server: Any, browser: BrowserContext, message: str, error: str
+) -> None:
+    page = await open_live(browser, server.url)
+    await send_chat(page, message)
+    await expect(page.locator("#chat-error")).to_be_visible()
+    await expect(page.locator("#chat-error")).to_contain_text(error)
+    await expect(page.locator("#chat-message")).to_have_attribute("aria-invalid", "true")
+    # Kept, so that it can be fixed and sent again.
+    await expect(page.locator("#chat-message")).to_have_value(message)
+
+
+async def test_tabs_share_one_ticker_connection(
+    server: Any, browser: BrowserContext, tmp_path: Path
+) -> None:
+    first = await open_live(browser, server.url)
+    await expect(first.locator("#numbers li")).to_have_count(10)
+    second = await open_live(browser, server.url)
+    # The late tab starts with the history too, relayed by the first.
+    await expect(second.locator("#numbers li")).to_have_count(10)
+
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        streams = await stable_open_streams(
+            client, server.url, want={"numbers": 1, "clock": 1, "chat": 1}
+        )
+        assert streams["numbers"] == 1
+        for page in (first, second):
+            await wait_numbers_advance(page)
+        assert (await open_streams(client, server.url)).get("numbers") == 1
+
+        roles = [
+            await page.evaluate("window.live.streams.numbers.role") for page in (first, second)
+        ]
+        assert sorted(roles) == ["follower", "leader"]
+        holder, other = (first, second) if roles[0] == "leader" else (second, first)
+        await expect(other.locator("#status-text")).to_have_text("Live (shared with another tab)")
+        await other.screenshot(path=tmp_path / "follower.png", full_page=True)
+
+        # Read the last id and start recording in one step, so none slips between.
+        seen_before = int(
+            await other.evaluate(
+                """() => {
+                    const numbers = window.live.streams.numbers;
+                    window.handoverIds = [];
+                    numbers.addEventListener('newnumber',
+                        (e) => window.handoverIds.push(Number(e.lastEventId)));
+                    return numbers.lastEventId;
+                }"""
+            )
+        )
+
+        await holder.close()
+        await other.wait_for_function("window.live.streams.numbers.role === 'leader'")
+        await wait_numbers_advance(other)
+        await wait_numbers_advance(other)
+        await expect(other.locator("#status")).to_have_attribute("data-state", "open")
+        await stable_open_streams(client, server.url, want={"numbers": 1, "clock": 1, "chat": 1})
+
+    # Nothing lost, nothing repeated across the hand-over.
+    ids = await other.evaluate("window.handoverIds")
+    assert ids, "no numbers after the hand-over"
+    assert ids == list(range(seen_before + 1, seen_before + 1 + len(ids)))
+    await expect(other.locator("#numbers li")).to_have_count(10)
+    assert other.js_errors == []  # type: ignore[attr-defined]
