@@ -151,6 +151,7 @@ class JobRegistry:
         self._timers: set[asyncio.TimerHandle] = set()
         self._forget_timers: dict[str, asyncio.TimerHandle] = {}
         self._closing = False
+        self.draining = False
 
     async def start(self) -> None:
         await aiofiles.os.makedirs(self.results_dir, exist_ok=True)
@@ -181,7 +182,7 @@ class JobRegistry:
         )
 
     async def create(self, params: JobParams, charset: str, owner: str) -> Job:
-        if self._closing:
+        if self._closing or self.draining:
             raise APIError(503, "the server is shutting down", headers={"Retry-After": "5"})
         if self.running() >= self.max_jobs:
             raise APIError(

@@ -11,6 +11,7 @@ from quart import Quart, current_app
 
 from .broker import Broker, create_broker
 from .jobs import JobRegistry
+from .lifecycle import DrainTrigger
 from .streams import StreamHub
 
 EXTENSION = "quart_app"
@@ -25,8 +26,16 @@ class AppState:
     ticker: Any = None
     clock: Any = None
     services: list[Any] = field(default_factory=list)
+    trigger: DrainTrigger | None = None
+
+    def drain(self) -> None:
+        """A shutdown began: end open streams (last jittered retry), start no new jobs."""
+        self.jobs.draining = True
+        self.hub.drain()
 
     async def start(self) -> None:
+        self.trigger = DrainTrigger(self.drain)
+        await self.trigger.start()
         await self.broker.start()
         await self.hub.start()
         await self.jobs.start()
@@ -34,7 +43,9 @@ class AppState:
             await service.start()
 
     async def close(self) -> None:
-        self.hub.drain()
+        self.drain()
+        if self.trigger is not None:
+            await self.trigger.close()
         for service in reversed(self.services):
             await service.close()
         await self.jobs.close()
