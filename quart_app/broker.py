@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -328,6 +328,26 @@ class Broker(Protocol):
 
     def local_subscribers(self) -> dict[str, int]: ...
 
+    # What several processes need to cooperate; trivial in one process.
+    node: str  # this process, as ``send`` addresses it
+    reconnects: int  # times the broker connection was restored
+
+    async def adjust(self, key: str, delta: int, ttl_s: float | None = None) -> int:
+        """Add ``delta`` to a shared integer (not one of ``counters()``); gone at <= 0."""
+        ...
+
+    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew lease ``name`` for ``holder``; False while someone else holds it."""
+        ...
+
+    async def release(self, name: str, holder: str) -> None: ...
+
+    async def send(self, node: str, message: str) -> None:
+        """Deliver ``message`` to the ``on_message`` handlers of process ``node``."""
+        ...
+
+    def on_message(self, handler: Callable[[str], None]) -> None: ...
+
 
 class MemoryBroker:
     """One process, nothing to install.  Expiry is swept once a second."""
@@ -337,7 +357,11 @@ class MemoryBroker:
         self._topics: dict[str, LocalTopic] = {}
         self._state: dict[str, tuple[dict[str, str], float | None]] = {}
         self._counters: dict[str, int] = {}
+        self._numbers: dict[str, int] = {}
+        self._handlers: list[Callable[[str], None]] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self.node = "local"
+        self.reconnects = 0
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="memory-broker-sweep")
@@ -445,6 +469,29 @@ class MemoryBroker:
 
     def local_subscribers(self) -> dict[str, int]:
         return {name: len(t.subscribers) for name, t in self._topics.items() if t.subscribers}
+
+    async def adjust(self, key: str, delta: int, ttl_s: float | None = None) -> int:
+        # One process: nothing outlives it, so no expiry is needed.
+        value = self._numbers.get(key, 0) + delta
+        if value <= 0:
+            self._numbers.pop(key, None)
+            return 0
+        self._numbers[key] = value
+        return value
+
+    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        return True
+
+    async def release(self, name: str, holder: str) -> None:
+        pass
+
+    async def send(self, node: str, message: str) -> None:
+        if node == self.node:
+            for handler in self._handlers:
+                handler(message)
+
+    def on_message(self, handler: Callable[[str], None]) -> None:
+        self._handlers.append(handler)
 
     def topic_names(self) -> list[str]:
         return list(self._topics)

@@ -29,6 +29,8 @@ from .broker import Subscription
 from .sse import HEADERS, KEEP_ALIVE, encode
 
 _DRAIN_REASONS = frozenset({"drain", "max_age"})
+# Every kind of stream, so that counts have a stable shape.
+KINDS = ("job", "numbers", "clock", "chat", "channel")
 
 
 class StreamHub:
@@ -68,7 +70,21 @@ class StreamHub:
             self._task = None
 
     def counts(self) -> dict[str, int]:
-        return dict(Counter(sub.kind for sub in self.open))
+        counts = dict.fromkeys(KINDS, 0)
+        counts.update(Counter(sub.kind for sub in self.open))
+        return counts
+
+    def drain_response(self) -> Response:
+        """What a new stream gets while draining: only a jittered ``retry:``.
+
+        Not a 503: a browser's EventSource gives up for good on an HTTP error,
+        but reconnects (elsewhere, behind a load balancer) after a clean end.
+        """
+
+        async def body() -> AsyncIterator[bytes]:
+            yield self.drain_frame()
+
+        return sse_response(body())
 
     def drain(self) -> None:
         """End every open stream with a last jittered ``retry:`` (shutdown)."""

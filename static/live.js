@@ -69,6 +69,15 @@ function cssVar(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 }
 
+const hms = uPlot.fmtDate('{HH}:{mm}:{ss}');
+const hmsFraction = uPlot.fmtDate('{HH}:{mm}:{ss}.{fff}');
+
+// One row of local times: uPlot's default adds a date row that the edge clips.
+function timeLabels(_u, splits, _axis, _space, increment) {
+  const format = increment < 1 ? hmsFraction : hms;
+  return splits.map((seconds) => format(new Date(seconds * 1000)));
+}
+
 function makeChart() {
   const box = $('chart');
   const ink = cssVar('--muted');
@@ -81,7 +90,7 @@ function makeChart() {
       legend: { show: false },
       cursor: { show: false },
       scales: { x: { time: true }, y: { range: [0, 10] } },
-      axes: [{ ...axis }, { ...axis, size: 36 }],
+      axes: [{ ...axis, values: timeLabels }, { ...axis, size: 36 }],
       series: [
         {},
         {

@@ -12,6 +12,8 @@ import httpx
 import pytest
 from playwright.async_api import BrowserContext, Page, expect
 
+from .conftest import FAST
+
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.timeout(30)]
 
 WAIT_MS = 5000
@@ -51,10 +53,10 @@ async def open_streams(client: httpx.AsyncClient, url: str) -> dict[str, int]:
 
 
 async def stable_open_streams(
-    client: httpx.AsyncClient, url: str, *, want: dict[str, int], timeout: float = 5.0
+    client: httpx.AsyncClient, url: str, *, want: dict[str, int], within_s: float = 5.0
 ) -> dict[str, int]:
     """Poll the stats until they equal ``want`` for several reads in a row."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     streak = 0
     seen: dict[str, int] = {}
     while time.monotonic() < deadline:
@@ -174,6 +176,7 @@ async def test_chat_text_is_shown_literally(
         ("   \n  ", "the message is empty"),
         ("x" * 2001, "longer than 2000 characters"),
     ],
+    ids=["blank", "too-long"],
 )
 async def test_refused_chat_shows_the_servers_reason(
     server: Any, browser: BrowserContext, message: str, error: str
@@ -239,3 +242,31 @@ async def test_tabs_share_one_ticker_connection(
     assert ids == list(range(seen_before + 1, seen_before + 1 + len(ids)))
     await expect(other.locator("#numbers li")).to_have_count(10)
     assert other.js_errors == []  # type: ignore[attr-defined]
+
+
+async def test_status_shows_reconnecting_and_recovers(
+    server_factory: Any, browser: BrowserContext, tmp_path: Path
+) -> None:
+    # A short retry so that the browser comes back within the test's budget.
+    env = {f"QUART_{k}": str(v) for k, v in FAST.items()}
+    env |= {"QUART_SSE_RETRY_MS": "200", "QUART_SSE_DRAIN_JITTER_MS": "100"}
+    server = server_factory(env)
+    page = await open_live(browser, server.url)
+    await expect(page.locator("#status")).to_have_attribute("data-state", "open")
+    await expect(page.locator("#numbers li")).to_have_count(10)
+
+    await asyncio.to_thread(server.stop)
+    await expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
+    await expect(page.locator("#status-text")).to_contain_text("Reconnecting")
+    await expect(page.locator('.streams [data-stream="numbers"]')).to_have_attribute(
+        "data-state", "reconnecting"
+    )
+    await page.screenshot(path=tmp_path / "reconnecting.png", full_page=True)
+
+    before = await numbers_shown(page)
+    await asyncio.to_thread(server.start)
+    await expect(page.locator("#status")).to_have_attribute("data-state", "open")
+    await expect(page.locator("#status-text")).to_have_text("Live")
+    # The new process numbers its events from 1 again; the page follows on.
+    await expect(page.locator("#numbers li")).not_to_have_text(before)
+    await expect(page.locator("#numbers li")).to_have_count(10)

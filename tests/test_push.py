@@ -290,7 +290,7 @@ async def test_streams_leave_nothing_behind(app: Quart, client: Client) -> None:
     paths = ["/numbers", "/clock", "/stream", "/channels/x/events"] * 10
     streams = [asyncio.create_task(read_stream(client, p, until=lambda p: False, timeout=0.5)) for p in paths]
     await wait_for(lambda: len(state(app).hub.open) == len(paths))
-    assert state(app).hub.counts() == {"numbers": 10, "clock": 10, "chat": 10, "channel": 10}
+    assert state(app).hub.counts() == {"job": 0, "numbers": 10, "clock": 10, "chat": 10, "channel": 10}
     for task in streams:
         with pytest.raises(TimeoutError):
             await task
@@ -314,5 +314,10 @@ async def test_drain_ends_every_stream_and_refuses_new_ones(app: Quart, client: 
     for task in streams:
         result = await task
         assert result.ended and len(result.parsed.retries) == 2
-    refused = await client.get("/numbers")
-    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    # New streams are told to come back later, with a clean end (not an HTTP
+    # error, which would stop a browser's EventSource for good).
+    late = await read_stream(client, "/numbers", timeout=5)
+    assert late.status == 200 and late.ended and late.parsed.events == []
+    assert 3000 <= late.parsed.retries[0] <= 3000 + app.config["SSE_DRAIN_JITTER_MS"]
+    job = await read_stream(client, "/generate?amount=3&length=3", timeout=5)
+    assert job.ended and job.parsed.events == [] and len(job.parsed.retries) == 1

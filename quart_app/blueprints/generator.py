@@ -100,15 +100,11 @@ def _last_event_id() -> str | None:
         raise APIError(400, str(error), field="Last-Event-ID") from None
 
 
-def _refuse_while_draining() -> None:
-    if get_hub().draining:
-        raise APIError(503, "the server is restarting; reconnect", headers={"Retry-After": "1"})
-
-
 @bp.get("/")
 async def index() -> str:
     """The generator page."""
     ensure_session()
+    await get_broker().incr("page_views")
     config = current_app.config
     return await render_template(
         "index.html",
@@ -158,7 +154,8 @@ async def _job_stream(job_id: str, after: int | None) -> Response:
     last = await jobs.last_seq(job_id)
     if state["status"] != "running" and after >= last:
         return Response("", status=204)
-    _refuse_while_draining()
+    if get_hub().draining:
+        return get_hub().drain_response()
     subscription = get_broker().subscribe(
         topic_for(job_id), after=after, max_lag=None, maxlen=state["amount"] + 2
     )
@@ -185,7 +182,8 @@ async def generate() -> Response:
         except LastEventIdError as error:
             raise APIError(400, str(error), field="Last-Event-ID") from None
         return await _job_stream(job_id, index)
-    _refuse_while_draining()
+    if get_hub().draining:
+        return get_hub().drain_response()
     job = await get_jobs().create(params, charset_for(selection()), owner())
     return await _job_stream(job.id, 0)
 

@@ -75,14 +75,10 @@ def _resume_after() -> int | None:
         raise APIError(400, str(error), field="Last-Event-ID") from None
 
 
-def _stream_open_check() -> None:
-    if get_hub().draining:
-        raise APIError(503, "the server is restarting; reconnect", headers={"Retry-After": "1"})
-
-
 def _broadcast_stream(broadcast: Broadcast, kind: str) -> Response:
     after = _resume_after()
-    _stream_open_check()
+    if get_hub().draining:
+        return get_hub().drain_response()
     body = get_hub().run(
         broadcast.subscribe(after),
         kind=kind,
@@ -108,7 +104,8 @@ async def clock() -> Response:
 
 def _channel_stream(name: str, kind: str, backlog: int) -> Response:
     after = _resume_after()
-    _stream_open_check()
+    if get_hub().draining:
+        return get_hub().drain_response()
     config = current_app.config
     subscription = get_broker().subscribe(
         channel_topic(name),
@@ -205,11 +202,13 @@ async def chat_stream() -> Response:
 
 @bp.get("/live")
 async def live_page() -> str:
+    await get_broker().incr("page_views")
     return await render_template("live.html", user=session.get("user", "anonymous"))
 
 
-def stats_snapshot() -> dict[str, Any]:
+async def stats_snapshot() -> dict[str, Any]:
     state = get_state()
+    counters = await state.broker.counters()
     return {
         "open_streams": state.hub.counts(),
         "open_streams_total": len(state.hub.open),
@@ -218,11 +217,12 @@ def stats_snapshot() -> dict[str, Any]:
         "jobs_finished": state.jobs.finished_total,
         "subscribers": state.broker.local_subscribers(),
         "ticker_running": state.ticker.running,
+        "page_views": counters.get("page_views", 0),
     }
 
 
 @bp.get("/api/v1/stats")
 async def stats() -> Response:
     return jsonify(
-        {"status": 200, "success": True, "message": "application statistics", "content": stats_snapshot()}
+        {"status": 200, "success": True, "message": "application statistics", "content": await stats_snapshot()}
     )
