@@ -1,0 +1,106 @@
+"""Errors are JSON with the right status; sessions survive bad cookies."""
+
+from __future__ import annotations
+
+import pytest
+from quart import Quart
+from quart.typing import TestClientProtocol as Client
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/nope", 404),
+        ("PUT", "/session", 405),
+        ("DELETE", "/numbers", 405),
+        ("POST", "/generate", 405),
+        ("PATCH", "/jobs", 405),
+    ],
+)
+async def test_http_errors_are_json(client: Client, method: str, path: str, status: int) -> None:
+    response = await client.open(path, method=method)
+    assert response.status_code == status
+    body = await response.get_json()
+    assert set(body) == {"error"} and body["error"]
+    if status == 405:
+        assert response.headers["Allow"]
+
+
+async def test_body_over_the_limit_is_413(app: Quart, client: Client) -> None:
+    app.config["MAX_CONTENT_LENGTH"] = 1000
+    response = await client.post("/session", data=b"{" + b" " * 2000 + b"}", headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert "error" in await response.get_json()
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        "session=garbage",
+        "session=eyJkaWdpdHMiOjB9.ZZZZZZ.AAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "session=" + "A" * 5000,
+        "session=\x7f\x00",
+        "session=.",
+    ],
+)
+async def test_tampered_cookie_is_a_fresh_session(client: Client, cookie: str) -> None:
+    response = await client.get("/session", headers={"Cookie": cookie})
+    assert response.status_code == 200
+    assert await response.get_json() == {"lowercase": 1, "uppercase": 1, "digits": 1, "symbols": 0}
+    page = await client.get("/", headers={"Cookie": cookie})
+    assert page.status_code == 200
+
+
+async def test_a_cookie_signed_with_another_key_is_ignored(app: Quart, app_config: dict) -> None:
+    from quart_app import create_app
+
+    other = create_app({**app_config, "SECRET_KEY": "another-" + "x" * 40})
+    async with other.test_app():
+        response = await other.test_client().post("/session", json={"digits": 0})
+    cookie = response.headers["Set-Cookie"].split(";", 1)[0]
+    assert cookie.startswith("session=")
+    answer = await app.test_client().get("/session", headers={"Cookie": cookie})
+    assert answer.status_code == 200
+    assert (await answer.get_json())["digits"] == 1
+    # The same cookie is honoured by the app that signed it.
+    async with other.test_app():
+        again = await other.test_client().get("/session", headers={"Cookie": cookie})
+    assert (await again.get_json())["digits"] == 0
+
+
+async def test_secret_key_is_generated_once_and_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from quart_app import create_app
+
+    instance = tmp_path / "inst"
+    first = create_app({"INSTANCE_PATH": str(instance)})
+    second = create_app({"INSTANCE_PATH": str(instance)})
+    assert first.config["SECRET_KEY"] == second.config["SECRET_KEY"]
+    assert len(first.config["SECRET_KEY"]) >= 32
+    assert (instance / "secret_key").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("MAX_AMOUNT", 0, "MAX_AMOUNT"),
+        ("SSE_HEARTBEAT_S", -1, "SSE_HEARTBEAT_S"),
+        ("SSE_RETRY_MS", "soon", "SSE_RETRY_MS"),
+        ("BROKER_URL", "localhost", "BROKER_URL"),
+        ("TICKER_BUFFER", 5, "TICKER_BUFFER"),
+    ],
+)
+def test_bad_configuration_stops_the_app_with_a_clear_message(tmp_path, key, value, message) -> None:  # type: ignore[no-untyped-def]
+    from quart_app import create_app
+
+    with pytest.raises(ValueError, match=message):
+        create_app({"INSTANCE_PATH": str(tmp_path), key: value})
+
+
+def test_environment_overrides(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from quart_app import create_app
+
+    monkeypatch.setenv("QUART_MAX_JOBS", "7")
+    monkeypatch.setenv("QUART_CORS_ORIGINS", "https://a.example, https://b.example")
+    app = create_app({"INSTANCE_PATH": str(tmp_path)})
+    assert app.config["MAX_JOBS"] == 7
+    assert app.config["CORS_ORIGINS"] == ("https://a.example", "https://b.example")
