@@ -20,7 +20,7 @@ import re
 import secrets
 import string
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,9 @@ class JobRegistry:
         self.batch = int(config["JOB_BATCH"])
         self.jobs: dict[str, Job] = {}
         self.finished_total = 0
+        # Called with the public state of every job this process finishes.
+        # Must not block: schedule slow work (e.g. a database write) as a task.
+        self.on_finish: list[Callable[[dict[str, Any]], None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
         self._forget_timers: dict[str, asyncio.TimerHandle] = {}
         self._closing = False
@@ -358,6 +361,12 @@ class JobRegistry:
             if not self._closing:
                 loop = asyncio.get_running_loop()
                 self._forget_timers[job.id] = loop.call_later(self.ttl_s, self._forget, job.id)
+            public = describe(job.state())
+            for callback in self.on_finish:
+                try:
+                    callback(public)
+                except Exception:
+                    log.exception("on_finish callback failed for job %s", job.id)
 
     def _forget(self, job_id: str) -> None:
         self._forget_timers.pop(job_id, None)

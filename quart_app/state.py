@@ -27,6 +27,9 @@ class AppState:
     clock: Any = None
     services: list[Any] = field(default_factory=list)
     trigger: DrainTrigger | None = None
+    # Called with every chat message this process accepts ({"id","user","message","time"}).
+    # Must not block: schedule slow work as a task.
+    on_chat: list[Any] = field(default_factory=list)
 
     def drain(self) -> None:
         """A shutdown began: end open streams (last jittered retry), start no new jobs."""

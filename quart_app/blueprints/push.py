@@ -188,9 +188,10 @@ async def chat_post() -> tuple[Response, int]:
         user = " ".join(user.split())[:MAX_USER_CHARS]
         session["user"] = user or "anonymous"
     name = session.get("user") or "anonymous"
-    event_id = await _publish_or_503(
-        {"user": name, "message": message, "time": time.time()}, None, CHAT_CHANNEL
-    )
+    record = {"user": name, "message": message, "time": time.time()}
+    event_id = await _publish_or_503(record, None, CHAT_CHANNEL)
+    for callback in get_state().on_chat:
+        callback({"id": event_id, **record})
     return jsonify({"id": event_id, "user": name}), 202
 
 
