@@ -29,6 +29,9 @@ class Defaults:
     SSE_QUEUE_SIZE = 1000
     # Largest chunk one write may carry when a subscriber catches up.
     SSE_MAX_CHUNK_BYTES = 256 * 1024
+    # Caps on open streams, per process and per client address (429 / 503).
+    MAX_STREAMS = 50_000
+    MAX_STREAMS_PER_CLIENT = 128
     # Jitter added to the last `retry:` sent on shutdown, so that clients do
     # not all reconnect in the same instant.
     SSE_DRAIN_JITTER_MS = 5000
@@ -68,6 +71,8 @@ def default_config() -> dict[str, Any]:
 
 _POSITIVE_INT = (
     "SSE_RETRY_MS",
+    "MAX_STREAMS",
+    "MAX_STREAMS_PER_CLIENT",
     "SSE_QUEUE_SIZE",
     "SSE_MAX_CHUNK_BYTES",
     "MAX_AMOUNT",

@@ -240,15 +240,12 @@ class RedisBroker:
     def _client(self, socket_timeout: float, max_connections: int) -> Redis:
         # No retries: a retried XADD 0-* could publish twice, and callers
         # want to hear at once that Redis is gone, not after a backoff.
-        pool = BlockingConnectionPool.from_url(
+        return Redis.from_url(
             self.url,
-            max_connections=max_connections,
-            timeout=self.timeout_s,
             socket_timeout=socket_timeout,
             socket_connect_timeout=self.timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
-        return Redis(connection_pool=pool)
 
     async def start(self) -> None:
         self._redis = self._client(self.timeout_s, self.max_connections)

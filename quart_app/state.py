@@ -65,6 +65,8 @@ def init_app(app: Quart) -> AppState:
         max_age_s=config["SSE_MAX_AGE_S"],
         jitter_ms=config["SSE_DRAIN_JITTER_MS"],
         max_chunk_bytes=config["SSE_MAX_CHUNK_BYTES"],
+        max_streams=config["MAX_STREAMS"],
+        max_streams_per_client=config["MAX_STREAMS_PER_CLIENT"],
     )
     jobs = JobRegistry(broker, config, Path(app.instance_path) / "results")
     state = AppState(broker=broker, hub=hub, jobs=jobs)

@@ -26,6 +26,7 @@ from typing import Any
 from quart import Response
 
 from .broker import Subscription
+from .errors import APIError
 from .sse import HEADERS, KEEP_ALIVE, encode
 
 _DRAIN_REASONS = frozenset({"drain", "max_age"})
@@ -44,13 +45,18 @@ class StreamHub:
         max_age_s: float,
         jitter_ms: int,
         max_chunk_bytes: int,
+        max_streams: int = 50_000,
+        max_streams_per_client: int = 128,
     ) -> None:
         self.retry_ms = retry_ms
         self.heartbeat_s = heartbeat_s
         self.max_age_s = max_age_s
         self.jitter_ms = jitter_ms
         self.max_chunk_bytes = max_chunk_bytes
+        self.max_streams = max_streams
+        self.max_streams_per_client = max_streams_per_client
         self.open: set[Subscription] = set()
+        self.by_client: Counter[str] = Counter()
         self.draining = False
         self.events_sent = 0
         self.opened_total = 0
@@ -110,10 +116,53 @@ class StreamHub:
                 sub.heartbeat_due = True
                 sub.wake()
 
+    def admit(self, client: str) -> None:
+        """Refuse a new stream past the caps (the caller answers with the error)."""
+        if len(self.open) >= self.max_streams:
+            raise APIError(
+                503, "this server holds as many streams as it can; retry shortly",
+                headers={"Retry-After": "5"},
+            )
+        if self.by_client[client] >= self.max_streams_per_client:
+            raise APIError(
+                429,
+                f"at most {self.max_streams_per_client} open streams per client address",
+                headers={"Retry-After": "5"},
+            )
+
+    def response(
+        self,
+        subscription: AbstractAsyncContextManager[Subscription],
+        *,
+        client: str,
+        kind: str,
+        prelude: bytes = b"",
+        terminal: frozenset[str] = frozenset(),
+        id_format: Callable[[int], str] = str,
+        on_open: Callable[[Subscription], Any] | None = None,
+        on_close: Callable[[Subscription], Any] | None = None,
+    ) -> Response:
+        """The one way a route opens a stream: drain, caps, headers, frames."""
+        if self.draining:
+            return self.drain_response()
+        self.admit(client)
+        body = self.run(
+            subscription,
+            client=client,
+            kind=kind,
+            prelude=prelude,
+            terminal=terminal,
+            id_format=id_format,
+            on_open=on_open,
+            on_close=on_close,
+        )
+        return sse_response(body)
+
     async def run(
         self,
         subscription: AbstractAsyncContextManager[Subscription],
         *,
+        client: str,
         kind: str,
         prelude: bytes,
         terminal: frozenset[str],
@@ -126,6 +175,7 @@ class StreamHub:
             sub.deadline = time.monotonic() + self.max_age_s
             sub.task = asyncio.current_task()
             self.open.add(sub)
+            self.by_client[client] += 1
             self.opened_total += 1
             if on_open is not None:
                 on_open(sub)
@@ -134,6 +184,9 @@ class StreamHub:
                     yield chunk
             finally:
                 self.open.discard(sub)
+                self.by_client[client] -= 1
+                if self.by_client[client] <= 0:
+                    del self.by_client[client]
                 if on_close is not None:
                     on_close(sub)
 

@@ -28,12 +28,14 @@ async def read_stream(
     until: Callable[[Parsed], bool] | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 5.0,
+    client_addr: str | None = None,
 ) -> StreamResult:
     """Read ``path`` until ``until(parsed)`` holds or the server ends the stream."""
     parser = StrictParser()
     raw = bytearray()
     ended = False
-    async with client.request(path, headers=headers) as conn:
+    scope = {"client": (client_addr, 40000)} if client_addr else None
+    async with client.request(path, headers=headers, scope_base=scope) as conn:
         await conn.send_complete()
         try:
             async with asyncio.timeout(timeout):

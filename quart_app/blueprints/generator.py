@@ -22,7 +22,6 @@ from ..jobs import (
 )
 from ..sse import LastEventIdError, last_event_id, parse_job_id
 from ..state import get_broker, get_hub, get_jobs
-from ..streams import sse_response
 from .common import client_address, read_body
 
 bp = Blueprint("generator", __name__)
@@ -154,21 +153,18 @@ async def _job_stream(job_id: str, after: int | None) -> Response:
     last = await jobs.last_seq(job_id)
     if state["status"] != "running" and after >= last:
         return Response("", status=204)
-    if get_hub().draining:
-        return get_hub().drain_response()
     subscription = get_broker().subscribe(
         topic_for(job_id), after=after, max_lag=None, maxlen=state["amount"] + 2
     )
-    body = get_hub().run(
+    return get_hub().response(
         subscription,
+        client=client_address(),
         kind="job",
-        prelude=b"",
         terminal=TERMINAL_EVENTS,
         id_format=lambda seq: f"{job_id}:{seq}",
         on_open=lambda _sub: jobs.watch(job_id),
         on_close=lambda _sub: jobs.unwatch(job_id),
     )
-    return sse_response(body)
 
 
 @bp.get("/generate")
@@ -182,8 +178,10 @@ async def generate() -> Response:
         except LastEventIdError as error:
             raise APIError(400, str(error), field="Last-Event-ID") from None
         return await _job_stream(job_id, index)
-    if get_hub().draining:
-        return get_hub().drain_response()
+    hub = get_hub()
+    if hub.draining:
+        return hub.drain_response()
+    hub.admit(client_address())  # refuse before starting a job nobody could watch
     job = await get_jobs().create(params, charset_for(selection()), owner())
     return await _job_stream(job.id, 0)
 

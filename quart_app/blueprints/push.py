@@ -15,8 +15,7 @@ from ..broker import BrokerUnavailable, Overflow
 from ..errors import APIError
 from ..sse import LastEventIdError, last_event_id, parse_seq_id
 from ..state import AppState, get_broker, get_hub, get_state
-from ..streams import sse_response
-from .common import read_body
+from .common import client_address, read_body
 
 bp = Blueprint("push", __name__)
 
@@ -77,17 +76,13 @@ def _resume_after() -> int | None:
 
 def _broadcast_stream(broadcast: Broadcast, kind: str) -> Response:
     after = _resume_after()
-    if get_hub().draining:
-        return get_hub().drain_response()
-    body = get_hub().run(
+    return get_hub().response(
         broadcast.subscribe(after),
+        client=client_address(),
         kind=kind,
-        prelude=b"",
-        terminal=frozenset(),
         on_open=broadcast.joined,
         on_close=broadcast.left,
     )
-    return sse_response(body)
 
 
 @bp.get("/numbers")
@@ -104,8 +99,6 @@ async def clock() -> Response:
 
 def _channel_stream(name: str, kind: str, backlog: int) -> Response:
     after = _resume_after()
-    if get_hub().draining:
-        return get_hub().drain_response()
     config = current_app.config
     subscription = get_broker().subscribe(
         channel_topic(name),
@@ -115,8 +108,7 @@ def _channel_stream(name: str, kind: str, backlog: int) -> Response:
         overflow=Overflow.DISCONNECT,
         maxlen=config["CHANNEL_HISTORY"],
     )
-    body = get_hub().run(subscription, kind=kind, prelude=b"", terminal=frozenset())
-    return sse_response(body)
+    return get_hub().response(subscription, client=client_address(), kind=kind)
 
 
 @bp.get("/channels/<name>/events")
