@@ -13,7 +13,15 @@ class Defaults:
     PUBLISH_TOKEN: str | None = None
 
     BROKER_URL = "memory://"
+    # History (finished jobs, chat).  Unset: SQLite file ``history.sqlite3`` in
+    # the instance folder; ``postgresql+asyncpg://user:pass@host/db`` for PostgreSQL.
     DATABASE_URL: str | None = None
+    # Records waiting for the database writer.  When full, new records are
+    # dropped (counted in stats and /metrics): a stream or a request never
+    # waits for the database.
+    DB_QUEUE_SIZE = 10_000
+    # Most records the writer puts in one transaction.
+    DB_BATCH = 500
 
     # Sessions (SPEC §7).  Set SESSION_COOKIE_SECURE behind HTTPS.
     SESSION_COOKIE_HTTPONLY = True
@@ -58,6 +66,18 @@ class Defaults:
     MAX_CHAT_CHARS = 2000
     CORS_ORIGINS = ""
 
+    # Statistics: each process publishes its gauges this often; the stats
+    # stream sends one event per interval.
+    STATS_INTERVAL_S = 1.0
+    # Stats events a new dashboard gets first (at one per interval).
+    STATS_HISTORY = 120
+
+    # Logs: "text" or "json" (one object per line).  ACCESS_LOG adds one
+    # structured line per request from the app (Hypercorn's own access log is
+    # configured in hypercorn.toml).  Secrets never reach either.
+    LOG_FORMAT = "text"
+    ACCESS_LOG = False
+
     # Request bodies larger than this are refused with 413.
     MAX_CONTENT_LENGTH = 1024 * 1024
 
@@ -86,6 +106,9 @@ _POSITIVE_INT = (
     "MAX_MESSAGE_BYTES",
     "MAX_CHAT_CHARS",
     "MAX_CONTENT_LENGTH",
+    "DB_QUEUE_SIZE",
+    "DB_BATCH",
+    "STATS_HISTORY",
 )
 _NON_NEGATIVE_INT = ("MAX_DELAY_MS", "SSE_DRAIN_JITTER_MS")
 _POSITIVE_FLOAT = (
@@ -95,6 +118,7 @@ _POSITIVE_FLOAT = (
     "JOB_TTL_S",
     "TICKER_INTERVAL_S",
     "CLOCK_INTERVAL_S",
+    "STATS_INTERVAL_S",
 )
 
 
@@ -114,12 +138,12 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     for key in _POSITIVE_FLOAT:
         value = config[key]
         try:
-            number = float(value)
+            seconds = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{key} must be a number, got {value!r}") from None
-        if not number > 0 or isinstance(value, bool):
+        if not seconds > 0 or isinstance(value, bool):
             raise ValueError(f"{key} must be a number > 0, got {value!r}")
-        checked[key] = number
+        checked[key] = seconds
     if checked["TICKER_BUFFER"] < checked["TICKER_HISTORY"]:
         raise ValueError("TICKER_BUFFER must be >= TICKER_HISTORY")
     origins = config["CORS_ORIGINS"]
@@ -129,4 +153,16 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("BROKER_URL",):
         if not isinstance(config[key], str) or "://" not in config[key]:
             raise ValueError(f"{key} must be a URL such as memory:// or redis://host:6379/0")
+    database_url = config["DATABASE_URL"]
+    if database_url is not None and (not isinstance(database_url, str) or "://" not in database_url):
+        raise ValueError(
+            "DATABASE_URL must be a URL such as sqlite+aiosqlite:///path/history.sqlite3 "
+            "or postgresql+asyncpg://user:password@host/db"
+        )
+    if config["LOG_FORMAT"] not in ("text", "json"):
+        raise ValueError(f"LOG_FORMAT must be text or json, got {config['LOG_FORMAT']!r}")
+    access_log = config["ACCESS_LOG"]
+    if isinstance(access_log, str):
+        access_log = access_log.strip().lower() in ("1", "true", "yes", "on")
+    checked["ACCESS_LOG"] = bool(access_log)
     return checked

@@ -7,6 +7,13 @@ event (``done``, ``cancelled`` or ``failed``).  Streams are only subscribers.
 
 Event ids are ``<job_id>:<i>`` for string ``i`` (the topic's seq), and
 ``<job_id>:done`` for the ``done`` event, so a reconnect resumes the same job.
+
+Several processes (Redis broker): the job's state records the process that
+runs it (``node``), so any process can answer ``GET /jobs/<id>`` (progress is
+the topic's newest seq) and pass a cancel on to the owner through the broker.
+Watchers on other processes are counted in a shared integer that the owner
+reads before it cancels a job as orphaned.  A broker outage does not fail a
+running job: it waits, publishing again until the broker takes the batch.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import re
 import secrets
 import string
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +35,18 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 
-from .broker import Broker
+from .broker import Broker, BrokerUnavailable
 from .errors import APIError
 
 log = logging.getLogger("quart_app.jobs")
 
 TERMINAL_EVENTS = frozenset({"done", "cancelled", "failed"})
+# How long DELETE waits for another process to confirm a cancel.
+CANCEL_WAIT_S = 3.0
+# Bounds a watcher count that a crashed process left behind.
+WATCHERS_TTL_S = 3600.0
+# How long a shutting-down process keeps trying to record its jobs' ends.
+CLOSING_GRACE_S = 3.0
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
 
 CHARSETS: dict[str, str] = {
@@ -55,6 +68,10 @@ def topic_for(job_id: str) -> str:
 
 def is_job_id(value: str) -> bool:
     return bool(JOB_ID_RE.match(value))
+
+
+def unavailable(error: BrokerUnavailable) -> APIError:
+    return APIError(503, f"the broker is unavailable: {error}", headers={"Retry-After": "2"})
 
 
 @dataclass(slots=True)
@@ -155,8 +172,12 @@ class JobRegistry:
         self._forget_timers: dict[str, asyncio.TimerHandle] = {}
         self._closing = False
         self.draining = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Watchers here of jobs that run elsewhere, as counted in the broker.
+        self._remote_watches: dict[str, int] = {}
 
     async def start(self) -> None:
+        self.broker.on_message(self._on_message)
         await aiofiles.os.makedirs(self.results_dir, exist_ok=True)
         # Result files outlive their jobs only until JOB_TTL_S; a restart
         # forgets the jobs, so it forgets their files too.
@@ -166,16 +187,21 @@ class JobRegistry:
 
     async def close(self) -> None:
         self._closing = True
-        running = [job for job in self.jobs.values() if job.task and not job.task.done()]
-        for job in running:
-            job.cancel_reason = "shutdown"
-            job.task.cancel()  # type: ignore[union-attr]
+        running = [job.task for job in self.jobs.values() if job.task and not job.task.done()]
+        for job in self.jobs.values():
+            if job.task in running:
+                job.cancel_reason = "shutdown"
+        for task in running:
+            task.cancel()
         if running:
-            await asyncio.gather(*(j.task for j in running), return_exceptions=True)  # type: ignore[misc]
+            await asyncio.gather(*running, return_exceptions=True)
         for timer in [*self._timers, *self._forget_timers.values()]:
             timer.cancel()
         self._timers.clear()
         self._forget_timers.clear()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def running(self, owner: str | None = None) -> int:
         return sum(
@@ -201,7 +227,12 @@ class JobRegistry:
             )
         job_id = secrets.token_urlsafe(16)
         job = Job(job_id, params, charset, owner, self.results_dir / f"job-{job_id}.txt")
-        await self.broker.set_state(self._key(job_id), job.state(), None)
+        try:
+            await self.broker.set_state(
+                self._key(job_id), {**job.state(), "node": self.broker.node}, None
+            )
+        except BrokerUnavailable as error:
+            raise unavailable(error) from None
         self.jobs[job_id] = job
         job.task = asyncio.create_task(self._run(job), name=f"job-{job_id}")
         self._arm_orphan(job)
@@ -211,25 +242,76 @@ class JobRegistry:
         job = self.jobs.get(job_id)
         if job is not None:
             return describe(job.state())
-        state = await self.broker.get_state(self._key(job_id))
-        return None if state is None else describe(state)
+        try:
+            state = await self.broker.get_state(self._key(job_id))
+            if state is None:
+                return None
+            produced = None
+            if state.get("status") == "running":
+                # Its owner writes the state only at start and end.
+                produced = min(int(state["amount"]), await self.last_seq(job_id))
+        except BrokerUnavailable as error:
+            raise unavailable(error) from None
+        return describe(state, produced)
 
     async def last_seq(self, job_id: str) -> int:
-        return await self.broker.last_seq(topic_for(job_id)) or 0
+        try:
+            return await self.broker.last_seq(topic_for(job_id)) or 0
+        except BrokerUnavailable as error:
+            raise unavailable(error) from None
 
     async def cancel(self, job_id: str) -> dict[str, Any] | None:
         job = self.jobs.get(job_id)
         if job is None:
-            return await self.state(job_id)
+            try:
+                return await self._cancel_elsewhere(job_id)
+            except BrokerUnavailable as error:
+                raise unavailable(error) from None
         if job.task is not None and not job.task.done():
             job.cancel_reason = "cancelled"
             job.task.cancel()
             await asyncio.gather(job.task, return_exceptions=True)
         return describe(job.state())
 
+    async def _cancel_elsewhere(self, job_id: str) -> dict[str, Any] | None:
+        """Ask the process that runs the job to cancel it, and wait a little for its end."""
+        state = await self.broker.get_state(self._key(job_id))
+        node = None if state is None else state.get("node")
+        if state is None or state.get("status") != "running" or not node:
+            return await self.state(job_id)
+        topic = topic_for(job_id)
+        after = await self.broker.last_seq(topic) or 0
+        maxlen = int(state["amount"]) + 2
+        # Subscribed before asking, so the terminal event cannot slip past.
+        async with self.broker.subscribe(topic, after=after, maxlen=maxlen) as sub:
+            await self.broker.send(node, f"cancel {job_id}")
+            try:
+                async with asyncio.timeout(CANCEL_WAIT_S):
+                    while not sub.closed:
+                        if any(m.event in TERMINAL_EVENTS for m in sub.take()):
+                            break
+                        await sub.wait()
+                    # The owner records the final state right after the event.
+                    while (await self.broker.get_state(self._key(job_id)) or {}).get(
+                        "status"
+                    ) == "running":
+                        await asyncio.sleep(0.02)
+            except TimeoutError:
+                pass  # answer with what is known; the cancel is on its way
+        return await self.state(job_id)
+
+    def _on_message(self, message: str) -> None:
+        verb, _, job_id = message.partition(" ")
+        job = self.jobs.get(job_id)
+        if verb == "cancel" and job is not None and job.task is not None and not job.task.done():
+            job.cancel_reason = "cancelled"
+            job.task.cancel()
+
     def watch(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
         if job is None:
+            # It runs elsewhere: count this watcher where its owner looks.
+            self._spawn(self._watch_elsewhere(job_id))
             return
         job.watchers += 1
         if job.orphan_timer is not None:
@@ -240,6 +322,15 @@ class JobRegistry:
     def unwatch(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
         if job is None:
+            # Only what was counted is uncounted: a failed count errs on the
+            # side of "watched", which at worst lets a job run to its end.
+            counted = self._remote_watches.get(job_id, 0)
+            if counted > 0:
+                if counted == 1:
+                    del self._remote_watches[job_id]
+                else:
+                    self._remote_watches[job_id] = counted - 1
+                self._spawn(self._count_watcher(job_id, -1))
             return
         job.watchers -= 1
         if job.watchers <= 0:
@@ -258,6 +349,27 @@ class JobRegistry:
     def _key(job_id: str) -> str:
         return f"jobstate:{job_id}"
 
+    @staticmethod
+    def _watchers_key(job_id: str) -> str:
+        return f"watchers:{job_id}"
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch_elsewhere(self, job_id: str) -> None:
+        if await self._count_watcher(job_id, 1):
+            self._remote_watches[job_id] = self._remote_watches.get(job_id, 0) + 1
+
+    async def _count_watcher(self, job_id: str, delta: int) -> bool:
+        try:
+            await self.broker.adjust(self._watchers_key(job_id), delta, WATCHERS_TTL_S)
+        except BrokerUnavailable as error:
+            log.warning("job %s: watcher not counted: %s", job_id, error)
+            return False
+        return True
+
     def _arm_orphan(self, job: Job) -> None:
         if job.status != "running" or job.orphan_timer is not None:
             return
@@ -271,9 +383,21 @@ class JobRegistry:
             self._timers.discard(job.orphan_timer)
         job.orphan_timer = None
         if job.watchers == 0 and job.task is not None and not job.task.done():
-            log.info("job %s had no watcher for %.0f s: cancelling it", job.id, self.orphan_s)
-            job.cancel_reason = "orphaned"
-            job.task.cancel()
+            self._spawn(self._cancel_if_orphaned(job))
+
+    async def _cancel_if_orphaned(self, job: Job) -> None:
+        try:
+            elsewhere = await self.broker.adjust(self._watchers_key(job.id), 0)
+        except BrokerUnavailable:
+            elsewhere = 1  # cannot tell: look again later
+        if job.watchers or job.task is None or job.task.done():
+            return
+        if elsewhere > 0:
+            self._arm_orphan(job)
+            return
+        log.info("job %s had no watcher for %.0f s: cancelling it", job.id, self.orphan_s)
+        job.cancel_reason = "orphaned"
+        job.task.cancel()
 
     async def _run(self, job: Job) -> None:
         params = job.params
@@ -307,7 +431,11 @@ class JobRegistry:
                     await out.write(text)
                     await out.flush()
                     job.committed += len(text)  # ASCII only: characters are bytes
-                    await self.broker.publish_many(topic, items, maxlen=maxlen)
+                    await self._persist(
+                        topic,
+                        lambda items=items: self.broker.publish_many(topic, items, maxlen=maxlen),
+                        self._published(topic, index),
+                    )
                     job.produced = index
                     await asyncio.sleep(params.delay_ms / 1000 if params.delay_ms else 0)
             job.status = "done"
@@ -323,6 +451,9 @@ class JobRegistry:
             reason = job.cancel_reason
             if reason is None:
                 raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # handled: the job ends with its terminal event
             job.status = "cancelled" if reason != "shutdown" else "failed"
             job.message = {
                 "cancelled": "Job cancelled.",
@@ -337,6 +468,52 @@ class JobRegistry:
             final = self._terminal(job, "failed")
         await self._finish(job, topic, maxlen, final)
 
+    async def _persist(
+        self,
+        topic: str,
+        write: Callable[[], Awaitable[object]],
+        done: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
+        """Write until the broker takes it: an accepted job survives a broker outage.
+
+        ``done`` tells whether a write whose answer was lost went through, so
+        that it is not published twice.  A process that is shutting down gives
+        up after ``CLOSING_GRACE_S``.
+        """
+        loop = asyncio.get_running_loop()
+        delay = 0.05
+        give_up_at: float | None = None
+        warned = False
+        while True:
+            try:
+                await write()
+                return
+            except BrokerUnavailable as error:
+                if not warned:
+                    log.warning("%s waits for the broker: %s", topic, error)
+                    warned = True
+            if self._closing:
+                give_up_at = give_up_at or loop.time() + CLOSING_GRACE_S
+                if loop.time() >= give_up_at:
+                    log.error("%s: gave up writing to the broker at shutdown", topic)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            if done is not None:
+                try:
+                    if await done():
+                        return
+                except BrokerUnavailable:
+                    pass
+
+    def _published(self, topic: str, seq: int) -> Callable[[], Awaitable[bool]]:
+        # Only the owner publishes to a job's topic, and a batch is atomic,
+        # so the topic's newest seq says whether the batch went through.
+        async def check() -> bool:
+            return (await self.broker.last_seq(topic) or 0) >= seq
+
+        return check
+
     def _terminal(self, job: Job, event: str) -> tuple[str, str | None, str | None]:
         data = json.dumps({"job": job.id, "produced": job.produced, "message": job.message})
         return data, event, None
@@ -350,10 +527,16 @@ class JobRegistry:
         if sse_id is None:
             sse_id = f"{job.id}:{job.produced + 1}"
         try:
-            await self.broker.publish(topic, data, event=event, sse_id=sse_id, maxlen=maxlen)
+            await self._persist(
+                topic,
+                lambda: self.broker.publish(topic, data, event=event, sse_id=sse_id, maxlen=maxlen),
+                self._published(topic, job.produced + 1),
+            )
         finally:
-            await self.broker.set_state(self._key(job.id), job.state(), self.ttl_s)
-            await self.broker.expire(topic, self.ttl_s)
+            await self._persist(
+                topic, lambda: self.broker.set_state(self._key(job.id), job.state(), self.ttl_s)
+            )
+            await self._persist(topic, lambda: self.broker.expire(topic, self.ttl_s))
             if job.orphan_timer is not None:
                 job.orphan_timer.cancel()
                 self._timers.discard(job.orphan_timer)

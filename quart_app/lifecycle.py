@@ -85,6 +85,7 @@ class DrainTrigger:
             previous(signum, frame)
 
     async def _poll(self, event: Any) -> None:
-        while not event.is_set():
+        # A multiprocessing event cannot be awaited: poll it, as Hypercorn does.
+        while not event.is_set():  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         self.fire()

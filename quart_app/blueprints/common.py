@@ -29,7 +29,7 @@ async def read_body(max_bytes: int | None = None) -> dict[str, Any]:
         return {}
     if mimetype == "application/json" or mimetype.endswith("+json"):
         try:
-            body = json.loads(raw.decode("utf-8"))
+            body = json.loads(raw if isinstance(raw, str) else raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             raise APIError(400, "the request body is not valid JSON") from None
         if not isinstance(body, dict):
