@@ -190,6 +190,7 @@ async def test_finished_or_unknown_job_answers_204(client: Client) -> None:
     for last in (f"{job}:done", "A" * 22 + ":1", "nope:3"):
         result = await read_stream(client, "/generate?amount=3&length=4", headers={"Last-Event-ID": last})
         assert result.status == 204, last
+        assert "Content-Type" not in result.headers and result.raw == b""
     # Having missed only the done event, a client gets it.
     result = await read_stream(client, "/generate?amount=3&length=4", headers={"Last-Event-ID": f"{job}:3"})
     assert [e.type for e in result.parsed.events] == ["done"]

@@ -90,6 +90,13 @@ def job_params(values: Mapping[str, Any]) -> JobParams:
     )
 
 
+def no_content() -> Response:
+    """``204``: nothing left to send, and EventSource must not reconnect."""
+    response = Response(b"", status=204)
+    del response.headers["Content-Type"]
+    return response
+
+
 def _last_event_id() -> str | None:
     try:
         return last_event_id(
@@ -149,10 +156,10 @@ async def _job_stream(job_id: str, after: int | None) -> Response:
     jobs = get_jobs()
     state = await jobs.state(job_id) if is_job_id(job_id) else None
     if state is None or after is None:
-        return Response("", status=204)
+        return no_content()
     last = await jobs.last_seq(job_id)
     if state["status"] != "running" and after >= last:
-        return Response("", status=204)
+        return no_content()
     subscription = get_broker().subscribe(
         topic_for(job_id), after=after, max_lag=None, maxlen=state["amount"] + 2
     )
