@@ -75,7 +75,8 @@ window.addEventListener('pageshow', async (event) => {
 // ------------------------------------------------------------------- form --
 
 const form = document.getElementById('generate-form');
-const fields = ['amount', 'length', 'delay_ms'].map((name) => form.elements[name]);
+// namedItem(), since `form.elements.length` is the collection's size, not the field.
+const fields = ['amount', 'length', 'delay_ms'].map((name) => form.elements.namedItem(name));
 const generateButton = document.getElementById('generate');
 const cancelButton = document.getElementById('cancel');
 let attempted = false;
@@ -120,7 +121,8 @@ function validate() {
 }
 
 form.addEventListener('input', (event) => {
-  if (attempted && fields.includes(event.target)) showProblem(event.target, problemWith(event.target));
+  const input = event.target;
+  if (attempted && fields.includes(input)) showProblem(input, problemWith(input));
 });
 
 form.addEventListener('submit', (event) => {
@@ -151,6 +153,7 @@ const download = document.getElementById('download');
 const results = document.getElementById('results');
 const empty = document.getElementById('results-empty');
 
+const OUTAGE_MS = 2000;
 const MISSED = '… (missed here; the download has it)';
 let strings = [];
 const list = new VirtualList(results, (i) => strings[i] ?? MISSED);
@@ -158,7 +161,7 @@ let stream = null;
 let running = false;
 let amount = 0;
 let percent = 0;
-let dropped = false;
+let droppedAt = 0;
 let frame = 0;
 
 function setStatus(state, text) {
@@ -179,7 +182,9 @@ function render() {
   progressbar.setAttribute('aria-valuenow', String(percent));
   progressbar.setAttribute(
     'aria-valuetext',
-    amount ? `${percent}%, ${formatNumber(received)} of ${formatNumber(amount)} strings` : `${percent}%`,
+    amount
+      ? `${percent}%, ${formatNumber(received)} of ${formatNumber(amount)} strings`
+      : `${percent}%`,
   );
   progressFill.style.transform = `scaleX(${percent / 100})`;
   progressPercent.textContent = `${percent}%`;
@@ -198,20 +203,40 @@ function setRunning(value) {
   form.setAttribute('aria-busy', String(value));
 }
 
-function start(params) {
+// The job being watched, kept for this tab: a reload resumes watching it
+// (the server replays its strings) instead of leaving it orphaned.
+const SAVED = 'generator.job';
+
+function remember(job, params) {
+  try {
+    if (job) sessionStorage.setItem(SAVED, JSON.stringify({ job, params: String(params) }));
+    else sessionStorage.removeItem(SAVED);
+  } catch {
+    // Storage can be off or full; resuming after a reload is a bonus.
+  }
+}
+
+function start(params, resume = null) {
   stream?.stop();
   strings = [];
   amount = Number(params.get('amount'));
   percent = 0;
-  dropped = false;
+  droppedAt = 0;
   download.hidden = true;
   list.reset();
   setRunning(true);
   setStatus('running', 'Starting…');
   scheduleRender();
+  // On a narrow screen the results sit below the form, out of sight.
+  const card = document.getElementById('results-card');
+  if (card.getBoundingClientRect().top > window.innerHeight * 0.75) {
+    const still = matchMedia('(prefers-reduced-motion: reduce)').matches;
+    card.scrollIntoView({ block: 'start', behavior: still ? 'auto' : 'smooth' });
+  }
 
   stream = new GenerationStream(`${urls.generate}?${params}`, urls.jobs, {
     job(id) {
+      remember(id, params);
       download.href = `${urls.jobs}/${encodeURIComponent(id)}/result`;
       download.hidden = false;
     },
@@ -225,56 +250,77 @@ function start(params) {
       scheduleRender();
     },
     gap(info) {
+      const seq = (id) => Number(String(id).split(':').pop());
+      const from = seq(info.last_event_id) + 1;
+      const to = seq(info.resumed_from) - 1;
+      const which = to >= from
+        ? `Strings ${formatNumber(from)} to ${formatNumber(to)}`
+        : 'Some strings';
       toaster.show(
-        `Some strings were sent while this page was away and are no longer kept for replay ` +
-          `(after ${info.last_event_id}, resumed from ${info.resumed_from}). The download has them all.`,
+        `${which} are no longer kept for replay, so they are missing here. ` +
+          'The download has them all.',
         { kind: 'warning', title: 'Missed strings' },
       );
     },
     status(state) {
       if (state === 'reconnecting') {
-        dropped = true;
+        droppedAt ||= performance.now();
         setStatus('reconnecting', 'Reconnecting…');
       } else if (state === 'open') {
         setStatus('running', 'Streaming');
-        if (dropped) {
-          dropped = false;
+        // Streams are ended on purpose now and then (server restarts,
+        // rebalancing) and resume at once: only a noticeable outage is news.
+        if (droppedAt && performance.now() - droppedAt > OUTAGE_MS) {
           toaster.show(`Reconnected; resuming after string ${formatNumber(strings.length)}.`);
         }
+        droppedAt = 0;
       }
     },
     end(type, data) {
       setRunning(false);
+      remember(null);
       if (type === 'done') {
         percent = 100;
         setStatus('done', 'Done');
         toaster.show(data.message || 'Done.', { kind: 'success', title: 'Job done' });
-      } else if (type === 'cancelled') {
-        setStatus('cancelled', 'Cancelled');
-        toaster.show(data.message || 'Job cancelled.', { kind: 'warning', title: 'Job cancelled' });
       } else {
-        setStatus('failed', 'Failed');
-        toaster.show(data.message || 'Job failed.', { kind: 'error', title: 'Job failed' });
+        const made = Number.isInteger(data.produced)
+          ? ` ${formatNumber(data.produced)} of ${formatNumber(amount)} strings were made;` +
+            ' the download has them.'
+          : '';
+        const failed = type === 'failed';
+        setStatus(type, failed ? 'Failed' : 'Cancelled');
+        toaster.show(`${data.message || `Job ${type}.`}${made}`, {
+          kind: failed ? 'error' : 'warning',
+          title: failed ? 'Failed' : 'Cancelled',
+        });
       }
       scheduleRender();
     },
     refused({ status, error, field, retryAfter }) {
       setRunning(false);
+      remember(null);
+      amount = 0;
+      scheduleRender();
       setStatus('failed', 'Not started');
       const input = fields.find((candidate) => candidate.name === field);
       if (input) {
         showProblem(input, error);
         input.focus();
       }
-      const later = retryAfter && (status === 429 || status === 503) ? ` Try again in ${retryAfter} s.` : '';
-      toaster.show(`${error}${later}`, { kind: 'error', title: 'Job not started' });
+      const busy = retryAfter && (status === 429 || status === 503);
+      const text = busy
+        ? `${error.replace(/[^.!?]$/, '$&.')} Try again in ${retryAfter} s.`
+        : error;
+      toaster.show(text, { kind: 'error', title: 'Job not started' });
     },
     lost(message) {
       setRunning(false);
+      remember(null);
       setStatus('failed', 'Disconnected');
       toaster.show(message, { kind: 'error', title: 'Stream lost' });
     },
-  });
+  }, resume);
 }
 
 cancelButton.addEventListener('click', async () => {
@@ -309,4 +355,19 @@ cancelButton.addEventListener('click', async () => {
   }
 });
 
-scheduleRender();
+function resumeSaved() {
+  let saved = null;
+  try {
+    saved = JSON.parse(sessionStorage.getItem(SAVED) || 'null');
+  } catch {
+    return false;
+  }
+  if (!saved?.job || !saved.params) return false;
+  const params = new URLSearchParams(saved.params);
+  for (const input of fields) input.value = params.get(input.name) ?? '';
+  start(params, saved.job);
+  toaster.show('Watching again the job this tab started before it was reloaded.');
+  return true;
+}
+
+if (!resumeSaved()) scheduleRender();

@@ -49,8 +49,9 @@ export class GenerationStream {
    * @param {string} jobsUrl  /jobs
    * @param {object} on  callbacks: job(id), item(data), gap(info), status(state),
    *   end(type, data), refused({status, error, field, retryAfter}), lost(message)
+   * @param {string|null} resume  a job started earlier, to watch from its first string
    */
-  constructor(url, jobsUrl, on) {
+  constructor(url, jobsUrl, on, resume = null) {
     this.url = url;
     this.jobsUrl = jobsUrl;
     this.on = on;
@@ -62,7 +63,13 @@ export class GenerationStream {
     this.source = null;
     this.timer = 0;
     this.controller = new AbortController();
-    this.open(url);
+    if (resume) {
+      this.job = resume;
+      this.on.job?.(resume);
+      this.open(withParam(url, 'last_event_id', `${resume}:0`));
+    } else {
+      this.open(url);
+    }
   }
 
   open(url) {
