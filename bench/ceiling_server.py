@@ -37,7 +37,7 @@ def chunk(payload: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
-def frame(data: str, event: str | None = None, id: str | None = None) -> bytes:  # noqa: A002
+def frame(data: str, event: str | None = None, id: str | None = None) -> bytes:
     out = ""
     if id is not None:
         out += f"id: {id}\n"
@@ -208,7 +208,9 @@ def main() -> None:
     parser.add_argument("--token", default="")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     uvloop.run(serve(args.port, args.token))
 
 

@@ -88,6 +88,8 @@ class SSEParser:
         self.comments = 0
 
     def feed(self, piece: bytes) -> list[Event]:
+        if not piece:
+            return []
         if self._cr:
             self._cr = False
             if piece[:1] == b"\n":

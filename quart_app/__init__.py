@@ -10,7 +10,7 @@ from typing import Any
 
 from quart import Quart
 
-from . import errors, security, state
+from . import db, errors, logs, metrics, security, state
 from .config import default_config, validate
 from .secrets_store import load_or_create_secret
 
@@ -37,17 +37,20 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = load_or_create_secret(Path(app.instance_path))
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    if not logging.getLogger().handlers and not log.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.init_app(app)
 
     errors.init_app(app)
     security.init_app(app)
     app_state = state.init_app(app)
 
-    from .blueprints import generator, ops, push
+    from .blueprints import api, generator, ops, pages, push
 
     app.register_blueprint(generator.bp)
     app.register_blueprint(push.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(pages.bp)
     push.init_app(app, app_state)
+    db.init_app(app, app_state)
+    app_state.stats = metrics.init_app(app_state, app.config)
+    api.init_app(app)
     return app

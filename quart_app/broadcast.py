@@ -8,6 +8,13 @@ scheduled on absolute times so the interval does not drift.
 Overflow policy: a broadcast subscriber that falls behind loses the oldest
 ticks (``Overflow.DROP_OLDEST`` over ``buffer`` ticks) instead of being
 disconnected: an old random number or clock reading is worth nothing.
+
+Several processes (Redis broker): every process whose clients listen runs the
+task, but only the holder of the broadcast's lease publishes, so all clients
+of all workers see one sequence of ids and numbers.  The holder renews the
+lease at each tick and releases it when its last listener leaves; another
+process with listeners takes it at its next tick, or within the lease's TTL if
+the holder died.  With the memory broker the lease is always held.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ import asyncio
 import json
 import logging
 import random
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from .broker import Broker, BrokerUnavailable, Overflow
 
@@ -52,6 +61,10 @@ class Broadcast:
         self.listeners = 0
         self.task: asyncio.Task[None] | None = None
         self.started_total = 0
+        # This process publishes only while it holds the lease.
+        self.leading = False
+        self.lease_s = max(3 * interval_s, 1.0)
+        self._releases: set[asyncio.Task[None]] = set()
 
     @property
     def running(self) -> bool:
@@ -95,6 +108,8 @@ class Broadcast:
                 await task
             except asyncio.CancelledError:
                 pass
+        if self._releases:
+            await asyncio.gather(*self._releases, return_exceptions=True)
 
     async def tick(self) -> int:
         data, event = self.make()
@@ -103,13 +118,40 @@ class Broadcast:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
-        while True:
-            try:
-                await self.tick()
-            except BrokerUnavailable:
-                log.warning("broker unavailable: %s tick skipped", self.topic)
-            next_at += self.interval_s
-            now = loop.time()
-            if next_at < now:  # fell behind (a stalled loop): skip, don't burst
-                next_at = now + self.interval_s
-            await asyncio.sleep(next_at - now)
+        # One holder id per run: a release left over from an earlier run of
+        # this process never drops the lease this run holds.
+        holder = f"{self.broker.node}:{secrets.token_hex(4)}"
+        warned = False
+        try:
+            while True:
+                try:
+                    self.leading = await self.broker.lease(self.topic, holder, self.lease_s)
+                    if self.leading:
+                        await self.tick()
+                    warned = False
+                except BrokerUnavailable:
+                    self.leading = False
+                    if not warned:
+                        log.warning("broker unavailable: %s ticks skipped", self.topic)
+                        warned = True
+                next_at += self.interval_s
+                now = loop.time()
+                if next_at < now:  # fell behind (a stalled loop): skip, don't burst
+                    next_at = now + self.interval_s
+                await asyncio.sleep(next_at - now)
+        finally:
+            if self.leading:
+                self.leading = False
+                # Not awaited here: this task is being cancelled.
+                self._spawn(self._release(holder))
+
+    async def _release(self, holder: str) -> None:
+        try:
+            await self.broker.release(self.topic, holder)
+        except BrokerUnavailable:
+            pass  # the lease expires by itself
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)

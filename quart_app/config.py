@@ -154,7 +154,9 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(config[key], str) or "://" not in config[key]:
             raise ValueError(f"{key} must be a URL such as memory:// or redis://host:6379/0")
     database_url = config["DATABASE_URL"]
-    if database_url is not None and (not isinstance(database_url, str) or "://" not in database_url):
+    if database_url is not None and (
+        not isinstance(database_url, str) or "://" not in database_url
+    ):
         raise ValueError(
             "DATABASE_URL must be a URL such as sqlite+aiosqlite:///path/history.sqlite3 "
             "or postgresql+asyncpg://user:password@host/db"

@@ -7,6 +7,8 @@ import logging
 from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from .broker import BrokerUnavailable
+
 log = logging.getLogger("quart_app")
 
 
@@ -52,6 +54,14 @@ def init_app(app: Quart) -> None:
             allowed = error.get_headers()
             headers = {k: v for k, v in allowed if k.lower() == "allow"}
         return APIError(status, message, headers=headers).response()
+
+    @app.errorhandler(BrokerUnavailable)
+    async def handle_broker_unavailable(error: BrokerUnavailable) -> Response:
+        log.warning("broker unavailable: %s", error)
+        return APIError(
+            503, "the message broker is unavailable; try again shortly",
+            headers={"Retry-After": "2"},
+        ).response()
 
     @app.errorhandler(Exception)
     async def handle_unexpected(error: Exception) -> Response:

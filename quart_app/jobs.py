@@ -19,6 +19,7 @@ running job: it waits, publishing again until the broker takes the batch.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -171,6 +172,8 @@ class JobRegistry:
         self._timers: set[asyncio.TimerHandle] = set()
         self._forget_timers: dict[str, asyncio.TimerHandle] = {}
         self._closing = False
+        # When a shutting-down process stops waiting for an unavailable broker.
+        self._give_up_at: float | None = None
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
         # Watchers here of jobs that run elsewhere, as counted in the broker.
@@ -187,6 +190,7 @@ class JobRegistry:
 
     async def close(self) -> None:
         self._closing = True
+        self._give_up_at = asyncio.get_running_loop().time() + CLOSING_GRACE_S
         running = [job.task for job in self.jobs.values() if job.task and not job.task.done()]
         for job in self.jobs.values():
             if job.task in running:
@@ -319,7 +323,21 @@ class JobRegistry:
             self._timers.discard(job.orphan_timer)
             job.orphan_timer = None
 
-    def unwatch(self, job_id: str) -> None:
+    def unwatch(self, job_id: str, grace_s: float = 0.0) -> None:
+        """A watcher left; ``grace_s``: it was told to reconnect within that long."""
+        if grace_s > 0:
+            # Keep counting it until it could have come back, so a routine
+            # reconnect (max age, drain) never has its job cancelled as orphaned.
+            def later() -> None:
+                self._timers.discard(timer)
+                self._unwatch_now(job_id)
+
+            timer = asyncio.get_running_loop().call_later(grace_s, later)
+            self._timers.add(timer)
+            return
+        self._unwatch_now(job_id)
+
+    def _unwatch_now(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
         if job is None:
             # Only what was counted is uncounted: a failed count errs on the
@@ -433,7 +451,7 @@ class JobRegistry:
                     job.committed += len(text)  # ASCII only: characters are bytes
                     await self._persist(
                         topic,
-                        lambda items=items: self.broker.publish_many(topic, items, maxlen=maxlen),
+                        functools.partial(self.broker.publish_many, topic, items, maxlen=maxlen),
                         self._published(topic, index),
                     )
                     job.produced = index
@@ -478,11 +496,10 @@ class JobRegistry:
 
         ``done`` tells whether a write whose answer was lost went through, so
         that it is not published twice.  A process that is shutting down gives
-        up after ``CLOSING_GRACE_S``.
+        up ``CLOSING_GRACE_S`` after the shutdown began.
         """
         loop = asyncio.get_running_loop()
         delay = 0.05
-        give_up_at: float | None = None
         warned = False
         while True:
             try:
@@ -492,11 +509,9 @@ class JobRegistry:
                 if not warned:
                     log.warning("%s waits for the broker: %s", topic, error)
                     warned = True
-            if self._closing:
-                give_up_at = give_up_at or loop.time() + CLOSING_GRACE_S
-                if loop.time() >= give_up_at:
-                    log.error("%s: gave up writing to the broker at shutdown", topic)
-                    return
+            if self._give_up_at is not None and loop.time() >= self._give_up_at:
+                log.error("%s: gave up writing to the broker at shutdown", topic)
+                return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
             if done is not None:

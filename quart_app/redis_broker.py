@@ -39,6 +39,7 @@ clients reconnect and get an ``event: gap``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -46,7 +47,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -67,8 +68,6 @@ from .broker import (
 from .sse import FieldError
 
 log = logging.getLogger("quart_app.redis_broker")
-
-T = TypeVar("T")
 
 # What "Redis is not there" looks like; anything else (e.g. WRONGTYPE) is a bug to surface.
 _DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
@@ -179,7 +178,19 @@ class CatchUpSubscription(Subscription):
     def take(self, max_count: int = 4096, max_bytes: int = 256 * 1024) -> list[Message]:
         if self._behind():
             return []
-        return super().take(max_count, max_bytes)
+        if not self.backlog:
+            return super().take(max_count, max_bytes)
+        # A page of catch-up is written in bounded chunks, as history is.
+        count = total = 0
+        for message in self.backlog[:max_count]:
+            total += len(message.frame)
+            if total > max_bytes and count:
+                break
+            count += 1
+        chunk = self.backlog[:count]
+        del self.backlog[:count]
+        self.cursor = max(self.cursor, chunk[-1].seq)
+        return chunk
 
     async def wait(self) -> None:
         if self.closed or self.heartbeat_due or not self._behind():
@@ -210,7 +221,7 @@ class RedisBroker:
         timeout_s: float = 1.0,
         block_s: float = 2.0,
         resync_s: float = 5.0,
-        max_connections: int = 64,
+        max_connections: int = 32,
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -237,19 +248,27 @@ class RedisBroker:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def _client(self, socket_timeout: float, max_connections: int) -> Redis:
+    def _client(self) -> Redis:
         # No retries: a retried XADD 0-* could publish twice, and callers
         # want to hear at once that Redis is gone, not after a backoff.
-        return Redis.from_url(
+        # No socket_timeout either: redis-py enforces it on writes with
+        # asyncio.wait_for, which on Python 3.11 can swallow a task's
+        # cancellation; every command runs under asyncio.timeout instead.
+        # A blocking pool: a burst of commands waits for a connection (within
+        # the command's timeout) instead of failing with "too many connections".
+        pool = BlockingConnectionPool.from_url(
             self.url,
-            socket_timeout=socket_timeout,
+            max_connections=self.max_connections,
+            timeout=None,
+            socket_timeout=None,
             socket_connect_timeout=self.timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
+        return Redis(connection_pool=pool)
 
     async def start(self) -> None:
-        self._redis = self._client(self.timeout_s, self.max_connections)
-        self._reader_redis = self._client(self.block_s + self.timeout_s + 1.0, 2)
+        self._redis = self._client()
+        self._reader_redis = self._client()
         for name, source in (("renew", _RENEW), ("release", _RELEASE), ("adjust", _ADJUST)):
             self._scripts[name] = self._redis.register_script(source)
         self._reader = asyncio.create_task(self._read_forever(), name="redis-broker-reader")
@@ -284,12 +303,20 @@ class RedisBroker:
     def _k(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}:{name}"
 
-    @staticmethod
-    async def _call(awaitable: Awaitable[T]) -> T:
+    async def _call(self, awaitable: Awaitable[Any]) -> Any:
         try:
-            return await awaitable
+            async with asyncio.timeout(self.timeout_s):
+                return await awaitable
         except _DOWN as error:
-            raise BrokerUnavailable(f"Redis is unavailable: {error}") from error
+            await self._drop_idle_connections()
+            raise BrokerUnavailable(f"Redis is unavailable: {error!r}") from error
+
+    async def _drop_idle_connections(self) -> None:
+        # After a Redis restart every pooled connection is dead; without
+        # this each would fail one more command before being replaced.
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coro)
@@ -362,10 +389,12 @@ class RedisBroker:
         try:
             entry = await self._acquire(topic, maxlen)
             sub = await self._attach(entry, after, backlog, max_lag, overflow)
-        except BrokerUnavailable:
+        except BaseException as error:
             if entry is not None:
                 self._release(entry)
                 entry = None
+            if not isinstance(error, BrokerUnavailable):
+                raise
             # A closed subscription: the stream ends at once (after its
             # ``retry:``) and the client comes back when Redis may be up.
             sub = Subscription(LocalTopic(topic, 1), 0, max_lag=None, overflow=overflow)
@@ -381,7 +410,11 @@ class RedisBroker:
         entry = self._topics.get(name)
         if entry is not None:
             entry.users += 1
-            await entry.ready.wait()
+            try:
+                await entry.ready.wait()
+            except BaseException:
+                entry.users -= 1
+                raise
             if entry.failed:
                 # Its creator failed (or gave up): try once more as the creator.
                 entry.users -= 1
@@ -453,6 +486,8 @@ class RedisBroker:
         if after is not None and first != after + 1:
             sub.gap = (after, first)
         entry.local.subscribers.add(sub)
+        if self._topics.get(entry.name) is not entry:
+            sub.close("reset")  # lost while the catch-up was read
         return sub
 
     async def expire(self, topic: str, ttl_s: float) -> None:
@@ -543,18 +578,26 @@ class RedisBroker:
         while True:
             try:
                 if self._resync_needed or time.monotonic() >= resync_at:
+                    if not self._up:
+                        await self._drop_idle_connections()
                     await self._resync()
                     resync_at = time.monotonic() + self.resync_s
+                    if not self._up:
+                        self._up = True
+                        self.reconnects += 1
+                        log.warning("Redis connection restored")
                 streams: dict[str, str] = {self._inbox: self._inbox_pos}
                 for entry in self._topics.values():
                     if entry.ready.is_set() and not entry.failed:
                         streams[entry.key] = f"0-{entry.position}"
                 assert self._reader_redis is not None
-                reply = await self._reader_redis.xread(
-                    streams,  # type: ignore[arg-type]
-                    count=READ_COUNT,
-                    block=int(self.block_s * 1000),
-                )
+                reply: Any
+                async with asyncio.timeout(self.block_s + self.timeout_s):
+                    reply = await self._reader_redis.xread(
+                        streams,  # type: ignore[arg-type]
+                        count=READ_COUNT,
+                        block=int(self.block_s * 1000),
+                    )
             except asyncio.CancelledError:
                 raise
             except _DOWN as error:
@@ -571,10 +614,6 @@ class RedisBroker:
                 await asyncio.sleep(1.0)
                 continue
             delay = 0.05
-            if not self._up:
-                self._up = True
-                self.reconnects += 1
-                log.warning("Redis connection restored")
             self._dispatch(reply or [])
 
     def _dispatch(self, reply: list[Any]) -> None:
@@ -611,11 +650,15 @@ class RedisBroker:
                 log.exception("broker message handler failed")
 
     async def _resync(self) -> None:
+        async with asyncio.timeout(self.timeout_s * 3):
+            await self._check_epoch_and_topics()
+
+    async def _check_epoch_and_topics(self) -> None:
         """Notice lost data: a new epoch, or a topic whose seqs went backwards."""
         client = self._reader_redis
         assert client is not None
         key = f"{self.prefix}epoch"
-        epoch = await client.get(key)
+        epoch: Any = await client.get(key)
         if epoch is None:
             await client.set(key, secrets.token_hex(8), nx=True)
             epoch = await client.get(key)

@@ -45,7 +45,7 @@ def encode(
     data: str | None = None,
     *,
     event: str | None = None,
-    id: str | None = None,  # noqa: A002 - the SSE field's own name
+    id: str | None = None,
     retry: int | None = None,
 ) -> bytes:
     """Encode one frame.  ``data=None`` with only ``retry`` gives a retry-only frame."""
@@ -120,7 +120,7 @@ def parse_job_id(value: str) -> tuple[str, int | None]:
     return job, int(tail)
 
 
-async def publish(data: object, type: str | None = None, channel: str = "sse") -> str:  # noqa: A002
+async def publish(data: object, type: str | None = None, channel: str = "sse") -> str:
     """Publish ``data`` (any JSON value) to a channel, as Flask-SSE's ``sse.publish``.
 
     ``from quart_app import sse; await sse.publish({"message": "hi"}, type="greeting",

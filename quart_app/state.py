@@ -12,6 +12,7 @@ from quart import Quart, current_app
 from .broker import Broker, create_broker
 from .jobs import JobRegistry
 from .lifecycle import DrainTrigger
+from .metrics import CountingHub
 from .streams import StreamHub
 
 EXTENSION = "quart_app"
@@ -30,6 +31,11 @@ class AppState:
     # Called with every chat message this process accepts ({"id","user","message","time"}).
     # Must not block: schedule slow work as a task.
     on_chat: list[Any] = field(default_factory=list)
+    # The history database (``db.History``) and the statistics (``metrics.Stats``).
+    # They start last and stop after the jobs, so they see the jobs that a
+    # shutdown interrupts; the stats flush to the broker before it closes.
+    history: Any = None
+    stats: Any = None
 
     def drain(self) -> None:
         """A shutdown began: end open streams (last jittered retry), start no new jobs."""
@@ -44,6 +50,10 @@ class AppState:
         await self.jobs.start()
         for service in self.services:
             await service.start()
+        if self.history is not None:
+            await self.history.start()
+        if self.stats is not None:
+            await self.stats.start()
 
     async def close(self) -> None:
         self.drain()
@@ -53,13 +63,17 @@ class AppState:
             await service.close()
         await self.jobs.close()
         await self.hub.close()
+        if self.history is not None:
+            await self.history.close()
+        if self.stats is not None:
+            await self.stats.close()
         await self.broker.close()
 
 
 def init_app(app: Quart) -> AppState:
     config = app.config
     broker = create_broker(config["BROKER_URL"])
-    hub = StreamHub(
+    hub: StreamHub = CountingHub(
         retry_ms=config["SSE_RETRY_MS"],
         heartbeat_s=config["SSE_HEARTBEAT_S"],
         max_age_s=config["SSE_MAX_AGE_S"],

@@ -98,6 +98,12 @@ class StreamHub:
         for sub in list(self.open):
             sub.close("drain")
 
+    def reconnect_grace_s(self, sub: Subscription) -> float:
+        """How long a client whose stream just ended may take to come back."""
+        if sub.reason in _DRAIN_REASONS:
+            return (self.retry_ms + self.jitter_ms) / 1000 + 1.0
+        return 0.0
+
     def drain_frame(self) -> bytes:
         return encode(retry=self.retry_ms + random.randint(0, self.jitter_ms))
 

@@ -68,3 +68,30 @@ async def browser(tmp_path: Path) -> AsyncIterator[Any]:
 
     async with chromium_context(tmp_path / "chromium-profile") as context:
         yield context
+
+
+@pytest.fixture(scope="session")
+def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One throwaway ``redis-server`` for the session (fails clearly if it is not installed)."""
+    from .redis_server import RedisServer
+
+    redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield redis
+    redis.stop()
+
+
+@pytest.fixture
+def redis_url(redis_session: Any) -> str:
+    """The session's Redis, emptied for this test."""
+    redis_session.flush()
+    return str(redis_session.url)
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[Any]:
+    """A Redis of this test's own that keeps every accepted write across a kill and restart."""
+    from .redis_server import RedisServer
+
+    redis = RedisServer(tmp_path / "redis", durable=True).start()
+    yield redis
+    redis.stop()

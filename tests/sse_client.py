@@ -10,10 +10,11 @@ from httpx_sse import EventSource, ServerSentEvent
 async def dispatched(source: EventSource) -> AsyncIterator[ServerSentEvent]:
     """The events a browser would dispatch.
 
-    httpx-sse also yields a frame that only carries ``retry:``; WHATWG clients
-    dispatch nothing for a frame without data lines.
+    httpx-sse also yields a frame that only carries ``retry:``, and an empty
+    event for a comment once an id has been seen; WHATWG clients dispatch
+    nothing for a frame without data lines.  Every event of this app has data.
     """
     async for sse in source.aiter_sse():
-        if sse.data == "" and sse.retry is not None and sse.event == "message":
+        if sse.data == "":
             continue
         yield sse

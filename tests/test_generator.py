@@ -319,3 +319,14 @@ async def test_large_job_is_coalesced_and_complete(client: Client) -> None:
     result = await read_stream(client, "/generate?amount=5000&length=16", until=done, timeout=20)
     indexes = [json.loads(e.data)["index"] for e in result.parsed.events[:-1]]
     assert indexes == list(range(1, 5001))
+
+
+async def test_a_stream_ended_by_max_age_does_not_orphan_its_job(app: Quart, client: Client) -> None:
+    # JOB_ORPHAN_S is 0.5 s here; the client is told to come back after up to 8 s.
+    app.extensions["quart_app"].hub.max_age_s = 0.2
+    first = await read_stream(client, "/generate?amount=40&length=4&delay_ms=50", timeout=5)
+    assert first.ended and len(first.parsed.retries) == 2
+    last = first.parsed.events[-1].last_event_id
+    job = last.split(":")[0]
+    await asyncio.sleep(1.0)  # longer than JOB_ORPHAN_S, within the reconnect window
+    assert (await (await client.get(f"/jobs/{job}")).get_json())["status"] == "running"

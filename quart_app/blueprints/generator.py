@@ -163,14 +163,15 @@ async def _job_stream(job_id: str, after: int | None) -> Response:
     subscription = get_broker().subscribe(
         topic_for(job_id), after=after, max_lag=None, maxlen=state["amount"] + 2
     )
-    return get_hub().response(
+    hub = get_hub()
+    return hub.response(
         subscription,
         client=client_address(),
         kind="job",
         terminal=TERMINAL_EVENTS,
         id_format=lambda seq: f"{job_id}:{seq}",
         on_open=lambda _sub: jobs.watch(job_id),
-        on_close=lambda _sub: jobs.unwatch(job_id),
+        on_close=lambda sub: jobs.unwatch(job_id, hub.reconnect_grace_s(sub)),
     )
 
 

@@ -8,7 +8,16 @@ import re
 import time
 from typing import Any
 
-from quart import Blueprint, Quart, Response, current_app, jsonify, render_template, request, session
+from quart import (
+    Blueprint,
+    Quart,
+    Response,
+    current_app,
+    jsonify,
+    render_template,
+    request,
+    session,
+)
 
 from ..broadcast import Broadcast, local_time, random_number
 from ..broker import BrokerUnavailable, Overflow
@@ -46,7 +55,7 @@ def channel_topic(name: str) -> str:
     return f"channel:{name}"
 
 
-async def publish(data: Any, *, type: str | None = None, channel: str = "sse") -> str:  # noqa: A002
+async def publish(data: Any, *, type: str | None = None, channel: str = "sse") -> str:
     """Publish ``data`` (any JSON value) to ``channel``; returns the event's id.
 
     Usable from any coroutine running in the app's context, as Flask-SSE's
@@ -197,25 +206,3 @@ async def chat_stream() -> Response:
 async def live_page() -> str:
     await get_broker().incr("page_views")
     return await render_template("live.html", user=session.get("user", "anonymous"))
-
-
-async def stats_snapshot() -> dict[str, Any]:
-    state = get_state()
-    counters = await state.broker.counters()
-    return {
-        "open_streams": state.hub.counts(),
-        "open_streams_total": len(state.hub.open),
-        "events_sent": state.hub.events_sent,
-        "running_jobs": state.jobs.running(),
-        "jobs_finished": state.jobs.finished_total,
-        "subscribers": state.broker.local_subscribers(),
-        "ticker_running": state.ticker.running,
-        "page_views": counters.get("page_views", 0),
-    }
-
-
-@bp.get("/api/v1/stats")
-async def stats() -> Response:
-    return jsonify(
-        {"status": 200, "success": True, "message": "application statistics", "content": await stats_snapshot()}
-    )

@@ -1,0 +1,503 @@
+"""The JSON API under ``/api/v1``: one envelope for answers and errors, typed with quart-schema.
+
+Every answer, error or not, is
+``{"status": <http status>, "success": <bool>, "message": "...", "content": ...}``.
+Errors anywhere under ``/api/v1`` (including routing's 404 and 405, and
+quart-schema's validation errors) are rewritten into that envelope after the
+app's own handlers ran; elsewhere the app keeps its ``{"error": ...}`` JSON.
+
+OpenAPI (``/openapi.json``) documents the API and the operations endpoints;
+``/docs`` renders it with a vendored Swagger UI (no CDN; ``pages.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt
+from quart import Blueprint, Quart, Response, current_app, request
+from quart_schema import (
+    QuartSchema,
+    RequestSchemaValidationError,
+    tag_blueprint,
+    validate_querystring,
+    validate_request,
+    validate_response,
+)
+from quart_schema.openapi import OpenAPIProvider
+from werkzeug.datastructures import MultiDict
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.routing import BaseConverter
+
+from ..broker import BrokerUnavailable
+from ..db import HistoryUnavailable
+from ..errors import APIError
+from ..jobs import JOB_ID_RE, charset_for
+from ..state import get_hub, get_jobs, get_state
+from .common import client_address
+from .generator import ensure_session, job_params, owner, selection
+
+PREFIX = "/api/v1"
+bp = Blueprint("api", __name__, url_prefix=PREFIX)
+
+T = TypeVar("T")
+
+
+# -- models --------------------------------------------------------------------
+
+
+class Envelope(BaseModel, Generic[T]):
+    """Every /api/v1 answer."""
+
+    status: int
+    success: bool
+    message: str
+    content: T
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = None
+    errors: list[FieldProblem] | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    """An /api/v1 error: ``success`` is false, ``message`` says what is wrong."""
+
+    status: int
+    success: Literal[False]
+    message: str
+    content: ErrorDetail | None = None
+
+
+class HistoryStats(BaseModel):
+    backend: str
+    ready: bool
+    queued: int
+    written: int
+    dropped: int
+    failed: int
+
+
+class StatsContent(BaseModel):
+    time: float = Field(description="Unix time of the snapshot")
+    workers: int = Field(description="Worker processes counted")
+    open_streams: dict[str, int] = Field(description="Open SSE streams by kind")
+    open_streams_total: int
+    running_jobs: int
+    jobs_finished: int
+    jobs_by_status: dict[str, int]
+    events_sent: int = Field(description="SSE events written to clients")
+    page_views: int
+    subscribers: dict[str, int] = Field(description="Subscribers per channel or broadcast topic")
+    ticker_running: bool
+    stream_disconnects: dict[str, int] = Field(description="Streams ended, by reason")
+    subscriber_drops: int = Field(description="Subscribers disconnected for falling behind")
+    broker_reconnects: int
+    history: HistoryStats
+
+
+class JobInfo(BaseModel):
+    id: str
+    status: Literal["running", "done", "cancelled", "failed"]
+    amount: int
+    length: int
+    delay_ms: int
+    produced: int
+    progress: int
+    message: str
+    created_at: float = Field(description="Unix time")
+    finished_at: float | None = Field(description="Unix time; null while running")
+    duration_s: float | None = None
+    events_url: str | None = None
+    result_url: str | None = None
+    source: Literal["live", "history"] = Field(
+        description="live: the job is known to the server (running or recently finished); "
+        "history: from the database"
+    )
+
+
+class JobPage(BaseModel):
+    items: list[JobInfo]
+    page: int
+    per_page: int
+    total: int
+    pages: int
+
+
+class JobsQuery(BaseModel):
+    page: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    per_page: Annotated[int, Field(ge=1, le=100)] = 20
+    status: Literal["done", "cancelled", "failed"] | None = None
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: StrictInt
+    length: StrictInt
+    delay_ms: StrictInt = 0
+
+
+class TimeContent(BaseModel):
+    utc: str = Field(description="ISO 8601, UTC")
+    local: str = Field(description="ISO 8601, the server's time zone")
+    unix: float
+    timezone: str
+    utc_offset_s: int
+
+
+class EchoContent(BaseModel):
+    method: str
+    path: str
+    args: dict[str, list[str]]
+    form: dict[str, list[str]]
+    files: dict[str, list[str]] = Field(description="File field -> file names")
+    json_body: JsonValue = Field(alias="json", description="The JSON body, or null")
+    headers: dict[str, str] = Field(
+        description="Cookie, Authorization and other credentials redacted"
+    )
+    remote_addr: str | None
+    scheme: str
+    http_version: str
+    body_bytes: int
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def envelope(content: Any, message: str, status: int = 200) -> dict[str, Any]:
+    return {"status": status, "success": status < 400, "message": message, "content": content}
+
+
+def is_api_path(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+def json_only(func: Callable[..., Any]) -> Callable[..., Any]:
+    """415 unless the body is JSON, 400 unless it parses (before quart-schema validates it)."""
+
+    @wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        mimetype = request.mimetype
+        if mimetype != "application/json" and not mimetype.endswith("+json"):
+            raise APIError(415, "send a JSON body (Content-Type: application/json)")
+        try:
+            json.loads(await request.get_data(cache=True))
+        except ValueError:  # UnicodeDecodeError included
+            raise APIError(400, "the request body is not valid JSON") from None
+        return await func(*args, **kwargs)
+
+    return wrapper
+
+
+class JobIdConverter(BaseConverter):
+    """A job id: 22 URL-safe base64 characters; anything else is not a job route (404)."""
+
+    regex = JOB_ID_RE.pattern.removeprefix("^").removesuffix("$")
+
+
+def _stats() -> Any:
+    stats = get_state().stats
+    if stats is None:  # pragma: no cover - create_app always sets it
+        raise APIError(503, "statistics are not running")
+    return stats
+
+
+def _unavailable(what: str, error: Exception) -> APIError:
+    return APIError(503, f"{what} is unavailable: {error}", headers={"Retry-After": "5"})
+
+
+_JOB_FIELDS = ("id", "status", "amount", "length", "delay_ms", "produced", "progress", "message")
+
+
+def _live_job(state: dict[str, Any]) -> dict[str, Any]:
+    finished = state.get("finished_at")
+    return {
+        **{key: state[key] for key in _JOB_FIELDS},
+        "created_at": state["created_at"],
+        "finished_at": finished,
+        "duration_s": None if finished is None else round(finished - state["created_at"], 6),
+        "events_url": state["events_url"],
+        "result_url": state["result_url"],
+        "source": "live",
+    }
+
+
+# -- routes --------------------------------------------------------------------
+
+
+@bp.get("/stats")
+@validate_response(Envelope[StatsContent])
+@validate_response(ErrorEnvelope, 503)
+async def stats() -> dict[str, Any]:
+    """Application-wide statistics.
+
+    Open streams by kind, running and finished jobs, events sent, page views
+    and subscribers per channel, summed over every worker. Counters are exact
+    under concurrency; another worker's numbers are at most one
+    STATS_INTERVAL_S old.
+    """
+    try:
+        snapshot = await _stats().snapshot()
+    except BrokerUnavailable as error:
+        raise _unavailable("the broker", error) from None
+    return envelope(snapshot, "application statistics")
+
+
+@bp.get("/stats/stream")
+async def stats_stream() -> Response:
+    """Live statistics as Server-Sent Events.
+
+    One event per STATS_INTERVAL_S (default 1 s), data: the /api/v1/stats
+    content plus events_per_s and jobs_per_min (jobs finished in the last
+    minute). A new subscriber first gets the recent events (up to
+    STATS_HISTORY). Not resumable: Last-Event-ID is ignored.
+    """
+    stats = _stats()
+    return get_hub().response(
+        stats.subscribe(), client=client_address(), kind="stats", on_open=stats.joined
+    )
+
+
+@bp.get("/jobs")
+@validate_querystring(JobsQuery)
+@validate_response(Envelope[JobPage])
+@validate_response(ErrorEnvelope, 400)
+@validate_response(ErrorEnvelope, 503)
+async def job_history(query_args: JobsQuery) -> dict[str, Any]:
+    """Finished jobs from the history database, newest first, a page at a time."""
+    history = get_state().history
+    try:
+        items, total = await history.job_page(
+            page=query_args.page, per_page=query_args.per_page, status=query_args.status
+        )
+    except HistoryUnavailable as error:
+        raise _unavailable("the history database", error) from None
+    for item in items:
+        item["source"] = "history"
+    content = {
+        "items": items,
+        "page": query_args.page,
+        "per_page": query_args.per_page,
+        "total": total,
+        "pages": math.ceil(total / query_args.per_page),
+    }
+    return envelope(content, f"{len(items)} of {total} finished jobs")
+
+
+@bp.post("/jobs")
+@json_only
+@validate_request(JobCreate)
+@validate_response(Envelope[JobInfo], 201)
+@validate_response(ErrorEnvelope, 400)
+@validate_response(ErrorEnvelope, 415)
+@validate_response(ErrorEnvelope, 429)
+@validate_response(ErrorEnvelope, 503)
+async def create_job(data: JobCreate) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Start a generation job (the session's character sets); watch it at events_url."""
+    params = job_params(data.model_dump())
+    ensure_session()
+    job = await get_jobs().create(params, charset_for(selection()), owner())
+    state = await get_jobs().state(job.id)
+    assert state is not None
+    location = f"{PREFIX}/jobs/{job.id}"
+    return envelope(_live_job(state), "job started", 201), 201, {"Location": location}
+
+
+@bp.get("/jobs/<job_id:job_id>")
+@validate_response(Envelope[JobInfo])
+@validate_response(ErrorEnvelope, 404)
+async def job_detail(job_id: str) -> dict[str, Any]:
+    """One job: live while the server knows it, then from the history."""
+    live = await get_jobs().state(job_id)
+    if live is not None:
+        return envelope(_live_job(live), f"job {live['status']}")
+    try:
+        stored = await get_state().history.job(job_id)
+    except HistoryUnavailable as error:
+        raise _unavailable("the history database", error) from None
+    if stored is None:
+        raise APIError(404, f"no job {job_id}")
+    return envelope({**stored, "source": "history"}, f"job {stored['status']}")
+
+
+@bp.get("/time")
+@validate_response(Envelope[TimeContent])
+async def server_time() -> dict[str, Any]:
+    """The server's date and time."""
+    now = datetime.now(UTC)
+    local = now.astimezone()
+    offset = local.utcoffset()
+    content = {
+        "utc": now.isoformat(timespec="milliseconds"),
+        "local": local.isoformat(timespec="milliseconds"),
+        "unix": now.timestamp(),
+        "timezone": local.tzname() or "",
+        "utc_offset_s": int(offset.total_seconds()) if offset is not None else 0,
+    }
+    return envelope(content, "the server's date and time")
+
+
+# Header names whose values are credentials.
+_SECRET_HEADER = re.compile(
+    r"^(cookie|authorization|proxy-authorization)$|token|secret|api-?key|password|session",
+    re.IGNORECASE,
+)
+REDACTED = "[redacted]"
+
+
+def _lists(values: MultiDict[str, Any]) -> dict[str, list[str]]:
+    return {key: [str(v) for v in values.getlist(key)] for key in values}
+
+
+@bp.route("/echo", methods=["GET", "POST"])
+@validate_response(Envelope[EchoContent])
+@validate_response(ErrorEnvelope, 400)
+@validate_response(ErrorEnvelope, 413)
+async def echo() -> dict[str, Any]:
+    """What the server saw of this request; credentials in headers are redacted.
+
+    Accepts any body: JSON is parsed (invalid JSON is a 400), forms are
+    decoded, other bodies are only counted.
+    """
+    raw = await request.get_data(cache=True, as_text=False)
+    mimetype = request.mimetype
+    body: Any = None
+    form: dict[str, list[str]] = {}
+    files: dict[str, list[str]] = {}
+    if raw and (mimetype == "application/json" or mimetype.endswith("+json")):
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, ValueError):
+            raise APIError(400, "the request body is not valid JSON") from None
+    elif mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = _lists(await request.form)
+        uploaded = await request.files
+        files = {key: [f.filename or "" for f in uploaded.getlist(key)] for key in uploaded}
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        shown = REDACTED if _SECRET_HEADER.search(name) else value
+        headers[name] = f"{headers[name]}, {shown}" if name in headers else shown
+    content = {
+        "method": request.method,
+        "path": request.path,
+        "args": _lists(request.args),
+        "form": form,
+        "files": files,
+        "json": body,
+        "headers": headers,
+        "remote_addr": request.remote_addr,
+        "scheme": request.scheme,
+        "http_version": request.http_version,
+        "body_bytes": len(raw),
+    }
+    return envelope(content, f"{request.method} {request.path}")
+
+
+# -- errors --------------------------------------------------------------------
+
+
+@bp.errorhandler(RequestSchemaValidationError)
+async def invalid_request(error: RequestSchemaValidationError) -> tuple[dict[str, Any], int]:
+    problems = _problems(error.validation_error)
+    first = problems[0] if problems else {"field": "", "message": "invalid request"}
+    message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+    content = {"field": first["field"] or None, "errors": problems}
+    return envelope(content, message, 400), 400
+
+
+def _problems(error: Exception) -> list[dict[str, str]]:
+    errors = getattr(error, "errors", None)
+    if not callable(errors):
+        return [{"field": "", "message": str(error)}]
+    problems = []
+    for item in errors(include_input=False, include_url=False):
+        field = ".".join(str(part) for part in item.get("loc", ()))
+        problems.append({"field": field, "message": str(item.get("msg", "invalid"))})
+    return problems
+
+
+async def _envelope_errors(response: Response) -> Response:
+    """Errors under /api/v1 leave in the envelope, whoever raised them."""
+    if response.status_code < 400 or not is_api_path(request.path):
+        return response
+    status = response.status_code
+    body: Any = None
+    if response.mimetype == "application/json":
+        try:
+            body = json.loads(await response.get_data(as_text=True))
+        except ValueError:
+            body = None
+    if isinstance(body, dict) and "success" in body:
+        return response  # already in the envelope
+    message = HTTP_STATUS_CODES.get(status, "error")
+    content: dict[str, Any] | None = None
+    if isinstance(body, dict):
+        message = str(body.get("error") or message)
+        if body.get("field") is not None:
+            content = {"field": body["field"]}
+    response.set_data(
+        current_app.json.dumps(envelope(content, message, status), separators=(",", ":"))
+    )
+    response.mimetype = "application/json"
+    return response
+
+
+# -- OpenAPI -------------------------------------------------------------------
+
+DOCUMENTED = ("/metrics", "/healthz")
+
+
+class APIDocumentation(OpenAPIProvider):
+    """Documents /api/v1 and the operations endpoints, not the pages and streams of the app."""
+
+    def generate_rules(self) -> Any:
+        for rule in super().generate_rules():
+            if is_api_path(rule.rule) or rule.rule in DOCUMENTED:
+                yield rule
+
+    def build_path_parameter(self, name: str, converter: BaseConverter) -> dict[str, Any]:
+        parameter = super().build_path_parameter(name, converter)
+        if isinstance(converter, JobIdConverter):
+            parameter["schema"] = {"type": "string", "pattern": f"^{JobIdConverter.regex}$"}
+        return parameter
+
+
+def init_app(app: Quart) -> None:
+    app.url_map.converters["job_id"] = JobIdConverter
+    QuartSchema(
+        app,
+        openapi_path="/openapi.json",
+        # The docs page is ours (pages.py): quart-schema's load scripts from CDNs.
+        swagger_ui_path=None,
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        info={
+            "title": "quart_app API",
+            "version": "1",
+            "description": "JSON API of quart_app. Every /api/v1 answer and error is "
+            '{"status", "success", "message", "content"}.',
+        },
+        openapi_provider_class=APIDocumentation,
+    )
+    from . import ops
+
+    tag_blueprint(bp, ["api"])
+    tag_blueprint(ops.bp, ["operations"])
+    # QuartSchema installs its own JSON provider: keep non-ASCII as UTF-8, not \\u escapes.
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.register_blueprint(bp)
+    app.after_request(_envelope_errors)

@@ -1,0 +1,173 @@
+"""The benchmark client's own SSE parser and chunked decoder (bench/client.py).
+
+Table-driven: each case is fed whole, split at every byte position, and byte
+by byte, and must give the same events every time.  A property test checks it
+against the tests' strict parser on arbitrary streams and arbitrary splits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from .sse_parser import StrictParser
+
+_PATH = Path(__file__).resolve().parent.parent / "bench" / "client.py"
+_spec = importlib.util.spec_from_file_location("bench_client", _PATH)
+assert _spec is not None and _spec.loader is not None
+client = importlib.util.module_from_spec(_spec)
+sys.modules["bench_client"] = client
+_spec.loader.exec_module(client)
+
+E = client.Event
+
+# (name, stream bytes, expected events, expected comment count, expected retry)
+CASES = [
+    ("one event, LF", b"data: hello\n\n", [E("message", "hello", None)], 0, None),
+    ("one event, CRLF", b"data: hello\r\n\r\n", [E("message", "hello", None)], 0, None),
+    ("one event, CR", b"data: hello\r\r", [E("message", "hello", None)], 0, None),
+    (
+        "typed event with id",
+        b"id: 7\nevent: newnumber\ndata: {\"n\": 1}\n\n",
+        [E("newnumber", '{"n": 1}', "7")],
+        0,
+        None,
+    ),
+    (
+        "multi-line data, mixed line endings",
+        b"data: a\r\ndata: b\rdata: c\n\n",
+        [E("message", "a\nb\nc", None)],
+        0,
+        None,
+    ),
+    ("comments are skipped and counted", b": keep-alive\n\n:\n\ndata: x\n\n",
+     [E("message", "x", None)], 2, None),
+    ("retry only", b"retry: 3000\n\n", [], 0, 3000),
+    ("retry not digits is ignored", b"retry: 3s\ndata: x\n\n", [E("message", "x", None)], 0, None),
+    ("no data: nothing dispatched, type reset", b"event: a\n\ndata: x\n\n",
+     [E("message", "x", None)], 0, None),
+    ("empty data line dispatches empty data", b"data:\n\n", [E("message", "", None)], 0, None),
+    ("field without colon", b"data\ndata\n\n", [E("message", "\n", None)], 0, None),
+    ("no space after colon", b"data:x\n\n", [E("message", "x", None)], 0, None),
+    ("only one leading space removed", b"data:  x\n\n", [E("message", " x", None)], 0, None),
+    ("colon in value kept", b"data: a: b\n\n", [E("message", "a: b", None)], 0, None),
+    (
+        "id persists across events",
+        b"id: 1\ndata: a\n\ndata: b\n\n",
+        [E("message", "a", "1"), E("message", "b", "1")],
+        0,
+        None,
+    ),
+    ("id with NUL is ignored", b"id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n",
+     [E("message", "a", "1"), E("message", "b", "1")], 0, None),
+    ("empty id resets", b"id: 1\ndata: a\n\nid\ndata: b\n\n",
+     [E("message", "a", "1"), E("message", "b", "")], 0, None),
+    ("unknown field ignored", b"foo: bar\ndata: x\n\n", [E("message", "x", None)], 0, None),
+    ("unterminated event is not dispatched", b"data: a\n\ndata: b\n", [E("message", "a", None)],
+     0, None),
+    ("leading BOM skipped", b"\xef\xbb\xbfdata: x\n\n", [E("message", "x", None)], 0, None),
+    ("UTF-8 data", "data: żółw ✓\n\n".encode(), [E("message", "żółw ✓", None)], 0, None),
+    (
+        "job stream with done",
+        b"retry: 3000\n\nid: j:1\ndata: {}\n\nid: j:done\nevent: done\ndata: {}\n\n",
+        [E("message", "{}", "j:1"), E("done", "{}", "j:done")],
+        0,
+        3000,
+    ),
+    ("CR then CRLF: two line ends", b"data: a\r\r\n", [E("message", "a", None)], 0, None),
+]
+
+
+def _feed(pieces: list[bytes]) -> tuple[list[client.Event], client.SSEParser]:
+    parser = client.SSEParser()
+    events: list[client.Event] = []
+    for piece in pieces:
+        events.extend(parser.feed(piece))
+    return events, parser
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected", "comments", "retry"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_parser_table(raw: bytes, expected: list, comments: int, retry: int | None) -> None:
+    splits = [[raw], [raw[i : i + 1] for i in range(len(raw))]]
+    splits += [[raw[:cut], raw[cut:]] for cut in range(1, len(raw))]
+    for pieces in splits:
+        events, parser = _feed(pieces)
+        assert events == expected, pieces
+        assert parser.comments == comments, pieces
+        assert parser.retry == retry, pieces
+
+
+def test_empty_piece_keeps_pending_cr() -> None:
+    events, _ = _feed([b"data: a\r", b"", b"\n\n"])
+    assert events == [E("message", "a", None)]
+
+
+def _chunked(payloads: list[bytes]) -> bytes:
+    return b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) if i % 2 else b"%X\r\n%s\r\n" % (len(p), p)
+                    for i, p in enumerate(payloads)) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "payloads",
+    [[b"a"], [b"retry: 3000\n\n", b"data: x\n\n" * 40], [bytes(range(256)) * 3, b"\r\n" * 9]],
+)
+def test_chunked_decoder_any_split(payloads: list[bytes]) -> None:
+    raw = _chunked(payloads)
+    for step in (1, 2, 3, 7, 64, len(raw)):
+        decoder = client.ChunkedDecoder()
+        out = b"".join(b"".join(decoder.feed(raw[i : i + step])) for i in range(0, len(raw), step))
+        assert out == b"".join(payloads)
+        assert decoder.done
+
+
+def test_chunked_decoder_rejects_missing_crlf() -> None:
+    with pytest.raises(ValueError):
+        client.ChunkedDecoder().feed(b"3\r\nabcXY")
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert client.percentile(values, 0.5) == 50.0
+    assert client.percentile(values, 0.99) == 99.0
+    assert client.percentile([], 0.5) is None
+
+
+_text = st.lists(
+    st.sampled_from(
+        ["data: a", "data:b", "data", "event: t", "id: 5", "id: x\x00", ": c", "retry: 10",
+         "x: y", "", "data: é"]
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=_text,
+    endings=st.lists(st.sampled_from(["\n", "\r\n", "\r"]), min_size=1, max_size=12),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6),
+)
+def test_matches_strict_parser(lines: list[str], endings: list[str], cuts: list[int]) -> None:
+    text = "".join(line + endings[i % len(endings)] for i, line in enumerate(lines))
+    raw = text.encode()
+    strict = StrictParser()
+    strict.feed(text)
+    if strict.result.incomplete.endswith("\r"):
+        strict.feed("\n")  # our parser ends a line at CR at once; the strict one waits
+        raw += b"\n"
+    points = sorted({min(c, len(raw)) for c in cuts})
+    pieces = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
+    events, parser = _feed(pieces)
+    assert [(e.type, e.data, e.id or "") for e in events] == [
+        (e.type, e.data, e.last_event_id) for e in strict.result.events
+    ]
+    assert parser.comments == len(strict.result.comments)

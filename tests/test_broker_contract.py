@@ -1,0 +1,249 @@
+"""The broker contract, run against both brokers: ``memory://`` and a real ``redis-server``.
+
+The Redis broker delivers through its reader task, so a test waits for a topic
+to have received what was published (``settle``) where the memory broker has it
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from quart_app.broker import Broker, BrokerUnavailable, Overflow, Subscription, create_broker
+from quart_app.sse import FieldError
+
+from .sse_parser import parse
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    url = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+    broker = create_broker(url)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.01)
+
+
+async def settle(sub: Subscription, seq: int) -> None:
+    """Until the subscriber's topic has received ``seq`` (or the subscriber was closed)."""
+
+    async def arrived() -> bool:
+        return sub.closed or sub.topic.history.last_seq >= seq
+
+    await eventually(arrived)
+
+
+async def receive(sub: Subscription, count: int, timeout: float = 5.0) -> list[int]:
+    """Seqs of the next ``count`` messages, waiting as a stream does."""
+    seqs: list[int] = []
+    async with asyncio.timeout(timeout):
+        while len(seqs) < count:
+            messages = sub.take()
+            if messages:
+                seqs.extend(m.seq for m in messages)
+            elif sub.closed:
+                break
+            else:
+                await sub.wait()
+    return seqs
+
+
+async def publish_range(broker: Broker, topic: str, count: int, maxlen: int = 1000) -> int:
+    return await broker.publish_many(
+        topic, [(f"m{i}", None, None) for i in range(count)], maxlen=maxlen
+    )
+
+
+async def test_publish_reaches_live_subscribers_with_seq_ids(broker: Broker) -> None:
+    async with broker.subscribe("news", maxlen=100) as first, broker.subscribe(
+        "news", maxlen=100
+    ) as second:
+        assert await broker.publish("news", '{"a": 1}', event="greeting", maxlen=100) == 1
+        assert await broker.publish("news", "two\nlines", maxlen=100) == 2
+        for sub in (first, second):
+            assert await receive(sub, 2) == [1, 2]
+    async with broker.subscribe("news", after=0, maxlen=100) as again:
+        frames = b"".join(m.frame for m in again.take()).decode()
+    events = parse(frames).events
+    assert [(e.type, e.data, e.last_event_id) for e in events] == [
+        ("greeting", '{"a": 1}', "1"),
+        ("message", "two\nlines", "2"),
+    ]
+
+
+async def test_publish_many_is_contiguous_and_keeps_explicit_ids(broker: Broker) -> None:
+    await broker.publish("job:x", "zero", maxlen=10)
+    last = await broker.publish_many(
+        "job:x", [("d1", None, "x:1"), ("d2", "done", "x:done")], maxlen=10
+    )
+    assert last == 3
+    assert await broker.last_seq("job:x") == 3
+    assert await broker.last_seq("job:nothing") in (None, 0)
+    async with broker.subscribe("job:x", after=1, maxlen=10) as sub:
+        events = parse(b"".join(m.frame for m in sub.take()).decode()).events
+    assert [(e.type, e.data, e.last_event_id) for e in events] == [
+        ("message", "d1", "x:1"),
+        ("done", "d2", "x:done"),
+    ]
+
+
+@pytest.mark.parametrize("field", ["event", "sse_id"])
+async def test_publish_refuses_field_injection(broker: Broker, field: str) -> None:
+    with pytest.raises(FieldError):
+        await broker.publish("t", "x", maxlen=10, **{field: "a\nevent: forged"})
+
+
+async def test_resume_after_an_id_is_exact_then_live(broker: Broker) -> None:
+    await publish_range(broker, "t", 30)
+    async with broker.subscribe("t", after=12, maxlen=1000) as sub:
+        assert sub.gap is None
+        assert await receive(sub, 18) == list(range(13, 31))
+        await broker.publish("t", "live", maxlen=1000)
+        assert await receive(sub, 1) == [31]
+
+
+async def test_resume_at_the_newest_id_waits_for_the_next(broker: Broker) -> None:
+    await publish_range(broker, "t", 5)
+    async with broker.subscribe("t", after=5, maxlen=1000) as sub:
+        assert sub.gap is None and sub.take() == []
+        await broker.publish("t", "six", maxlen=1000)
+        assert await receive(sub, 1) == [6]
+
+
+async def test_backlog_then_live(broker: Broker) -> None:
+    await publish_range(broker, "t", 20)
+    async with broker.subscribe("t", backlog=10, maxlen=1000) as sub, broker.subscribe(
+        "t", maxlen=1000
+    ) as live:
+        await broker.publish("t", "21", maxlen=1000)
+        assert await receive(sub, 11) == list(range(11, 22))
+        assert await receive(live, 1) == [21]
+
+
+async def test_a_trimmed_id_yields_a_gap_then_everything_kept(broker: Broker) -> None:
+    await publish_range(broker, "t", 500, maxlen=10)
+    async with broker.subscribe("t", after=3, maxlen=10) as sub:
+        assert sub.gap is not None
+        after, resumed_from = sub.gap
+        assert after == 3
+        # Redis trims approximately (whole nodes), so "kept" is at least maxlen.
+        assert 4 < resumed_from <= 491
+        assert await receive(sub, 501 - resumed_from) == list(range(resumed_from, 501))
+
+
+async def test_an_id_from_before_a_reset_yields_a_gap(broker: Broker) -> None:
+    await publish_range(broker, "t", 3)
+    async with broker.subscribe("t", after=900, maxlen=1000) as sub:
+        assert sub.gap == (900, 1)
+        assert await receive(sub, 3) == [1, 2, 3]
+
+
+async def test_drop_oldest_skips_a_slow_subscriber_to_the_newest(broker: Broker) -> None:
+    async with broker.subscribe(
+        "ticker", max_lag=3, overflow=Overflow.DROP_OLDEST, maxlen=100
+    ) as sub:
+        await publish_range(broker, "ticker", 50, maxlen=100)
+        await settle(sub, 50)
+        assert not sub.closed
+        assert [m.seq for m in sub.take()] == [48, 49, 50]
+
+
+async def test_disconnect_overflow_closes_a_subscriber_that_falls_behind(broker: Broker) -> None:
+    async with broker.subscribe("t", max_lag=5, maxlen=1000) as slow, broker.subscribe(
+        "t", max_lag=5, maxlen=1000
+    ) as fast:
+        for _ in range(4):
+            await publish_range(broker, "t", 3)
+            await settle(fast, (await broker.last_seq("t")) or 0)
+            fast.take()
+        assert slow.closed and slow.reason == "overflow"
+        assert not fast.closed
+    # What it missed is still there to resume from.
+    async with broker.subscribe("t", after=0, max_lag=5, maxlen=1000) as resumed:
+        assert resumed.gap is None
+        assert await receive(resumed, 12) == list(range(1, 13))
+
+
+async def test_counters_are_atomic(broker: Broker) -> None:
+    results = await asyncio.gather(*(broker.incr("views") for _ in range(200)))
+    assert sorted(results) == list(range(1, 201))
+    await broker.incr("events", 5)
+    counters = await broker.counters()
+    assert counters["views"] == 200 and counters["events"] == 5
+
+
+async def test_adjust_is_a_shared_integer_that_vanishes_at_zero(broker: Broker) -> None:
+    assert await broker.adjust("w", 0) == 0
+    await asyncio.gather(*(broker.adjust("w", 1, 60) for _ in range(10)))
+    assert await broker.adjust("w", -3, 60) == 7
+    assert await broker.adjust("w", -7) == 0
+    assert await broker.adjust("w", 0) == 0
+    assert "w" not in await broker.counters()
+
+
+async def test_state_merges_and_expires(broker: Broker) -> None:
+    await broker.set_state("job", {"status": "running", "produced": "0"}, None)
+    await broker.set_state("job", {"produced": "5"}, None)
+    assert await broker.get_state("job") == {"status": "running", "produced": "5"}
+    await broker.set_state("job", {"status": "done"}, 0.1)
+    assert await broker.get_state("job") == {"status": "done", "produced": "5"}
+
+    async def gone() -> bool:
+        return await broker.get_state("job") is None
+
+    await eventually(gone)
+    assert await broker.get_state("never") is None
+
+
+async def test_expire_drops_a_topic(broker: Broker) -> None:
+    await publish_range(broker, "job:old", 3)
+    await publish_range(broker, "job:kept", 3)
+    await broker.expire("job:old", 0.1)
+
+    async def gone() -> bool:
+        return await broker.last_seq("job:old") is None
+
+    await eventually(gone)
+    assert await broker.last_seq("job:kept") == 3
+    async with broker.subscribe("job:old", after=2, maxlen=10) as sub:
+        assert sub.gap == (2, 1)
+
+
+async def test_lease_is_trivially_held_or_exclusive(broker: Broker) -> None:
+    assert await broker.lease("ticker", "one", 5)
+    assert await broker.lease("ticker", "one", 5)  # renewed
+    await broker.release("ticker", "one")
+    assert await broker.lease("ticker", "two", 5)
+
+
+async def test_send_reaches_this_process(broker: Broker) -> None:
+    got: asyncio.Queue[str] = asyncio.Queue()
+    broker.on_message(got.put_nowait)
+    await broker.send(broker.node, "cancel abc")
+    assert await asyncio.wait_for(got.get(), 5) == "cancel abc"
+
+
+async def test_local_subscribers_are_counted_per_topic(broker: Broker) -> None:
+    async with broker.subscribe("a", maxlen=10), broker.subscribe("a", maxlen=10):
+        async with broker.subscribe("b", maxlen=10):
+            assert broker.local_subscribers() == {"a": 2, "b": 1}
+    assert broker.local_subscribers() == {}
+
+
+async def test_healthy(broker: Broker) -> None:
+    assert await broker.healthy()
+
+
+def test_broker_unavailable_is_a_runtime_error() -> None:
+    assert issubclass(BrokerUnavailable, RuntimeError)

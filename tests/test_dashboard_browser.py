@@ -1,0 +1,205 @@
+"""The dashboard and the API docs in a real browser: live charts, job history, nothing from afar."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from playwright.async_api import BrowserContext, Page, expect
+
+from .conftest import FAST
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.timeout(45)]
+
+WAIT_MS = 8000
+
+
+@pytest.fixture
+def dashboard_server(server_factory: Any) -> Any:
+    env = {f"QUART_{k}": str(v) for k, v in FAST.items()}
+    env["QUART_STATS_INTERVAL_S"] = "0.2"
+    return server_factory(env)
+
+
+async def open_page(
+    browser: BrowserContext, url: str, path: str
+) -> tuple[Page, list[str], list[str]]:
+    page = await browser.new_page()
+    errors: list[str] = []
+    requested: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: requested.append(request.url))
+    page.set_default_timeout(WAIT_MS)
+    await page.goto(f"{url}{path}")
+    return page, errors, requested
+
+
+async def finish_job(client: httpx.AsyncClient, amount: int, length: int) -> None:
+    async with client.stream("GET", f"/generate?amount={amount}&length={length}") as response:
+        assert response.status_code == 200
+        async for _ in response.aiter_bytes():
+            pass
+
+
+async def cancel_job(client: httpx.AsyncClient) -> None:
+    response = await client.post("/jobs", json={"amount": 1000, "length": 4, "delay_ms": 20})
+    job = response.json()["id"]
+    await asyncio.sleep(0.1)
+    assert (await client.delete(f"/jobs/{job}")).status_code == 200
+
+
+async def test_dashboard_shows_live_statistics_and_the_job_history(
+    dashboard_server: Any, browser: BrowserContext, tmp_path: Path
+) -> None:
+    url = dashboard_server.url
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        for _ in range(3):
+            await finish_job(client, 5, 8)
+        await cancel_job(client)
+
+        page, errors, requested = await open_page(browser, url, "/dashboard")
+        await page.wait_for_function("window.dashboard !== undefined")
+
+        # The job history: table and chart, from the API.
+        await expect(page.locator("#history-rows tr")).to_have_count(4)
+        await expect(page.locator("#history-rows .badge")).to_have_text(
+            ["cancelled", "done", "done", "done"]
+        )
+        await expect(page.locator("#page-info")).to_have_text("Page 1 of 1 (4 jobs)")
+        assert await page.evaluate("window.dashboard.charts.history.data[0].length") == 4
+
+        # Live: a ticker stream makes events flow; the charts follow the stats stream.
+        async def listen() -> None:
+            async with client.stream("GET", "/numbers") as response:
+                async for _ in response.aiter_bytes():
+                    pass
+
+        ticker = asyncio.create_task(listen())
+        try:
+            await page.wait_for_function(
+                "(() => { const s = window.dashboard.latest();"
+                " return s && s.open_streams.numbers === 1 && s.events_per_s > 5; })()"
+            )
+            await page.wait_for_function("window.dashboard.charts.events.data[0].length >= 10")
+            await expect(page.locator("#status")).to_have_attribute("data-state", "open")
+            await expect(page.locator('[data-stat="open_streams_total"]')).to_have_text(
+                "2"
+            )  # ticker + this page
+
+            # A job finishing while the page is open reaches the table and the "per minute" chart.
+            await finish_job(client, 2, 3)
+            await expect(page.locator("#history-rows tr")).to_have_count(5)
+            await page.wait_for_function("window.dashboard.latest().jobs_per_min >= 1")
+            await expect(page.locator('[data-stat="jobs_finished"]')).to_have_text("5")
+
+            chart = await page.evaluate(
+                """() => {
+                    const d = window.dashboard;
+                    const [t, events] = d.charts.events.data;
+                    const streams = d.charts.streams.data;
+                    return {t: Array.from(t), events: Array.from(events), streams: streams.length,
+                            width: d.charts.events.width, canvas: d.charts.events.ctx.canvas.width};
+                }"""
+            )
+            assert chart["t"] == sorted(chart["t"]) and max(chart["events"]) > 5
+            assert chart["streams"] == 8  # time, all, and one line per kind
+            assert chart["width"] > 200 and chart["canvas"] > 0
+
+            # Something is drawn: the events chart has pixels of its line's colour.
+            drawn = await page.evaluate(
+                """() => {
+                    const c = window.dashboard.charts.events.ctx.canvas;
+                    const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                    let ink = 0;
+                    for (let i = 3; i < px.length; i += 4) if (px[i] > 0) ink++;
+                    return ink;
+                }"""
+            )
+            assert drawn > 500
+
+            # Filter and page through the table.
+            await page.select_option("#status-filter", "cancelled")
+            await expect(page.locator("#history-rows tr")).to_have_count(1)
+            await expect(page.locator("#history-rows .badge")).to_have_text(["cancelled"])
+            await page.select_option("#status-filter", "")
+            await expect(page.locator("#history-rows tr")).to_have_count(5)
+            assert await page.locator("#page-next").is_disabled()
+
+            # Accessible names for what is not text.
+            for chart_id in ("chart-events", "chart-streams", "chart-jobs", "chart-history"):
+                box = page.locator(f"#{chart_id}")
+                assert await box.get_attribute("role") == "img"
+                assert await box.get_attribute("aria-label")
+            await expect(page.locator("#status")).to_have_attribute("role", "status")
+
+            screenshot = tmp_path / "dashboard.png"
+            await page.screenshot(path=str(screenshot), full_page=True)
+            assert screenshot.stat().st_size > 10_000
+        finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+
+    assert errors == []
+    host = urlsplit(url).netloc
+    outside = [r for r in requested if urlsplit(r).netloc != host and not r.startswith("data:")]
+    assert outside == []
+
+
+async def test_dashboard_stays_bounded_however_long_it_runs(
+    dashboard_server: Any, browser: BrowserContext
+) -> None:
+    page, errors, _ = await open_page(browser, dashboard_server.url, "/dashboard")
+    await page.wait_for_function("window.dashboard && window.dashboard.latest() !== null")
+    limit = await page.evaluate("window.dashboard.maxPoints")
+    # Two hours of events at once (the page cannot tell them from real ones).
+    await page.evaluate(
+        """(count) => {
+            const d = window.dashboard;
+            const base = d.latest();
+            for (let i = 1; i <= count; i++) {
+                const time = base.time + 1000 + i;
+                const data = JSON.stringify({...base, time, events_per_s: i % 50});
+                d.stream.dispatchEvent(new MessageEvent('message', {data}));
+            }
+        }""",
+        7200,
+    )
+    await page.wait_for_function(
+        "(limit) => window.dashboard.charts.events.data[0].length === limit", arg=limit
+    )
+    points = await page.evaluate("window.dashboard.points()")
+    assert len(points["t"]) == len(points["events"]) == limit == 600
+    assert points["t"] == sorted(points["t"])
+    # Older or repeated events (a reconnect's replay) do not go back in time.
+    last = points["t"][-1]
+    await page.evaluate(
+        "(t) => window.dashboard.stream.dispatchEvent(new MessageEvent('message',"
+        " {data: JSON.stringify({...window.dashboard.latest(), time: t - 5})}))",
+        last,
+    )
+    assert (await page.evaluate("window.dashboard.points()"))["t"][-1] == last
+    assert errors == []
+
+
+async def test_docs_page_renders_the_api_offline(
+    dashboard_server: Any, browser: BrowserContext
+) -> None:
+    url = dashboard_server.url
+    page, errors, requested = await open_page(browser, url, "/docs")
+    async with httpx.AsyncClient() as client:
+        spec = (await client.get(f"{url}/openapi.json")).json()
+    operations = sum(len(methods) for methods in spec["paths"].values())
+    await expect(page.locator(".opblock")).to_have_count(operations)
+    await expect(page.locator(".opblock-summary-path").first).to_be_visible()
+    paths = await page.locator(".opblock-summary-path").all_text_contents()
+    assert any("/api/v1/stats" in p for p in paths)
+    assert errors == []
+    host = urlsplit(url).netloc
+    outside = [r for r in requested if urlsplit(r).netloc != host and not r.startswith("data:")]
+    assert outside == [], outside
+    assert json.loads(json.dumps(spec))["info"]["title"] == "quart_app API"

@@ -1,0 +1,230 @@
+"""/metrics in Prometheus' text format, stream-end reasons, and logs that keep secrets out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from quart import Quart
+from quart.typing import TestClientProtocol as Client
+
+from quart_app import create_app, sse
+from quart_app.config import default_config, validate
+from quart_app.logs import JsonFormatter, SecretFilter, redact_query, secrets_of
+from quart_app.state import get_state
+
+from .streaming import read_stream
+
+TOKEN = "publish-token-0123456789"
+
+
+@pytest.fixture
+def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    return {**app_config, "PUBLISH_TOKEN": TOKEN, "ACCESS_LOG": True, "STATS_INTERVAL_S": 0.05}
+
+
+async def scrape(client: Client) -> dict[str, Any]:
+    """name -> (type, {labels tuple: value}) from /metrics."""
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    families: dict[str, Any] = {}
+    for family in text_string_to_metric_families(await response.get_data(as_text=True)):
+        samples = {tuple(sorted(s.labels.items())): s.value for s in family.samples}
+        families[family.name] = (family.type, samples)
+    return families
+
+
+async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_metrics_parse_and_match_the_stats(client: Client) -> None:
+    await client.get("/dashboard")
+    response = await client.post("/jobs", json={"amount": 3, "length": 2})
+    job = (await response.get_json())["id"]
+    await read_stream(
+        client, f"/jobs/{job}/events", until=lambda p: any(e.type == "done" for e in p.events)
+    )
+    holder = asyncio.create_task(
+        read_stream(client, "/numbers", until=lambda p: len(p.events) >= 10_000, timeout=3)
+    )
+    try:
+        stats = await _stats_when(client, lambda s: s["open_streams"]["numbers"] == 1)
+        metrics = await scrape(client)
+    finally:
+        holder.cancel()
+        await asyncio.gather(holder, return_exceptions=True)
+
+    kind, samples = metrics["quart_app_open_streams"]
+    assert kind == "gauge"
+    assert samples[(("kind", "numbers"),)] == 1
+    assert {dict(labels)["kind"] for labels in samples} >= {
+        "job",
+        "numbers",
+        "clock",
+        "chat",
+        "channel",
+        "stats",
+    }
+    assert metrics["quart_app_events_sent"][0] == "counter"
+    assert metrics["quart_app_events_sent"][1][()] >= stats["events_sent"] >= 4
+    assert metrics["quart_app_jobs_finished"][1][(("status", "done"),)] == 1
+    assert metrics["quart_app_jobs_running"] == ("gauge", {(): 0})
+    assert metrics["quart_app_page_views"][1][()] == 1
+    assert metrics["quart_app_broker_up"][1][()] == 1
+    assert metrics["quart_app_broker_reconnects"][0] == "counter"
+    assert metrics["quart_app_workers"][1][()] == 1
+    for name in (
+        "quart_app_subscriber_queue_drops",
+        "quart_app_stream_disconnects",
+        "quart_app_history_records",
+    ):
+        assert metrics[name][0] == "counter"
+    assert metrics["quart_app_history_queue_depth"][0] == "gauge"
+
+
+async def _stats_when(client: Client, predicate: Any) -> dict[str, Any]:
+    async with asyncio.timeout(5):
+        while True:
+            content = (await (await client.get("/api/v1/stats")).get_json())["content"]
+            if predicate(content):
+                return content  # type: ignore[no-any-return]
+            await asyncio.sleep(0.02)
+
+
+async def test_a_slow_subscriber_is_counted_as_a_queue_drop(app: Quart, client: Client) -> None:
+    app.config["SSE_QUEUE_SIZE"] = 5
+    stream = asyncio.create_task(read_stream(client, "/channels/burst/events", timeout=5))
+    await wait_for(lambda: get_state(app).broker.local_subscribers().get("channel:burst") == 1)
+    async with app.app_context():
+        # Twenty publishes with no await that yields: the subscriber falls behind.
+        for n in range(20):
+            await sse.publish({"n": n}, channel="burst")
+    result = await stream
+    assert result.ended
+    metrics = await scrape(client)
+    assert metrics["quart_app_subscriber_queue_drops"][1][()] == 1
+    assert metrics["quart_app_stream_disconnects"][1][(("reason", "overflow"),)] == 1
+
+
+async def test_why_streams_ended(app: Quart, client: Client) -> None:
+    # The client hangs up.
+    await read_stream(client, "/clock", until=lambda p: len(p.events) >= 1)
+    # The stream finishes: a job's terminal event.
+    response = await client.post("/jobs", json={"amount": 1, "length": 1})
+    job = (await response.get_json())["id"]
+    await read_stream(client, f"/jobs/{job}/events", until=lambda p: False)
+    # The server ends it: maximum age.
+    get_state(app).hub.max_age_s = 0.05
+    aged = await read_stream(client, "/stream", until=lambda p: False, timeout=5)
+    assert aged.ended
+    closes = get_state(app).hub.closes
+    await wait_for(
+        lambda: closes["client"] >= 1 and closes["ended"] >= 1 and closes["max_age"] >= 1
+    )
+    metrics = await scrape(client)
+    ends = metrics["quart_app_stream_disconnects"][1]
+    assert ends[(("reason", "client"),)] >= 1
+    assert ends[(("reason", "ended"),)] == 1
+    assert ends[(("reason", "max_age"),)] == 1
+
+
+# -- logs ------------------------------------------------------------------------------
+
+
+async def test_access_log_names_no_secret(
+    app: Quart, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="quart_app.access"):
+        await client.get(
+            "/api/v1/time?token=abc123secret&page=2&api_key=k-999999",
+            headers={"Cookie": "session=cookie-value-42", "Authorization": "Bearer auth-value-43"},
+        )
+        await client.post(
+            "/channels/news?sig=zz-77",
+            json={"data": 1},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+    records = [r for r in caplog.records if r.name == "quart_app.access"]
+    assert len(records) == 2
+    first = records[0]
+    http = first.http  # type: ignore[attr-defined]
+    assert (http["method"], http["path"], http["status"]) == ("GET", "/api/v1/time", 200)
+    assert http["duration_ms"] >= 0 and http["stream"] is False
+    assert "page=2" in http["query"] and "token=%5Bredacted%5D" in http["query"]
+    text = caplog.text + json.dumps([r.http for r in records])  # type: ignore[attr-defined]
+    for secret in ("abc123secret", "k-999999", "cookie-value-42", "auth-value-43", TOKEN, "zz-77"):
+        assert secret not in text
+    assert records[1].http["status"] == 202  # type: ignore[attr-defined]
+
+
+def test_json_lines_and_the_secret_filter() -> None:
+    config = {
+        **default_config(),
+        "SECRET_KEY": "the-secret-key-value",
+        "PUBLISH_TOKEN": "the-publish-token",
+        "DATABASE_URL": "postgresql+asyncpg://app:db-password-99@db/app",
+        "BROKER_URL": "redis://:redis-password-77@cache:6379/0",
+    }
+    assert set(secrets_of(config)) == {
+        "the-secret-key-value",
+        "the-publish-token",
+        "db-password-99",
+        "redis-password-77",
+    }
+    secret_filter = SecretFilter(secrets_of(config))
+    formatter = JsonFormatter()
+    try:
+        raise RuntimeError("connect failed for app:db-password-99@db")
+    except RuntimeError:
+        record = logging.LogRecord(
+            "quart_app.db",
+            logging.ERROR,
+            __file__,
+            1,
+            "key %s token %s",
+            ("the-secret-key-value", "the-publish-token"),
+            exc_info=sys.exc_info(),
+        )
+    record.http = {"path": "/x", "query": "q=the-publish-token"}  # type: ignore[attr-defined]
+    assert secret_filter.filter(record)
+    line = formatter.format(record)
+    entry = json.loads(line)
+    assert entry["level"] == "ERROR" and entry["logger"] == "quart_app.db"
+    assert entry["message"] == "key [redacted] token [redacted]"
+    assert "RuntimeError" in entry["exc"] and "[redacted]" in entry["exc"]
+    assert entry["http"]["query"] == "q=[redacted]"
+    for secret in secrets_of(config):
+        assert secret not in line
+    assert redact_query("a=1&password=x&b=2") == "a=1&password=%5Bredacted%5D&b=2"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("LOG_FORMAT", "xml", "LOG_FORMAT"),
+        ("DATABASE_URL", "not a url", "DATABASE_URL"),
+        ("DB_QUEUE_SIZE", 0, "DB_QUEUE_SIZE"),
+        ("STATS_INTERVAL_S", 0, "STATS_INTERVAL_S"),
+    ],
+)
+def test_settings_are_validated(key: str, value: Any, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        validate({**default_config(), key: value})
+
+
+def test_access_log_setting_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setenv("QUART_ACCESS_LOG", "true")
+    monkeypatch.setenv("QUART_LOG_FORMAT", "json")
+    app = create_app({"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "x" * 40})
+    assert app.config["ACCESS_LOG"] is True and app.config["LOG_FORMAT"] == "json"

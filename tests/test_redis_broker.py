@@ -1,0 +1,229 @@
+"""What only the Redis broker does: several processes, one reader, outages and lost data.
+
+Each ``RedisBroker`` instance stands for one process; they share a real
+``redis-server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quart_app.broker import BrokerUnavailable, Subscription
+from quart_app.redis_broker import RedisBroker
+
+from .redis_server import RedisServer
+
+
+@pytest.fixture
+async def brokers(redis_url: str) -> AsyncIterator[Callable[..., Awaitable[RedisBroker]]]:
+    started: list[RedisBroker] = []
+
+    async def start(url: str = redis_url, **kwargs: Any) -> RedisBroker:
+        broker = RedisBroker(url, **kwargs)
+        await broker.start()
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        await broker.close()
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+async def receive(sub: Subscription, count: int, timeout: float = 10.0) -> list[int]:
+    seqs: list[int] = []
+    async with asyncio.timeout(timeout):
+        while len(seqs) < count and not sub.closed:
+            messages = sub.take()
+            if messages:
+                seqs.extend(m.seq for m in messages)
+            else:
+                await sub.wait()
+    return seqs
+
+
+def redis_clients(port: int) -> list[bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(b"CLIENT LIST\r\n")
+        header = b""
+        while not header.endswith(b"\r\n"):
+            header += sock.recv(1)
+        size = int(header[1:-2])
+        data = b""
+        while len(data) < size + 2:
+            data += sock.recv(65536)
+    return [line for line in data.split(b"\n") if line.startswith(b"id=")]
+
+
+async def test_a_publish_on_one_process_reaches_subscribers_of_another(brokers: Any) -> None:
+    one, two = await brokers(), await brokers()
+    async with two.subscribe("news", maxlen=100) as sub, two.subscribe(
+        "news", maxlen=100
+    ) as other:
+        assert await one.publish("news", "a", maxlen=100) == 1
+        assert await two.publish("news", "b", maxlen=100) == 2
+        assert await receive(sub, 2) == [1, 2]
+        assert await receive(other, 2) == [1, 2]
+        # Frames are built once per process and shared by its subscribers.
+        assert sub.topic is other.topic
+
+
+async def test_one_reader_connection_per_process_whatever_the_subscribers(
+    brokers: Any, redis_session: RedisServer
+) -> None:
+    before = len(redis_clients(redis_session.port))
+    broker = await brokers()
+    publisher = await brokers()
+    contexts = [broker.subscribe(f"t{i % 20}", maxlen=10) for i in range(200)]
+    subs = [await context.__aenter__() for context in contexts]
+    try:
+        for i in range(20):
+            await publisher.publish(f"t{i}", "x", maxlen=10)
+        for sub in subs:
+            assert await receive(sub, 1) == [1]
+        clients = redis_clients(redis_session.port)
+        # One blocking XREAD per process, not one per subscriber or topic;
+        # the rest are a few pooled connections for commands.
+        assert sum(b" cmd=xread" in line for line in clients) == 2
+        assert len(clients) - before < 20
+    finally:
+        for context in contexts:
+            await context.__aexit__(None, None, None)
+    assert broker.local_subscribers() == {}
+
+
+async def test_resume_on_another_process_pages_through_a_long_history(brokers: Any) -> None:
+    one, two = await brokers(), await brokers()
+    total = 2500  # more than one XRANGE page
+    for start in range(0, total, 500):
+        await one.publish_many(
+            "job:x", [(f"m{i}", None, f"x:{i}") for i in range(start + 1, start + 501)],
+            maxlen=total + 2,
+        )
+
+    async def more() -> None:
+        for i in range(total + 1, total + 51):
+            await one.publish("job:x", f"m{i}", sse_id=f"x:{i}", maxlen=total + 2)
+
+    async with two.subscribe("job:x", after=7, maxlen=total + 2) as sub:
+        assert sub.gap is None
+        feeder = asyncio.create_task(more())
+        seqs = await receive(sub, total + 50 - 7)
+        await feeder
+    assert seqs == list(range(8, total + 51))
+
+
+async def test_a_subscriber_ahead_of_the_local_reader_is_not_told_of_a_gap(
+    brokers: Any,
+) -> None:
+    one, two = await brokers(), await brokers()
+    async with two.subscribe("t", maxlen=100) as watcher:
+        seq = await one.publish("t", "fresh", maxlen=100)
+        # ``two`` may not have read it yet; resuming after it must not be a gap.
+        async with two.subscribe("t", after=seq, maxlen=100) as sub:
+            assert sub.gap is None
+            await one.publish("t", "next", maxlen=100)
+            assert await receive(sub, 1) == [seq + 1]
+        assert await receive(watcher, 2) == [seq, seq + 1]
+
+
+async def test_send_reaches_the_named_process_only(brokers: Any) -> None:
+    one, two = await brokers(), await brokers()
+    got_one: list[str] = []
+    got_two: list[str] = []
+    one.on_message(got_one.append)
+    two.on_message(got_two.append)
+    await one.send(two.node, "cancel abc")
+    await until(lambda: got_two == ["cancel abc"])
+    assert got_one == []
+
+
+async def test_lease_is_exclusive_and_taken_over_when_its_holder_stops(brokers: Any) -> None:
+    one, two = await brokers(), await brokers()
+    assert await one.lease("ticker", "one", 0.3)
+    assert not await two.lease("ticker", "two", 0.3)
+    assert await one.lease("ticker", "one", 0.3)  # renewed
+    await one.release("ticker", "two")  # not its holder: no effect
+    assert not await two.lease("ticker", "two", 0.3)
+    # "one" stops renewing (it died): "two" takes over once the lease lapses.
+    deadline = time.monotonic() + 3
+    while not await two.lease("ticker", "two", 0.3):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert not await one.lease("ticker", "one", 0.3)
+    await two.release("ticker", "two")
+    assert await one.lease("ticker", "one", 0.3)
+
+
+async def test_an_outage_fails_fast_keeps_streams_and_loses_nothing_accepted(
+    tmp_path: Path,
+) -> None:
+    redis = RedisServer(tmp_path / "redis", durable=True).start()
+    broker = RedisBroker(redis.url, timeout_s=0.5)
+    await broker.start()
+    try:
+        async with broker.subscribe("chat", maxlen=1000) as sub:
+            for i in range(5):
+                await broker.publish("chat", f"before {i}", maxlen=1000)
+            assert await receive(sub, 5) == [1, 2, 3, 4, 5]
+            redis.kill()
+            started = time.monotonic()
+            with pytest.raises(BrokerUnavailable):
+                await broker.publish("chat", "lost", maxlen=1000)
+            with pytest.raises(BrokerUnavailable):
+                await broker.set_state("k", {"a": "1"}, None)
+            assert time.monotonic() - started < 2.0
+            assert not await broker.healthy()
+            async with broker.subscribe("other", maxlen=10) as refused:
+                assert refused.closed and refused.reason == "unavailable"
+            assert not sub.closed
+            redis.start()
+            await until(lambda: broker.reconnects >= 1, timeout=10)
+            assert await broker.healthy()
+            for i in range(5):
+                await broker.publish("chat", f"after {i}", maxlen=1000)
+            assert await receive(sub, 5) == [6, 7, 8, 9, 10]
+            assert not sub.closed
+    finally:
+        await broker.close()
+        redis.stop()
+
+
+async def test_lost_data_closes_subscribers_so_that_clients_resume(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis").start()
+    broker = RedisBroker(redis.url, resync_s=0.2)
+    await broker.start()
+    try:
+        async with broker.subscribe("chat", maxlen=100) as sub:
+            for i in range(5):
+                await broker.publish("chat", str(i), maxlen=100)
+            assert await receive(sub, 5) == [1, 2, 3, 4, 5]
+            redis.restart()  # no persistence: everything is gone
+            await until(lambda: sub.closed, timeout=10)
+            assert sub.reason == "reset"
+        await broker.publish("chat", "new", maxlen=100)
+        async with broker.subscribe("chat", after=5, maxlen=100) as resumed:
+            assert resumed.gap == (5, 1)
+            assert await receive(resumed, 1) == [1]
+        # Without a restart: a topic whose seqs went backwards is noticed too.
+        async with broker.subscribe("chat", maxlen=100) as sub:
+            await broker.publish("chat", "two", maxlen=100)
+            assert await receive(sub, 1) == [2]
+            redis.flush()
+            await until(lambda: sub.closed, timeout=10)
+            assert sub.reason == "reset"
+    finally:
+        await broker.close()
+        redis.stop()
