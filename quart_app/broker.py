@@ -336,6 +336,13 @@ class Broker(Protocol):
         """Add ``delta`` to a shared integer (not one of ``counters()``); gone at <= 0."""
         ...
 
+    async def add_member(self, key: str, member: str, limit: int) -> bool:
+        """Put ``member`` in set ``key`` unless it already holds ``limit`` others.
+
+        True if ``member`` is in the set afterwards.
+        """
+        ...
+
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
         """Take or renew lease ``name`` for ``holder``; False while someone else holds it."""
         ...
@@ -357,6 +364,7 @@ class MemoryBroker:
         self._topics: dict[str, LocalTopic] = {}
         self._state: dict[str, tuple[dict[str, str], float | None]] = {}
         self._counters: dict[str, int] = {}
+        self._sets: dict[str, set[str]] = {}
         self._numbers: dict[str, int] = {}
         self._handlers: list[Callable[[str], None]] = []
         self._sweeper: asyncio.Task[None] | None = None
@@ -478,6 +486,15 @@ class MemoryBroker:
             return 0
         self._numbers[key] = value
         return value
+
+    async def add_member(self, key: str, member: str, limit: int) -> bool:
+        members = self._sets.setdefault(key, set())
+        if member in members:
+            return True
+        if len(members) >= limit:
+            return False
+        members.add(member)
+        return True
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
         return True

@@ -62,6 +62,8 @@ class Defaults:
     TICKER_BUFFER = 100
     CLOCK_INTERVAL_S = 1.0
     CHANNEL_HISTORY = 1000
+    # Distinct channel names (each keeps a history); past it a new name is a 503.
+    MAX_CHANNELS = 10_000
     MAX_MESSAGE_BYTES = 65536
     MAX_CHAT_CHARS = 2000
     CORS_ORIGINS = ""
@@ -103,6 +105,7 @@ _POSITIVE_INT = (
     "TICKER_HISTORY",
     "TICKER_BUFFER",
     "CHANNEL_HISTORY",
+    "MAX_CHANNELS",
     "MAX_MESSAGE_BYTES",
     "MAX_CHAT_CHARS",
     "MAX_CONTENT_LENGTH",

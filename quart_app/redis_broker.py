@@ -92,6 +92,13 @@ end
 return 0
 """
 # A shared integer that vanishes at zero, so per-job counters do not pile up.
+_ADD_MEMBER = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+"""
+
 _ADJUST = """
 local value = redis.call('INCRBY', KEYS[1], ARGV[1])
 if value <= 0 then
@@ -269,7 +276,9 @@ class RedisBroker:
     async def start(self) -> None:
         self._redis = self._client()
         self._reader_redis = self._client()
-        for name, source in (("renew", _RENEW), ("release", _RELEASE), ("adjust", _ADJUST)):
+        for name, source in (
+            ("renew", _RENEW), ("release", _RELEASE), ("adjust", _ADJUST), ("add_member", _ADD_MEMBER)
+        ):
             self._scripts[name] = self._redis.register_script(source)
         self._reader = asyncio.create_task(self._read_forever(), name="redis-broker-reader")
 
@@ -530,6 +539,10 @@ class RedisBroker:
         ms = 0 if ttl_s is None else max(1, int(ttl_s * 1000))
         script = self._scripts["adjust"]
         return int(await self._call(script(keys=[self._k("n", key)], args=[delta, ms])))
+
+    async def add_member(self, key: str, member: str, limit: int) -> bool:
+        script = self._scripts["add_member"]
+        return bool(await self._call(script(keys=[self._k("set", key)], args=[member, limit])))
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
         key = self._k("lease", name)

@@ -28,6 +28,8 @@ class AppState:
     clock: Any = None
     services: list[Any] = field(default_factory=list)
     trigger: DrainTrigger | None = None
+    # Channel names this process knows are admitted under MAX_CHANNELS.
+    known_channels: set[str] = field(default_factory=set)
     # Called with every chat message this process accepts ({"id","user","message","time"}).
     # Must not block: schedule slow work as a task.
     on_chat: list[Any] = field(default_factory=list)

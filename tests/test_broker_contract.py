@@ -247,3 +247,13 @@ async def test_healthy(broker: Broker) -> None:
 
 def test_broker_unavailable_is_a_runtime_error() -> None:
     assert issubclass(BrokerUnavailable, RuntimeError)
+
+
+async def test_add_member_caps_a_set(broker: Broker) -> None:
+    key = f"cap-{id(broker)}"
+    assert await broker.add_member(key, "a", 2)
+    assert await broker.add_member(key, "a", 2)  # already in: no new room needed
+    assert await broker.add_member(key, "b", 2)
+    assert not await broker.add_member(key, "c", 2)
+    results = await asyncio.gather(*(broker.add_member(key + "x", f"m{n}", 10) for n in range(50)))
+    assert sum(results) == 10

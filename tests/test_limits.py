@@ -58,3 +58,19 @@ async def test_streams_per_process_are_capped(app: Quart, client: Client) -> Non
     for task in holders:
         task.cancel()
     await asyncio.gather(*holders, return_exceptions=True)
+
+
+async def test_channel_count_is_capped(app: Quart, client: Client) -> None:
+    app.config["MAX_CHANNELS"] = 3
+    app.config["PUBLISH_TOKEN"] = "t"
+    auth = {"Authorization": "Bearer t"}
+    assert (await client.post("/channels/one", json={"data": 1}, headers=auth)).status_code == 202
+    ok = await read_stream(client, "/channels/two/events", until=lambda p: True, timeout=2)
+    assert ok.status == 200
+    assert (await client.post("/chat", json={"message": "hi"})).status_code == 202  # the third: chat
+    refused = await client.post("/channels/four", json={"data": 1}, headers=auth)
+    assert refused.status_code == 503
+    assert "channels" in (await refused.get_json())["error"]
+    assert (await read_stream(client, "/channels/five/events")).status == 503
+    # Known channels keep working.
+    assert (await client.post("/channels/two", json={"data": 1}, headers=auth)).status_code == 202

@@ -55,6 +55,17 @@ def channel_topic(name: str) -> str:
     return f"channel:{name}"
 
 
+async def admit_channel(name: str) -> None:
+    """Refuse a new channel past MAX_CHANNELS (each one keeps a history)."""
+    known = get_state().known_channels
+    if name in known:
+        return
+    limit = current_app.config["MAX_CHANNELS"]
+    if not await get_broker().add_member("channels", name, limit):
+        raise APIError(503, f"this server already has {limit} channels; use an existing one")
+    known.add(name)
+
+
 async def publish(data: Any, *, type: str | None = None, channel: str = "sse") -> str:
     """Publish ``data`` (any JSON value) to ``channel``; returns the event's id.
 
@@ -66,6 +77,7 @@ async def publish(data: Any, *, type: str | None = None, channel: str = "sse") -
     if type is not None and not EVENT_TYPE_RE.match(type):
         raise ValueError(f"invalid event type {type!r}")
     text = json.dumps(data, ensure_ascii=False)
+    await admit_channel(channel)
     config = current_app.config
     seq = await get_broker().publish(
         channel_topic(channel), text, event=type, maxlen=config["CHANNEL_HISTORY"]
@@ -106,8 +118,9 @@ async def clock() -> Response:
     return _broadcast_stream(get_state().clock, "clock")
 
 
-def _channel_stream(name: str, kind: str, backlog: int) -> Response:
+async def _channel_stream(name: str, kind: str, backlog: int) -> Response:
     after = _resume_after()
+    await admit_channel(name)
     config = current_app.config
     subscription = get_broker().subscribe(
         channel_topic(name),
@@ -124,7 +137,7 @@ def _channel_stream(name: str, kind: str, backlog: int) -> Response:
 async def channel_events(name: str) -> Response:
     if not CHANNEL_RE.match(name):
         raise APIError(404, "channel names are 1-64 characters of A-Z a-z 0-9 _ . -")
-    return _channel_stream(name, "channel", 0)
+    return await _channel_stream(name, "channel", 0)
 
 
 def _check_publish_token() -> None:
@@ -199,7 +212,7 @@ async def chat_post() -> tuple[Response, int]:
 @bp.get("/stream")
 async def chat_stream() -> Response:
     """The chat stream (recent messages first)."""
-    return _channel_stream(CHAT_CHANNEL, "chat", CHAT_BACKLOG)
+    return await _channel_stream(CHAT_CHANNEL, "chat", CHAT_BACKLOG)
 
 
 @bp.get("/live")
