@@ -4,14 +4,32 @@ the client received is exactly the published sequence, in order, without duplica
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
+from .conftest import FAST
 from .streaming import read_stream
+
+_names = itertools.count()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def app_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """Both brokers: the promise is the same whichever one runs."""
+    config = {"INSTANCE_PATH": str(tmp_path / "instance"), "SECRET_KEY": "test-" + "k" * 40, **FAST}
+    if request.param == "redis":
+        config["BROKER_URL"] = request.getfixturevalue("redis_url")
+    return config
+
 
 cuts = st.lists(st.integers(min_value=1, max_value=15), min_size=1, max_size=8)
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -47,7 +65,7 @@ async def test_job_stream_resume_is_exact(client: Client, cuts: list[int], delay
 @given(cuts=cuts, total=st.integers(min_value=1, max_value=50))
 async def test_channel_stream_resume_is_exact(app: Quart, client: Client, cuts: list[int], total: int) -> None:
     app.config["PUBLISH_TOKEN"] = "t"
-    channel = f"prop{id(cuts)}-{len(cuts)}-{total}"
+    channel = f"prop{next(_names)}"
     auth = {"Authorization": "Bearer t"}
     published: list[str] = []
     first = await client.post(f"/channels/{channel}", json={"data": 0}, headers=auth)
@@ -83,3 +101,28 @@ async def test_channel_stream_resume_is_exact(app: Quart, client: Client, cuts: 
         received += [(e.last_event_id, json.loads(e.data)) for e in rest.parsed.events]
     assert [event_id for event_id, _ in received] == published
     assert [n for _, n in received] == list(range(total))
+
+
+async def test_resume_from_a_trimmed_id_says_gap_then_is_exact(app: Quart, client: Client) -> None:
+    app.config.update(PUBLISH_TOKEN="t", CHANNEL_HISTORY=10)
+    auth = {"Authorization": "Bearer t"}
+    channel = f"trim{next(_names)}"
+    ids = []
+    for n in range(300):
+        response = await client.post(f"/channels/{channel}", json={"data": n}, headers=auth)
+        ids.append((await response.get_json())["id"])
+    result = await read_stream(
+        client, f"/channels/{channel}/events", headers={"Last-Event-ID": ids[4]},
+        until=lambda p: bool(p.events) and p.events[-1].last_event_id == ids[-1],
+    )
+    events = result.parsed.events
+    assert events[0].type == "gap"
+    gap = json.loads(events[0].data)
+    assert gap["last_event_id"] == ids[4]
+    rest = events[1:]
+    assert rest[0].last_event_id == gap["resumed_from"]
+    # After the gap, exact: contiguous to the newest, nothing repeated.
+    start = ids.index(gap["resumed_from"])
+    assert start > 5
+    assert [e.last_event_id for e in rest] == ids[start:]
+    assert [json.loads(e.data) for e in rest] == list(range(start, 300))
