@@ -71,30 +71,13 @@ class PostgresServer:
             os.chown(pwfile, account.pw_uid, account.pw_gid)
             self._as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
         os.chmod(pwfile, 0o600)
-        subprocess.run(
-            [
-                str(self.bindir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                USER,
-                "--pwfile",
-                str(pwfile),
-                "--auth",
-                "scram-sha-256",
-                "--encoding",
-                "UTF8",
-                "--locale",
-                "C",
-                "--no-sync",
-            ],
-            check=True,
-            capture_output=True,
-            cwd=self.root,
-            **self._as,
-        )
+        try:
+            self._initdb(data, pwfile)
+        except BaseException:
+            self.stop()
+            raise
         self.log_path = self.root / "postgres.log"
-        log = open(self.log_path, "wb")
+        log = open(self.log_path, "wb")  # the server's output; closed in stop()
         self._log = log
         self.proc = subprocess.Popen(
             [
@@ -121,14 +104,42 @@ class PostgresServer:
             **self._as,
         )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"postgres exited early:\n{self.log()}")
-            if self._ready():
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"postgres did not start in {timeout} s:\n{self.log()}")
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"postgres exited early:\n{self.log()}")
+                if self._ready():
+                    return self
+                time.sleep(0.1)
+            raise RuntimeError(f"postgres did not start in {timeout} s:\n{self.log()}")
+        except BaseException:
+            # Never leave a server (or its folder) behind a failed start.
+            self.stop()
+            raise
+
+    def _initdb(self, data: Path, pwfile: Path) -> None:
+        subprocess.run(
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                USER,
+                "--pwfile",
+                str(pwfile),
+                "--auth",
+                "scram-sha-256",
+                "--encoding",
+                "UTF8",
+                "--locale",
+                "C",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            cwd=self.root,
+            **self._as,
+        )
 
     def _ready(self) -> bool:
         # pg_isready: synchronous, so start() works inside or outside an event loop.

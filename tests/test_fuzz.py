@@ -116,3 +116,30 @@ async def test_after_the_fuzz_no_stream_or_task_is_left(app: Quart, client: Clie
         while state.hub.open or state.ticker.running or state.clock.running:
             await asyncio.sleep(0.01)
     assert len(asyncio.all_tasks()) <= baseline
+
+
+WRITES = [path for method, path in ROUTES if method in ("POST", "DELETE", "PUT")]
+content_types = st.sampled_from([
+    "application/json", "application/json; charset=utf-8", "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x", "text/plain", "application/merge-patch+json", "",
+])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(path=st.sampled_from(WRITES), raw=st.binary(max_size=300) | json_values.map(lambda v: json.dumps(v).encode()),
+       content_type=content_types, broken=st.booleans())
+async def test_random_bodies_to_every_write_endpoint(
+    app: Quart, client: Client, errors_logged: pytest.LogCaptureFixture,
+    path: str, raw: bytes, content_type: str, broken: bool,
+) -> None:
+    app.config["PUBLISH_TOKEN"] = "fuzz-token"
+    if broken and raw:
+        raw = raw[:-1] + b"\xff"  # invalid UTF-8 at the end
+    headers = {"Authorization": "Bearer fuzz-token"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    response = await client.post(path, data=raw, headers=headers)
+    text = await response.get_data(as_text=True)
+    assert response.status_code < 500, text
+    assert "Traceback" not in text
+    assert not [r for r in errors_logged.records if r.levelno >= logging.ERROR]
