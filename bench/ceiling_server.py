@@ -123,10 +123,8 @@ class Conn(asyncio.Protocol):
             self.handle(method, target, headers, body)
 
     def respond(self, status: str, body: bytes, ctype: str = "application/json") -> None:
-        self.transport.write(
-            f"HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+        head = f"HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {len(body)}\r\n\r\n"
+        self.transport.write(head.encode() + body)
 
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> None:
         url = urlsplit(target)

@@ -58,7 +58,11 @@ def server_factory(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def server(server_factory: Any) -> ServerProcess:
     """One server with fast intervals."""
-    return server_factory({f"QUART_{k}": str(v) for k, v in FAST.items()})
+    env = {f"QUART_{k}": str(v) for k, v in FAST.items()}
+    # Pages download results after the fact: keep finished jobs for longer than
+    # a busy machine takes to get there.
+    env["QUART_JOB_TTL_S"] = "60"
+    return server_factory(env)
 
 
 @pytest.fixture
