@@ -59,6 +59,24 @@ CHARSETS: dict[str, str] = {
 DEFAULT_CHARSETS: dict[str, int] = {"lowercase": 1, "uppercase": 1, "digits": 1, "symbols": 0}
 
 
+async def _open_result(path: Path) -> Any:
+    """Open a job's result file so that a cancellation cannot leak the handle.
+
+    The open runs in a thread; cancelling the await would lose the file object
+    it creates, so let it finish and close it before passing the cancel on.
+    """
+    opening = asyncio.ensure_future(aiofiles.open(path, "w", encoding="utf-8"))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        try:
+            handle = await opening
+        except Exception:  # the open itself failed: nothing to close
+            raise asyncio.CancelledError from None
+        await handle.close()
+        raise
+
+
 def charset_for(selection: Mapping[str, int]) -> str:
     return "".join(chars for key, chars in CHARSETS.items() if selection.get(key))
 
@@ -432,7 +450,8 @@ class JobRegistry:
         batch = 1 if params.delay_ms else max(1, min(self.batch, 65536 // length))
         final: tuple[str, str | None, str | None]
         try:
-            async with aiofiles.open(job.result_path, "w", encoding="utf-8") as out:
+            out = await _open_result(job.result_path)
+            try:
                 index = 0
                 while index < amount:
                     count = min(batch, amount - index)
@@ -456,6 +475,9 @@ class JobRegistry:
                     )
                     job.produced = index
                     await asyncio.sleep(params.delay_ms / 1000 if params.delay_ms else 0)
+            finally:
+                # Shielded: a second cancellation must not leave the file open.
+                await asyncio.shield(out.close())
             job.status = "done"
             job.message = f"Generated {amount} strings of length {length}."
             final = (

@@ -183,6 +183,9 @@ class StreamHub:
             self.open.add(sub)
             self.by_client[client] += 1
             self.opened_total += 1
+            if self.draining:
+                # The drain began while this stream was still subscribing.
+                sub.close("drain")
             if on_open is not None:
                 on_open(sub)
             try:
