@@ -57,7 +57,9 @@ class Message:
 
 
 def make_message(seq: int, data: str, event: str | None, sse_id: str | None) -> Message:
-    return Message(seq, encode(data, event=event, id=sse_id if sse_id is not None else str(seq)), event)
+    return Message(
+        seq, encode(data, event=event, id=sse_id if sse_id is not None else str(seq)), event
+    )
 
 
 class History:

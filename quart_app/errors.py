@@ -59,7 +59,8 @@ def init_app(app: Quart) -> None:
     async def handle_broker_unavailable(error: BrokerUnavailable) -> Response:
         log.warning("broker unavailable: %s", error)
         return APIError(
-            503, "the message broker is unavailable; try again shortly",
+            503,
+            "the message broker is unavailable; try again shortly",
             headers={"Retry-After": "2"},
         ).response()
 

@@ -237,7 +237,8 @@ class JobRegistry:
             raise APIError(503, "the server is shutting down", headers={"Retry-After": "5"})
         if self.running() >= self.max_jobs:
             raise APIError(
-                503, "too many jobs are running on this server; try again shortly",
+                503,
+                "too many jobs are running on this server; try again shortly",
                 headers={"Retry-After": "5"},
             )
         if self.running(owner) >= self.max_per_owner:
@@ -313,8 +314,9 @@ class JobRegistry:
                         if any(m.event in TERMINAL_EVENTS for m in sub.take()):
                             break
                         await sub.wait()
-                    # The owner records the final state right after the event.
-                    while (await self.broker.get_state(self._key(job_id)) or {}).get(
+                    # The owner records the final state right after the event;
+                    # that state lives in the broker, which cannot notify us.
+                    while (await self.broker.get_state(self._key(job_id)) or {}).get(  # noqa: ASYNC110
                         "status"
                     ) == "running":
                         await asyncio.sleep(0.02)
@@ -460,7 +462,7 @@ class JobRegistry:
                     for text in strings:
                         index += 1
                         data = (
-                            f'{prefix}{index}{tail}{index * 100 // amount}, '
+                            f"{prefix}{index}{tail}{index * 100 // amount}, "
                             f'"generated_string": {json.dumps(text)}}}'
                         )
                         items.append((data, None, f"{job.id}:{index}"))

@@ -277,7 +277,10 @@ class RedisBroker:
         self._redis = self._client()
         self._reader_redis = self._client()
         for name, source in (
-            ("renew", _RENEW), ("release", _RELEASE), ("adjust", _ADJUST), ("add_member", _ADD_MEMBER)
+            ("renew", _RENEW),
+            ("release", _RELEASE),
+            ("adjust", _ADJUST),
+            ("add_member", _ADD_MEMBER),
         ):
             self._scripts[name] = self._redis.register_script(source)
         self._reader = asyncio.create_task(self._read_forever(), name="redis-broker-reader")

@@ -126,7 +126,8 @@ class StreamHub:
         """Refuse a new stream past the caps (the caller answers with the error)."""
         if len(self.open) >= self.max_streams:
             raise APIError(
-                503, "this server holds as many streams as it can; retry shortly",
+                503,
+                "this server holds as many streams as it can; retry shortly",
                 headers={"Retry-After": "5"},
             )
         if self.by_client[client] >= self.max_streams_per_client:

@@ -25,7 +25,7 @@ CHROMIUM_ARGS = [
 @asynccontextmanager
 async def chromium_context(profile_dir: Path) -> AsyncIterator[BrowserContext]:
     """A browser context with its own empty profile folder."""
-    profile_dir.mkdir(parents=True, exist_ok=True)
+    profile_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before the browser starts
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
             str(profile_dir),

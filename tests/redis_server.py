@@ -43,17 +43,24 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else [
-            "--appendonly", "no"
-        ]
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.durable
+            else ["--appendonly", "no"]
+        )
         cmd = [
             redis_server_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
             *persistence,
-            "--dir", str(self.directory),
-            "--logfile", str(self.directory / "redis.log"),
+            "--dir",
+            str(self.directory),
+            "--logfile",
+            str(self.directory / "redis.log"),
         ]
         self.proc = subprocess.Popen(cmd, cwd=self.directory)
         deadline = time.monotonic() + timeout

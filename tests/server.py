@@ -51,15 +51,21 @@ class ServerProcess:
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.instance.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "hypercorn",
-            "--config", str(ROOT / "hypercorn.toml"),
-            "--bind", f"127.0.0.1:{self.port}",
+            sys.executable,
+            "-m",
+            "hypercorn",
+            "--config",
+            str(ROOT / "hypercorn.toml"),
+            "--bind",
+            f"127.0.0.1:{self.port}",
             *(["--workers", str(self.workers)] if self.workers is not None else []),
             *self.args,
             "quart_app:create_app()",
         ]
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

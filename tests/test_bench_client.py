@@ -33,7 +33,7 @@ CASES = [
     ("one event, CR", b"data: hello\r\r", [E("message", "hello", None)], 0, None),
     (
         "typed event with id",
-        b"id: 7\nevent: newnumber\ndata: {\"n\": 1}\n\n",
+        b'id: 7\nevent: newnumber\ndata: {"n": 1}\n\n',
         [E("newnumber", '{"n": 1}', "7")],
         0,
         None,
@@ -45,12 +45,22 @@ CASES = [
         0,
         None,
     ),
-    ("comments are skipped and counted", b": keep-alive\n\n:\n\ndata: x\n\n",
-     [E("message", "x", None)], 2, None),
+    (
+        "comments are skipped and counted",
+        b": keep-alive\n\n:\n\ndata: x\n\n",
+        [E("message", "x", None)],
+        2,
+        None,
+    ),
     ("retry only", b"retry: 3000\n\n", [], 0, 3000),
     ("retry not digits is ignored", b"retry: 3s\ndata: x\n\n", [E("message", "x", None)], 0, None),
-    ("no data: nothing dispatched, type reset", b"event: a\n\ndata: x\n\n",
-     [E("message", "x", None)], 0, None),
+    (
+        "no data: nothing dispatched, type reset",
+        b"event: a\n\ndata: x\n\n",
+        [E("message", "x", None)],
+        0,
+        None,
+    ),
     ("empty data line dispatches empty data", b"data:\n\n", [E("message", "", None)], 0, None),
     ("field without colon", b"data\ndata\n\n", [E("message", "\n", None)], 0, None),
     ("no space after colon", b"data:x\n\n", [E("message", "x", None)], 0, None),
@@ -63,13 +73,28 @@ CASES = [
         0,
         None,
     ),
-    ("id with NUL is ignored", b"id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n",
-     [E("message", "a", "1"), E("message", "b", "1")], 0, None),
-    ("empty id resets", b"id: 1\ndata: a\n\nid\ndata: b\n\n",
-     [E("message", "a", "1"), E("message", "b", "")], 0, None),
+    (
+        "id with NUL is ignored",
+        b"id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n",
+        [E("message", "a", "1"), E("message", "b", "1")],
+        0,
+        None,
+    ),
+    (
+        "empty id resets",
+        b"id: 1\ndata: a\n\nid\ndata: b\n\n",
+        [E("message", "a", "1"), E("message", "b", "")],
+        0,
+        None,
+    ),
     ("unknown field ignored", b"foo: bar\ndata: x\n\n", [E("message", "x", None)], 0, None),
-    ("unterminated event is not dispatched", b"data: a\n\ndata: b\n", [E("message", "a", None)],
-     0, None),
+    (
+        "unterminated event is not dispatched",
+        b"data: a\n\ndata: b\n",
+        [E("message", "a", None)],
+        0,
+        None,
+    ),
     ("leading BOM skipped", b"\xef\xbb\xbfdata: x\n\n", [E("message", "x", None)], 0, None),
     ("UTF-8 data", "data: żółw ✓\n\n".encode(), [E("message", "żółw ✓", None)], 0, None),
     (
@@ -112,8 +137,13 @@ def test_empty_piece_keeps_pending_cr() -> None:
 
 
 def _chunked(payloads: list[bytes]) -> bytes:
-    return b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) if i % 2 else b"%X\r\n%s\r\n" % (len(p), p)
-                    for i, p in enumerate(payloads)) + b"0\r\n\r\n"
+    return (
+        b"".join(
+            b"%x;ext=1\r\n%s\r\n" % (len(p), p) if i % 2 else b"%X\r\n%s\r\n" % (len(p), p)
+            for i, p in enumerate(payloads)
+        )
+        + b"0\r\n\r\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -143,8 +173,19 @@ def test_percentile_nearest_rank() -> None:
 
 _text = st.lists(
     st.sampled_from(
-        ["data: a", "data:b", "data", "event: t", "id: 5", "id: x\x00", ": c", "retry: 10",
-         "x: y", "", "data: é"]
+        [
+            "data: a",
+            "data:b",
+            "data",
+            "event: t",
+            "id: 5",
+            "id: x\x00",
+            ": c",
+            "retry: 10",
+            "x: y",
+            "",
+            "data: é",
+        ]
     ),
     max_size=12,
 )

@@ -66,9 +66,10 @@ async def publish_range(broker: Broker, topic: str, count: int, maxlen: int = 10
 
 
 async def test_publish_reaches_live_subscribers_with_seq_ids(broker: Broker) -> None:
-    async with broker.subscribe("news", maxlen=100) as first, broker.subscribe(
-        "news", maxlen=100
-    ) as second:
+    async with (
+        broker.subscribe("news", maxlen=100) as first,
+        broker.subscribe("news", maxlen=100) as second,
+    ):
         assert await broker.publish("news", '{"a": 1}', event="greeting", maxlen=100) == 1
         assert await broker.publish("news", "two\nlines", maxlen=100) == 2
         for sub in (first, second):
@@ -123,9 +124,10 @@ async def test_resume_at_the_newest_id_waits_for_the_next(broker: Broker) -> Non
 
 async def test_backlog_then_live(broker: Broker) -> None:
     await publish_range(broker, "t", 20)
-    async with broker.subscribe("t", backlog=10, maxlen=1000) as sub, broker.subscribe(
-        "t", maxlen=1000
-    ) as live:
+    async with (
+        broker.subscribe("t", backlog=10, maxlen=1000) as sub,
+        broker.subscribe("t", maxlen=1000) as live,
+    ):
         await broker.publish("t", "21", maxlen=1000)
         assert await receive(sub, 11) == list(range(11, 22))
         assert await receive(live, 1) == [21]
@@ -160,9 +162,10 @@ async def test_drop_oldest_skips_a_slow_subscriber_to_the_newest(broker: Broker)
 
 
 async def test_disconnect_overflow_closes_a_subscriber_that_falls_behind(broker: Broker) -> None:
-    async with broker.subscribe("t", max_lag=5, maxlen=1000) as slow, broker.subscribe(
-        "t", max_lag=5, maxlen=1000
-    ) as fast:
+    async with (
+        broker.subscribe("t", max_lag=5, maxlen=1000) as slow,
+        broker.subscribe("t", max_lag=5, maxlen=1000) as fast,
+    ):
         for _ in range(4):
             await publish_range(broker, "t", 3)
             await settle(fast, (await broker.last_seq("t")) or 0)

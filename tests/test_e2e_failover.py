@@ -21,7 +21,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 STREAMS = 500
 
 
-async def follow(client: httpx.AsyncClient, url: str, last_id: str | None, opened: asyncio.Queue[None]) -> tuple[list[tuple[str, Any]], StrictParser]:
+async def follow(
+    client: httpx.AsyncClient, url: str, last_id: str | None, opened: asyncio.Queue[None]
+) -> tuple[list[tuple[str, Any]], StrictParser]:
     parser = StrictParser()
     headers = {"Last-Event-ID": last_id} if last_id else {}
     async with client.stream("GET", url, headers=headers) as response:
@@ -45,10 +47,16 @@ async def test_drain_500_streams_then_resume_elsewhere(server_factory: Any, redi
     published: list[str] = []
     limits = httpx.Limits(max_connections=STREAMS + 20, max_keepalive_connections=STREAMS + 20)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        published.append((await client.post(f"{second.url}/channels/fo", json={"data": 0}, headers=AUTH)).json()["id"])
+        published.append(
+            (await client.post(f"{second.url}/channels/fo", json={"data": 0}, headers=AUTH)).json()[
+                "id"
+            ]
+        )
         opened: asyncio.Queue[None] = asyncio.Queue()
         url = f"{first.url}/channels/fo/events"
-        watchers = [asyncio.create_task(follow(client, url, published[0], opened)) for _ in range(STREAMS)]
+        watchers = [
+            asyncio.create_task(follow(client, url, published[0], opened)) for _ in range(STREAMS)
+        ]
         async with asyncio.timeout(30):
             for _ in range(STREAMS):
                 await opened.get()
@@ -58,7 +66,9 @@ async def test_drain_500_streams_then_resume_elsewhere(server_factory: Any, redi
         async def publish() -> None:
             n = 1
             while not stop.is_set() and n < 400:
-                response = await client.post(f"{second.url}/channels/fo", json={"data": n}, headers=AUTH)
+                response = await client.post(
+                    f"{second.url}/channels/fo", json={"data": n}, headers=AUTH
+                )
                 assert response.status_code == 202
                 published.append(response.json()["id"])
                 n += 1
@@ -82,7 +92,9 @@ async def test_drain_500_streams_then_resume_elsewhere(server_factory: Any, redi
         opened = asyncio.Queue()
         reconnect_url = f"{second.url}/channels/fo/events"
         resumed = [
-            asyncio.create_task(follow(client, reconnect_url, events[-1][0] if events else published[0], opened))
+            asyncio.create_task(
+                follow(client, reconnect_url, events[-1][0] if events else published[0], opened)
+            )
             for events, _ in results
         ]
         async with asyncio.timeout(30):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 from typing import Any
 
 import httpx
@@ -39,7 +38,9 @@ async def stats(client: httpx.AsyncClient) -> dict[str, Any]:
     return (await client.get("/api/v1/stats")).json()["content"]  # type: ignore[no-any-return]
 
 
-async def wait_stats(client: httpx.AsyncClient, predicate: Any, timeout: float = 10) -> dict[str, Any]:
+async def wait_stats(
+    client: httpx.AsyncClient, predicate: Any, timeout: float = 10
+) -> dict[str, Any]:
     async with asyncio.timeout(timeout):
         while not predicate(current := await stats(client)):
             await asyncio.sleep(0.05)
@@ -54,7 +55,9 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def take(client: httpx.AsyncClient, path: str, count: int, headers: dict | None = None) -> list:
+async def take(
+    client: httpx.AsyncClient, path: str, count: int, headers: dict | None = None
+) -> list:
     out = []
     async with aconnect_sse(client, "GET", path, headers=dict(headers or {})) as source:
         async for sse in dispatched(source):
@@ -100,7 +103,9 @@ async def test_channel_resume_is_exact(push_server: ServerProcess) -> None:
             take(client, "/channels/exact/events", 25, {"Last-Event-ID": first[-1].id})
         )
         for n in range(30, 35):
-            published.append((await client.post("/channels/exact", json={"data": n}, headers=AUTH)).json()["id"])
+            published.append(
+                (await client.post("/channels/exact", json={"data": n}, headers=AUTH)).json()["id"]
+            )
         rest = await rest_task
     received = first + rest
     assert [e.id for e in received] == published
@@ -126,7 +131,10 @@ async def test_clients_that_never_read_slow_no_one_and_cost_bounded_memory(
     stalled += [stalled_socket(push_server.port, "/numbers") for _ in range(10)]
     try:
         async with httpx.AsyncClient(base_url=push_server.url, timeout=30) as client:
-            await wait_stats(client, lambda s: s["open_streams"]["channel"] == 40 and s["open_streams"]["numbers"] == 10)
+            await wait_stats(
+                client,
+                lambda s: s["open_streams"]["channel"] == 40 and s["open_streams"]["numbers"] == 10,
+            )
             before = rss_kib(pid)
             good = asyncio.create_task(take(client, "/channels/flood/events", count))
             ticks = asyncio.create_task(take(client, "/numbers", 40))
@@ -135,7 +143,9 @@ async def test_clients_that_never_read_slow_no_one_and_cost_bounded_memory(
 
             async def post(n: int) -> None:
                 async with sem:
-                    response = await client.post("/channels/flood", json={"data": {"n": n, "b": blob}}, headers=AUTH)
+                    response = await client.post(
+                        "/channels/flood", json={"data": {"n": n, "b": blob}}, headers=AUTH
+                    )
                     assert response.status_code == 202
 
             await asyncio.gather(*(post(n) for n in range(count)))
@@ -147,12 +157,17 @@ async def test_clients_that_never_read_slow_no_one_and_cost_bounded_memory(
             assert tick_ids == list(range(tick_ids[0], tick_ids[0] + 40))
             after = await wait_stats(
                 client,
-                lambda s: s["subscribers"].get("channel:flood", 0) == 0 and s["open_streams"]["numbers"] == 10,
+                lambda s: (
+                    s["subscribers"].get("channel:flood", 0) == 0
+                    and s["open_streams"]["numbers"] == 10
+                ),
             )
             assert after["open_streams"]["channel"] == 0
         assert sorted(json.loads(e.data)["n"] for e in events) == list(range(count))
         # Bounded by the channel history and socket buffers, not by what was published.
-        assert grown_kib < 15_000, f"server grew {grown_kib} KiB for 20 MB published to 40 stalled clients"
+        assert grown_kib < 15_000, (
+            f"server grew {grown_kib} KiB for 20 MB published to 40 stalled clients"
+        )
     finally:
         for sock in stalled:
             sock.close()

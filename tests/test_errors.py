@@ -28,7 +28,9 @@ async def test_http_errors_are_json(client: Client, method: str, path: str, stat
 
 async def test_body_over_the_limit_is_413(app: Quart, client: Client) -> None:
     app.config["MAX_CONTENT_LENGTH"] = 1000
-    response = await client.post("/session", data=b"{" + b" " * 2000 + b"}", headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/session", data=b"{" + b" " * 2000 + b"}", headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 413
     assert "error" in await response.get_json()
 
@@ -89,7 +91,9 @@ async def test_secret_key_is_generated_once_and_kept(tmp_path) -> None:  # type:
         ("TICKER_BUFFER", 5, "TICKER_BUFFER"),
     ],
 )
-def test_bad_configuration_stops_the_app_with_a_clear_message(tmp_path, key, value, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_configuration_stops_the_app_with_a_clear_message(
+    tmp_path, key, value, message
+) -> None:  # type: ignore[no-untyped-def]
     from quart_app import create_app
 
     with pytest.raises(ValueError, match=message):

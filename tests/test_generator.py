@@ -36,9 +36,17 @@ async def test_first_visit_to_page_stores_defaults_with_cookie_flags(client: Cli
     ("body", "as_form", "expected"),
     [
         ({"symbols": 1}, False, {"lowercase": 1, "uppercase": 1, "digits": 1, "symbols": 1}),
-        ({"digits": False, "symbols": True}, False, {"lowercase": 1, "uppercase": 1, "digits": 0, "symbols": 1}),
+        (
+            {"digits": False, "symbols": True},
+            False,
+            {"lowercase": 1, "uppercase": 1, "digits": 0, "symbols": 1},
+        ),
         ({"uppercase": "0"}, True, {"lowercase": 1, "uppercase": 0, "digits": 1, "symbols": 0}),
-        ({"lowercase": "false", "symbols": "true"}, True, {"lowercase": 0, "uppercase": 1, "digits": 1, "symbols": 1}),
+        (
+            {"lowercase": "false", "symbols": "true"},
+            True,
+            {"lowercase": 0, "uppercase": 1, "digits": 1, "symbols": 1},
+        ),
         ({}, False, {"lowercase": 1, "uppercase": 1, "digits": 1, "symbols": 0}),
     ],
 )
@@ -83,7 +91,9 @@ async def test_post_session_refuses_and_changes_nothing(
         (b"digits=1", "text/plain", 415),
     ],
 )
-async def test_post_session_bad_bodies(client: Client, raw: bytes, content_type: str, status: int) -> None:
+async def test_post_session_bad_bodies(
+    client: Client, raw: bytes, content_type: str, status: int
+) -> None:
     response = await client.post("/session", data=raw, headers={"Content-Type": content_type})
     assert response.status_code == status
     assert "error" in await response.get_json()
@@ -135,7 +145,10 @@ async def test_generate_streams_a_job(client: Client) -> None:
         assert set(data["generated_string"]) <= allowed
     assert events[-1].last_event_id == f"{job}:done"
     assert json.loads(events[-1].data) == {
-        "job": job, "amount": 5, "length": 8, "message": "Generated 5 strings of length 8."
+        "job": job,
+        "amount": 5,
+        "length": 8,
+        "message": "Generated 5 strings of length 8.",
     }
     assert result.ended
 
@@ -166,8 +179,10 @@ async def test_resume_with_last_event_id_continues_the_same_job(client: Client) 
     job = json.loads(cut.data)["job"]
     assert cut.last_event_id == f"{job}:10"
     second = await read_stream(
-        client, "/generate?amount=30&length=4&delay_ms=20",
-        headers={"Last-Event-ID": cut.last_event_id}, until=done,
+        client,
+        "/generate?amount=30&length=4&delay_ms=20",
+        headers={"Last-Event-ID": cut.last_event_id},
+        until=done,
     )
     received = [json.loads(e.data) for e in first.parsed.events[:10] + second.parsed.events[:-1]]
     assert [d["index"] for d in received] == list(range(1, 31))
@@ -181,24 +196,32 @@ async def test_resume_by_query_parameter(client: Client) -> None:
     second = await read_stream(
         client, f"/generate?amount=6&length=4&last_event_id={job}:3", until=done
     )
-    assert [e.last_event_id for e in second.parsed.events] == [f"{job}:{i}" for i in (4, 5, 6)] + [f"{job}:done"]
+    assert [e.last_event_id for e in second.parsed.events] == [f"{job}:{i}" for i in (4, 5, 6)] + [
+        f"{job}:done"
+    ]
 
 
 async def test_finished_or_unknown_job_answers_204(client: Client) -> None:
     first = await read_stream(client, "/generate?amount=3&length=4", until=done)
     job = json.loads(first.parsed.events[0].data)["job"]
     for last in (f"{job}:done", "A" * 22 + ":1", "nope:3"):
-        result = await read_stream(client, "/generate?amount=3&length=4", headers={"Last-Event-ID": last})
+        result = await read_stream(
+            client, "/generate?amount=3&length=4", headers={"Last-Event-ID": last}
+        )
         assert result.status == 204, last
         assert "Content-Type" not in result.headers and result.raw == b""
     # Having missed only the done event, a client gets it.
-    result = await read_stream(client, "/generate?amount=3&length=4", headers={"Last-Event-ID": f"{job}:3"})
+    result = await read_stream(
+        client, "/generate?amount=3&length=4", headers={"Last-Event-ID": f"{job}:3"}
+    )
     assert [e.type for e in result.parsed.events] == ["done"]
 
 
 @pytest.mark.parametrize("last", ["abc", "job:x", "job:-1", ":3", "j:" + "1" * 300])
 async def test_bad_last_event_id_is_400(client: Client, last: str) -> None:
-    result = await read_stream(client, "/generate?amount=3&length=4", headers={"Last-Event-ID": last})
+    result = await read_stream(
+        client, "/generate?amount=3&length=4", headers={"Last-Event-ID": last}
+    )
     assert result.status == 400
     assert json.loads(result.raw)["field"] == "Last-Event-ID"
 
@@ -222,12 +245,22 @@ async def test_jobs_api_lifecycle_and_result(client: Client) -> None:
     assert result.headers["Content-Disposition"] == f'attachment; filename="job-{job}.txt"'
     assert (await result.get_data(as_text=True)).splitlines() == strings
     # Replaying a finished job from an id.
-    replay = await read_stream(client, f"/jobs/{job}/events", headers={"Last-Event-ID": f"{job}:18"})
-    assert [e.last_event_id for e in replay.parsed.events] == [f"{job}:19", f"{job}:20", f"{job}:done"]
+    replay = await read_stream(
+        client, f"/jobs/{job}/events", headers={"Last-Event-ID": f"{job}:18"}
+    )
+    assert [e.last_event_id for e in replay.parsed.events] == [
+        f"{job}:19",
+        f"{job}:20",
+        f"{job}:done",
+    ]
 
 
 async def test_cancel_reaches_watchers(client: Client) -> None:
-    job = (await (await client.post("/jobs", json={"amount": 1000, "length": 4, "delay_ms": 20})).get_json())["id"]
+    job = (
+        await (
+            await client.post("/jobs", json={"amount": 1000, "length": 4, "delay_ms": 20})
+        ).get_json()
+    )["id"]
     watching = asyncio.create_task(read_stream(client, f"/jobs/{job}/events", timeout=10))
     while (await (await client.get(f"/jobs/{job}")).get_json())["produced"] < 3:
         await asyncio.sleep(0.01)
@@ -254,8 +287,13 @@ async def test_unknown_job_is_404_json(client: Client, path: str, job: str) -> N
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({}, "amount"), ({"amount": 5}, "length"), ({"amount": True, "length": 3}, "amount"),
-     ({"amount": 5, "length": "3x"}, "length"), ({"amount": 5, "length": 3, "delay_ms": 1e9}, "delay_ms")],
+    [
+        ({}, "amount"),
+        ({"amount": 5}, "length"),
+        ({"amount": True, "length": 3}, "amount"),
+        ({"amount": 5, "length": "3x"}, "length"),
+        ({"amount": 5, "length": 3, "delay_ms": 1e9}, "delay_ms"),
+    ],
 )
 async def test_post_jobs_validation(client: Client, body: dict, field: str) -> None:
     response = await client.post("/jobs", json=body)
@@ -271,7 +309,7 @@ async def test_per_session_and_global_limits(app: Quart, client: Client) -> None
     refused = await client.post("/jobs", json=body)
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) > 0
-    app.config  # another session (no cookie) hits the global cap instead
+    # Another session (no cookie) hits the global cap instead.
     registry = app.extensions["quart_app"].jobs
     registry.max_jobs = registry.running()
     other = app.test_client()
@@ -281,9 +319,15 @@ async def test_per_session_and_global_limits(app: Quart, client: Client) -> None
 
 
 async def test_orphaned_job_is_cancelled(app: Quart, client: Client) -> None:
-    job = (await (await client.post("/jobs", json={"amount": 1000, "length": 4, "delay_ms": 50})).get_json())["id"]
+    job = (
+        await (
+            await client.post("/jobs", json={"amount": 1000, "length": 4, "delay_ms": 50})
+        ).get_json()
+    )["id"]
     async with asyncio.timeout(5):
-        while (status := await (await client.get(f"/jobs/{job}")).get_json())["status"] == "running":
+        while (status := await (await client.get(f"/jobs/{job}")).get_json())[
+            "status"
+        ] == "running":
             await asyncio.sleep(0.05)
     assert status["status"] == "cancelled"
     assert "nobody watched" in status["message"]
@@ -291,7 +335,9 @@ async def test_orphaned_job_is_cancelled(app: Quart, client: Client) -> None:
 
 async def test_watched_job_is_not_orphaned(app: Quart, client: Client) -> None:
     # JOB_ORPHAN_S is 0.5 s in tests; this job takes ~1 s and is watched throughout.
-    result = await read_stream(client, "/generate?amount=20&length=4&delay_ms=50", until=done, timeout=10)
+    result = await read_stream(
+        client, "/generate?amount=20&length=4&delay_ms=50", until=done, timeout=10
+    )
     assert result.parsed.events[-1].type == "done"
 
 
@@ -303,14 +349,18 @@ async def test_finished_job_expires_after_ttl(client: Client) -> None:
         while (await client.get(f"/jobs/{job}")).status_code != 404:
             await asyncio.sleep(0.05)
     assert (await client.get(f"/jobs/{job}/result")).status_code == 404
-    again = await read_stream(client, "/generate?amount=2&length=4", headers={"Last-Event-ID": f"{job}:1"})
+    again = await read_stream(
+        client, "/generate?amount=2&length=4", headers={"Last-Event-ID": f"{job}:1"}
+    )
     assert again.status == 204
 
 
 async def test_slow_job_stream_gets_keep_alive_comments(client: Client) -> None:
     result = await read_stream(
-        client, "/generate?amount=2&length=4&delay_ms=600",
-        until=lambda p: "keep-alive" in p.comments, timeout=5,
+        client,
+        "/generate?amount=2&length=4&delay_ms=600",
+        until=lambda p: "keep-alive" in p.comments,
+        timeout=5,
     )
     assert "keep-alive" in result.parsed.comments
 
@@ -321,7 +371,9 @@ async def test_large_job_is_coalesced_and_complete(client: Client) -> None:
     assert indexes == list(range(1, 5001))
 
 
-async def test_a_stream_ended_by_max_age_does_not_orphan_its_job(app: Quart, client: Client) -> None:
+async def test_a_stream_ended_by_max_age_does_not_orphan_its_job(
+    app: Quart, client: Client
+) -> None:
     # JOB_ORPHAN_S is 0.5 s here; the client is told to come back after up to 8 s.
     app.extensions["quart_app"].hub.max_age_s = 0.2
     first = await read_stream(client, "/generate?amount=40&length=4&delay_ms=50", timeout=5)

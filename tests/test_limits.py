@@ -23,17 +23,31 @@ async def wait_open(app: Quart, count: int) -> None:
             await asyncio.sleep(0.01)
 
 
-@pytest.mark.parametrize("path", ["/numbers", "/clock", "/stream", "/channels/c/events", "/generate?amount=9&length=3&delay_ms=500"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/numbers",
+        "/clock",
+        "/stream",
+        "/channels/c/events",
+        "/generate?amount=9&length=3&delay_ms=500",
+    ],
+)
 async def test_streams_per_client_address_are_capped(app: Quart, client: Client, path: str) -> None:
     hub(app).max_streams_per_client = 3
-    holders = [asyncio.create_task(read_stream(client, "/clock", until=lambda p: False, timeout=3)) for _ in range(3)]
+    holders = [
+        asyncio.create_task(read_stream(client, "/clock", until=lambda p: False, timeout=3))
+        for _ in range(3)
+    ]
     await wait_open(app, 3)
     refused = await read_stream(client, path)
     assert refused.status == 429
     assert int(refused.headers["Retry-After"]) > 0
     assert "open streams per client" in json.loads(refused.raw)["error"]
     # Another address is not affected.
-    other = await read_stream(client, "/clock", client_addr="192.0.2.7", until=lambda p: len(p.events) >= 1)
+    other = await read_stream(
+        client, "/clock", client_addr="192.0.2.7", until=lambda p: len(p.events) >= 1
+    )
     assert other.status == 200
     for task in holders:
         task.cancel()
@@ -46,7 +60,10 @@ async def test_streams_per_client_address_are_capped(app: Quart, client: Client,
 
 async def test_streams_per_process_are_capped(app: Quart, client: Client) -> None:
     hub(app).max_streams = 2
-    holders = [asyncio.create_task(read_stream(client, "/numbers", until=lambda p: False, timeout=3)) for _ in range(2)]
+    holders = [
+        asyncio.create_task(read_stream(client, "/numbers", until=lambda p: False, timeout=3))
+        for _ in range(2)
+    ]
     await wait_open(app, 2)
     refused = await read_stream(client, "/stream")
     assert refused.status == 503 and int(refused.headers["Retry-After"]) > 0
@@ -67,7 +84,9 @@ async def test_channel_count_is_capped(app: Quart, client: Client) -> None:
     assert (await client.post("/channels/one", json={"data": 1}, headers=auth)).status_code == 202
     ok = await read_stream(client, "/channels/two/events", until=lambda p: True, timeout=2)
     assert ok.status == 200
-    assert (await client.post("/chat", json={"message": "hi"})).status_code == 202  # the third: chat
+    assert (
+        await client.post("/chat", json={"message": "hi"})
+    ).status_code == 202  # the third: chat
     refused = await client.post("/channels/four", json={"data": 1}, headers=auth)
     assert refused.status_code == 503
     assert "channels" in (await refused.get_json())["error"]

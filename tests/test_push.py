@@ -37,7 +37,9 @@ def publisher(app: Quart) -> dict[str, str]:
 async def test_ticker_runs_only_while_someone_listens(app: Quart, client: Client) -> None:
     ticker = state(app).ticker
     assert not ticker.running
-    first = asyncio.create_task(read_stream(client, "/numbers", until=lambda p: len(p.events) >= 40, timeout=10))
+    first = asyncio.create_task(
+        read_stream(client, "/numbers", until=lambda p: len(p.events) >= 40, timeout=10)
+    )
     await wait_for(lambda: ticker.running)
     second = await read_stream(client, "/numbers", until=lambda p: len(p.events) >= 3)
     assert ticker.running  # the first subscriber still listens
@@ -57,7 +59,9 @@ async def test_ticker_frames_and_history_of_ten(app: Quart, client: Client) -> N
     ids = [int(e.last_event_id) for e in warm.parsed.events]
     assert ids == list(range(ids[0], ids[0] + 15))
     # Keep the ticker running while a newcomer joins: it first gets the last 10.
-    keep = asyncio.create_task(read_stream(client, "/numbers", until=lambda p: len(p.events) >= 1000, timeout=1.5))
+    keep = asyncio.create_task(
+        read_stream(client, "/numbers", until=lambda p: len(p.events) >= 1000, timeout=1.5)
+    )
     await wait_for(lambda: state(app).ticker.running)
     newcomer = await read_stream(client, "/numbers", until=lambda p: len(p.events) >= 10)
     last_known = state(app).broker._topics["ticker"].history.last_seq
@@ -71,7 +75,9 @@ async def test_ticker_frames_and_history_of_ten(app: Quart, client: Client) -> N
 async def test_ticker_resume_with_last_event_id(client: Client) -> None:
     first = await read_stream(client, "/numbers", until=lambda p: len(p.events) >= 12)
     cut = first.parsed.events[5].last_event_id
-    again = await read_stream(client, "/numbers", headers={"Last-Event-ID": cut}, until=lambda p: len(p.events) >= 3)
+    again = await read_stream(
+        client, "/numbers", headers={"Last-Event-ID": cut}, until=lambda p: len(p.events) >= 3
+    )
     assert int(again.parsed.events[0].last_event_id) == int(cut) + 1
 
 
@@ -89,12 +95,17 @@ async def test_publishing_over_http_is_off_without_a_token(client: Client) -> No
 
 
 @pytest.mark.parametrize(
-    "authorization", [None, "Bearer", "Bearer wrong", f"Basic {TOKEN}", f"bearer {TOKEN}x", "Bearer \udcff"]
+    "authorization",
+    [None, "Bearer", "Bearer wrong", f"Basic {TOKEN}", f"bearer {TOKEN}x", "Bearer \udcff"],
 )
 async def test_publish_needs_the_right_bearer_token(
     client: Client, publisher: dict[str, str], authorization: str | None
 ) -> None:
-    headers = {} if authorization is None else {"Authorization": authorization.encode("utf-8", "surrogateescape").decode("latin-1")}
+    headers = (
+        {}
+        if authorization is None
+        else {"Authorization": authorization.encode("utf-8", "surrogateescape").decode("latin-1")}
+    )
     response = await client.post("/channels/news", json={"data": 1}, headers=headers)
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == "Bearer"
@@ -114,7 +125,9 @@ async def test_publish_needs_the_right_bearer_token(
         ({"data": "x" * 70000}, 413),
     ],
 )
-async def test_publish_validation(client: Client, publisher: dict[str, str], body: dict, status: int) -> None:
+async def test_publish_validation(
+    client: Client, publisher: dict[str, str], body: dict, status: int
+) -> None:
     response = await client.post("/channels/news", json=body, headers=publisher)
     assert response.status_code == status
     answer = await response.get_json()
@@ -127,29 +140,43 @@ async def test_publish_needs_json(client: Client, publisher: dict[str, str]) -> 
 
 
 @pytest.mark.parametrize("name", ["a" * 65, "bad name", "sl%2Fash", "%00", "ü"])
-async def test_channel_names_are_validated(client: Client, publisher: dict[str, str], name: str) -> None:
+async def test_channel_names_are_validated(
+    client: Client, publisher: dict[str, str], name: str
+) -> None:
     assert (await client.get(f"/channels/{name}/events")).status_code == 404
-    assert (await client.post(f"/channels/{name}", json={"data": 1}, headers=publisher)).status_code == 404
+    assert (
+        await client.post(f"/channels/{name}", json={"data": 1}, headers=publisher)
+    ).status_code == 404
 
 
-async def test_channel_replay_after_last_event_id(client: Client, publisher: dict[str, str]) -> None:
+async def test_channel_replay_after_last_event_id(
+    client: Client, publisher: dict[str, str]
+) -> None:
     ids = []
     for n in range(5):
         response = await client.post("/channels/news", json={"data": {"n": n}}, headers=publisher)
         ids.append((await response.get_json())["id"])
     result = await read_stream(
-        client, "/channels/news/events", headers={"Last-Event-ID": ids[1]}, until=lambda p: len(p.events) >= 3
+        client,
+        "/channels/news/events",
+        headers={"Last-Event-ID": ids[1]},
+        until=lambda p: len(p.events) >= 3,
     )
     assert [json.loads(e.data)["n"] for e in result.parsed.events] == [2, 3, 4]
     assert [e.last_event_id for e in result.parsed.events] == ids[2:]
 
 
-async def test_channel_gap_when_history_was_trimmed(app: Quart, client: Client, publisher: dict[str, str]) -> None:
+async def test_channel_gap_when_history_was_trimmed(
+    app: Quart, client: Client, publisher: dict[str, str]
+) -> None:
     app.config["CHANNEL_HISTORY"] = 10
     for n in range(60):
         await client.post("/channels/small", json={"data": n}, headers=publisher)
     result = await read_stream(
-        client, "/channels/small/events", headers={"Last-Event-ID": "3"}, until=lambda p: len(p.events) >= 5
+        client,
+        "/channels/small/events",
+        headers={"Last-Event-ID": "3"},
+        until=lambda p: len(p.events) >= 5,
     )
     gap = result.parsed.events[0]
     assert gap.type == "gap"
@@ -175,19 +202,28 @@ async def test_slow_subscriber_is_disconnected_and_can_resume(app: Quart, client
     assert result.ended
     assert result.parsed.events == []
     resumed = await read_stream(
-        client, "/channels/burst/events", headers={"Last-Event-ID": "1"}, until=lambda p: len(p.events) >= 20
+        client,
+        "/channels/burst/events",
+        headers={"Last-Event-ID": "1"},
+        until=lambda p: len(p.events) >= 20,
     )
     assert [json.loads(e.data)["n"] for e in resumed.parsed.events] == list(range(20))
 
 
 async def test_publish_from_code_like_flask_sse(app: Quart, client: Client) -> None:
-    stream = asyncio.create_task(read_stream(client, "/channels/news/events", until=lambda p: len(p.events) >= 1))
+    stream = asyncio.create_task(
+        read_stream(client, "/channels/news/events", until=lambda p: len(p.events) >= 1)
+    )
     await wait_for(lambda: state(app).broker.local_subscribers().get("channel:news") == 1)
     async with app.app_context():
         event_id = await sse.publish({"message": "Hello!"}, type="greeting", channel="news")
     result = await stream
     event = result.parsed.events[0]
-    assert (event.type, json.loads(event.data), event.last_event_id) == ("greeting", {"message": "Hello!"}, event_id)
+    assert (event.type, json.loads(event.data), event.last_event_id) == (
+        "greeting",
+        {"message": "Hello!"},
+        event_id,
+    )
     async with app.app_context():
         with pytest.raises(ValueError):
             await sse.publish(1, type="a\nb", channel="news")
@@ -223,11 +259,17 @@ async def test_no_injection_through_chat(app: Quart, client: Client, text: str) 
 async def test_chat_round_trip_and_session_name(client: Client) -> None:
     assert (await client.post("/chat", json={"message": "hi", "user": "ann"})).status_code == 202
     assert (await client.post("/chat", form={"message": "again"})).status_code == 202
-    other = await (await client.__class__(client.app).post("/chat", json={"message": "who?"})).get_json()
+    other = await (
+        await client.__class__(client.app).post("/chat", json={"message": "who?"})
+    ).get_json()
     assert other["user"] == "anonymous"
     result = await read_stream(client, "/stream", until=lambda p: len(p.events) >= 3)
     messages = [json.loads(e.data) for e in result.parsed.events]
-    assert [(m["user"], m["message"]) for m in messages] == [("ann", "hi"), ("ann", "again"), ("anonymous", "who?")]
+    assert [(m["user"], m["message"]) for m in messages] == [
+        ("ann", "hi"),
+        ("ann", "again"),
+        ("anonymous", "who?"),
+    ]
     assert all(isinstance(m["time"], float) for m in messages)
 
 
@@ -264,7 +306,9 @@ async def test_cross_site_writes_are_refused(client: Client, headers: dict, stat
     assert response.status_code == status
     for method, path in [("POST", "/session"), ("POST", "/jobs"), ("DELETE", "/jobs/" + "A" * 22)]:
         if status == 403:
-            assert (await client.open(path, method=method, json={}, headers=headers)).status_code == 403
+            assert (
+                await client.open(path, method=method, json={}, headers=headers)
+            ).status_code == 403
 
 
 @pytest.mark.parametrize(
@@ -280,7 +324,9 @@ async def test_cors_for_listed_origins_only(
     app: Quart, client: Client, origins: str, origin: str, allowed: str | None
 ) -> None:
     app.config["CORS_ORIGINS"] = tuple(o for o in origins.split(",") if o)
-    result = await read_stream(client, "/clock", headers={"Origin": origin}, until=lambda p: len(p.events) >= 1)
+    result = await read_stream(
+        client, "/clock", headers={"Origin": origin}, until=lambda p: len(p.events) >= 1
+    )
     assert result.headers.get("Access-Control-Allow-Origin") == allowed
     credentials = result.headers.get("Access-Control-Allow-Credentials")
     assert credentials == ("true" if allowed not in (None, "*") else None)
@@ -288,9 +334,18 @@ async def test_cors_for_listed_origins_only(
 
 async def test_streams_leave_nothing_behind(app: Quart, client: Client) -> None:
     paths = ["/numbers", "/clock", "/stream", "/channels/x/events"] * 10
-    streams = [asyncio.create_task(read_stream(client, p, until=lambda p: False, timeout=0.5)) for p in paths]
+    streams = [
+        asyncio.create_task(read_stream(client, p, until=lambda p: False, timeout=0.5))
+        for p in paths
+    ]
     await wait_for(lambda: len(state(app).hub.open) == len(paths))
-    assert state(app).hub.counts() == {"job": 0, "numbers": 10, "clock": 10, "chat": 10, "channel": 10}
+    assert state(app).hub.counts() == {
+        "job": 0,
+        "numbers": 10,
+        "clock": 10,
+        "chat": 10,
+        "channel": 10,
+    }
     for task in streams:
         with pytest.raises(TimeoutError):
             await task
@@ -308,7 +363,10 @@ async def test_max_age_ends_a_stream_with_a_jittered_retry(app: Quart, client: C
 
 
 async def test_drain_ends_every_stream_and_refuses_new_ones(app: Quart, client: Client) -> None:
-    streams = [asyncio.create_task(read_stream(client, p, timeout=5)) for p in ["/numbers", "/stream", "/clock"]]
+    streams = [
+        asyncio.create_task(read_stream(client, p, timeout=5))
+        for p in ["/numbers", "/stream", "/clock"]
+    ]
     await wait_for(lambda: len(state(app).hub.open) == 3)
     state(app).hub.drain()
     for task in streams:

@@ -69,9 +69,7 @@ def redis_clients(port: int) -> list[bytes]:
 
 async def test_a_publish_on_one_process_reaches_subscribers_of_another(brokers: Any) -> None:
     one, two = await brokers(), await brokers()
-    async with two.subscribe("news", maxlen=100) as sub, two.subscribe(
-        "news", maxlen=100
-    ) as other:
+    async with two.subscribe("news", maxlen=100) as sub, two.subscribe("news", maxlen=100) as other:
         assert await one.publish("news", "a", maxlen=100) == 1
         assert await two.publish("news", "b", maxlen=100) == 2
         assert await receive(sub, 2) == [1, 2]
@@ -109,7 +107,8 @@ async def test_resume_on_another_process_pages_through_a_long_history(brokers: A
     total = 2500  # more than one XRANGE page
     for start in range(0, total, 500):
         await one.publish_many(
-            "job:x", [(f"m{i}", None, f"x:{i}") for i in range(start + 1, start + 501)],
+            "job:x",
+            [(f"m{i}", None, f"x:{i}") for i in range(start + 1, start + 501)],
             maxlen=total + 2,
         )
 

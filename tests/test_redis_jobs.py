@@ -142,7 +142,9 @@ async def test_job_routes_answer_503_while_redis_is_down(tmp_path: Path) -> None
             assert (await client.get("/healthz")).status_code == 503
             # Nothing a client does while Redis is down is a 500.
             for method, path, body in [
-                ("GET", "/", None), ("GET", "/live", None), ("POST", "/chat", {"message": "hi"}),
+                ("GET", "/", None),
+                ("GET", "/live", None),
+                ("POST", "/chat", {"message": "hi"}),
             ]:
                 answer = await client.open(path, method=method, json=body)
                 assert answer.status_code == 503, (path, await answer.get_data(as_text=True))

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from quart import Quart
@@ -32,7 +31,9 @@ def app_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]
 
 
 cuts = st.lists(st.integers(min_value=1, max_value=15), min_size=1, max_size=8)
-SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @SETTINGS
@@ -44,7 +45,9 @@ async def test_job_stream_resume_is_exact(client: Client, cuts: list[int], delay
     last: str | None = None
     for cut in cuts:
         headers = {"Last-Event-ID": last} if last else None
-        result = await read_stream(client, url, headers=headers, until=lambda p, c=cut: len(p.events) >= c)
+        result = await read_stream(
+            client, url, headers=headers, until=lambda p, c=cut: len(p.events) >= c
+        )
         if result.status == 204:
             break
         for event in result.parsed.events:
@@ -63,7 +66,9 @@ async def test_job_stream_resume_is_exact(client: Client, cuts: list[int], delay
 
 @SETTINGS
 @given(cuts=cuts, total=st.integers(min_value=1, max_value=50))
-async def test_channel_stream_resume_is_exact(app: Quart, client: Client, cuts: list[int], total: int) -> None:
+async def test_channel_stream_resume_is_exact(
+    app: Quart, client: Client, cuts: list[int], total: int
+) -> None:
     app.config["PUBLISH_TOKEN"] = "t"
     channel = f"prop{next(_names)}"
     auth = {"Authorization": "Bearer t"}
@@ -83,8 +88,11 @@ async def test_channel_stream_resume_is_exact(app: Quart, client: Client, cuts: 
     for cut in cuts:
         try:
             result = await read_stream(
-                client, f"/channels/{channel}/events", headers={"Last-Event-ID": last},
-                until=lambda p, c=cut: len(p.events) >= c, timeout=0.2,
+                client,
+                f"/channels/{channel}/events",
+                headers={"Last-Event-ID": last},
+                until=lambda p, c=cut: len(p.events) >= c,
+                timeout=0.2,
             )
         except TimeoutError:
             continue  # nothing new yet; reconnect from the same id
@@ -93,10 +101,17 @@ async def test_channel_stream_resume_is_exact(app: Quart, client: Client, cuts: 
             received.append((event.last_event_id, json.loads(event.data)))
             last = event.last_event_id
     await publisher
-    rest = await read_stream(
-        client, f"/channels/{channel}/events", headers={"Last-Event-ID": last},
-        until=lambda p: len(p.events) >= total - len(received), timeout=5,
-    ) if len(received) < total else None
+    rest = (
+        await read_stream(
+            client,
+            f"/channels/{channel}/events",
+            headers={"Last-Event-ID": last},
+            until=lambda p: len(p.events) >= total - len(received),
+            timeout=5,
+        )
+        if len(received) < total
+        else None
+    )
     if rest is not None:
         received += [(e.last_event_id, json.loads(e.data)) for e in rest.parsed.events]
     assert [event_id for event_id, _ in received] == published
@@ -112,7 +127,9 @@ async def test_resume_from_a_trimmed_id_says_gap_then_is_exact(app: Quart, clien
         response = await client.post(f"/channels/{channel}", json={"data": n}, headers=auth)
         ids.append((await response.get_json())["id"])
     result = await read_stream(
-        client, f"/channels/{channel}/events", headers={"Last-Event-ID": ids[4]},
+        client,
+        f"/channels/{channel}/events",
+        headers={"Last-Event-ID": ids[4]},
         until=lambda p: bool(p.events) and p.events[-1].last_event_id == ids[-1],
     )
     events = result.parsed.events

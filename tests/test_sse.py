@@ -63,10 +63,12 @@ def test_comment() -> None:
 
 @given(
     data=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200),
-    event=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
-    .filter(lambda s: not any(c in s for c in "\r\n\x00")),
-    event_id=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
-    .filter(lambda s: not any(c in s for c in "\r\n\x00")),
+    event=st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30
+    ).filter(lambda s: not any(c in s for c in "\r\n\x00")),
+    event_id=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30).filter(
+        lambda s: not any(c in s for c in "\r\n\x00")
+    ),
 )
 def test_round_trip_through_strict_parser(data: str, event: str, event_id: str) -> None:
     frame = encode(data, event=event, id=event_id).decode()
@@ -114,13 +116,20 @@ def test_last_event_id_too_long() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("abc:0", ("abc", 0)), ("abc:17", ("abc", 17)), ("a:b:3", ("a:b", 3)), ("abc:done", ("abc", None))],
+    [
+        ("abc:0", ("abc", 0)),
+        ("abc:17", ("abc", 17)),
+        ("a:b:3", ("a:b", 3)),
+        ("abc:done", ("abc", None)),
+    ],
 )
 def test_parse_job_id(value: str, expected: tuple) -> None:
     assert parse_job_id(value) == expected
 
 
-@pytest.mark.parametrize("value", ["abc", ":3", "abc:", "abc:-1", "abc:1.5", "abc:x", "abc:٣", "a:" + "9" * 20])
+@pytest.mark.parametrize(
+    "value", ["abc", ":3", "abc:", "abc:-1", "abc:1.5", "abc:x", "abc:٣", "a:" + "9" * 20]
+)
 def test_parse_job_id_refuses(value: str) -> None:
     with pytest.raises(LastEventIdError):
         parse_job_id(value)

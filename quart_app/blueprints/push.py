@@ -46,7 +46,12 @@ def init_app(app: Quart, state: AppState) -> None:
         backlog=config["TICKER_HISTORY"],
     )
     state.clock = Broadcast(
-        state.broker, "clock", local_time, interval_s=config["CLOCK_INTERVAL_S"], buffer=10, backlog=1
+        state.broker,
+        "clock",
+        local_time,
+        interval_s=config["CLOCK_INTERVAL_S"],
+        buffer=10,
+        backlog=1,
     )
     state.services.extend([state.ticker, state.clock])
 
@@ -161,7 +166,9 @@ async def _publish_or_503(data: Any, type_: str | None, channel: str) -> str:
     try:
         return await publish(data, type=type_, channel=channel)
     except BrokerUnavailable as error:
-        raise APIError(503, f"the broker is unavailable: {error}", headers={"Retry-After": "2"}) from None
+        raise APIError(
+            503, f"the broker is unavailable: {error}", headers={"Retry-After": "2"}
+        ) from None
 
 
 @bp.post("/channels/<name>")
@@ -171,9 +178,9 @@ async def channel_publish(name: str) -> tuple[Response, int]:
     _check_publish_token()
     body = await read_body(current_app.config["MAX_MESSAGE_BYTES"])
     if request.mimetype != "application/json":
-        raise APIError(415, "publish with a JSON body: {\"data\": ..., \"event\": ...}")
+        raise APIError(415, 'publish with a JSON body: {"data": ..., "event": ...}')
     if "data" not in body:
-        raise APIError(400, "the body needs a \"data\" member", field="data")
+        raise APIError(400, 'the body needs a "data" member', field="data")
     event = body.get("event")
     if event is not None and (not isinstance(event, str) or not EVENT_TYPE_RE.match(event)):
         raise APIError(400, "event must be 1-64 characters of A-Z a-z 0-9 _ . : -", field="event")
@@ -193,7 +200,9 @@ async def chat_post() -> tuple[Response, int]:
         raise APIError(400, "the message is empty", field="message")
     if len(message) > config["MAX_CHAT_CHARS"]:
         raise APIError(
-            413, f"the message is longer than {config['MAX_CHAT_CHARS']} characters", field="message"
+            413,
+            f"the message is longer than {config['MAX_CHAT_CHARS']} characters",
+            field="message",
         )
     user = body.get("user")
     if user is not None:
