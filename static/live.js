@@ -90,7 +90,8 @@ function makeChart() {
       legend: { show: false },
       cursor: { show: false },
       scales: { x: { time: true }, y: { range: [0, 10] } },
-      axes: [{ ...axis, values: timeLabels }, { ...axis, size: 36 }],
+      // Wide enough apart that HH:MM:SS(.fff) labels never overlap.
+      axes: [{ ...axis, values: timeLabels, space: 110 }, { ...axis, size: 36 }],
       series: [
         {},
         {
