@@ -172,8 +172,10 @@ async def channel_publish(name: str) -> Response:
     if not CHANNEL_RE.match(name):
         return jsonify({"error": "bad channel name"}), 404
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if not PUBLISH_TOKEN or scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip(), PUBLISH_TOKEN
+    if (
+        not PUBLISH_TOKEN
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(given.strip(), PUBLISH_TOKEN)
     ):
         return jsonify({"error": "a valid bearer token is required"}), 401
     body = await request.get_json(silent=True)

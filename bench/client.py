@@ -457,7 +457,11 @@ class HTTPClient:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(
-        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
         timeout: float = 10.0,  # noqa: ASYNC109 - the whole exchange
     ) -> tuple[int, bytes]:
         async with asyncio.timeout(timeout):

@@ -71,9 +71,23 @@ class Redis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -125,7 +139,9 @@ class Soak:
     async def jobs(self, client: httpx.AsyncClient) -> None:
         while time.monotonic() < self.deadline:
             try:
-                async with client.stream("GET", "/generate?amount=200&length=16&delay_ms=2") as response:
+                async with client.stream(
+                    "GET", "/generate?amount=200&length=16&delay_ms=2"
+                ) as response:
                     self.record(response.status_code)
                     text = "".join([chunk async for chunk in response.aiter_text()])
                 if response.status_code == 200:
@@ -141,9 +157,13 @@ class Soak:
             n += 1
             try:
                 if n % 3 == 0:
-                    response = await client.post("/chat", json={"message": f"soak {n}\nline", "user": "soak"})
+                    response = await client.post(
+                        "/chat", json={"message": f"soak {n}\nline", "user": "soak"}
+                    )
                 else:
-                    response = await client.post("/channels/soak", json={"data": {"n": n}}, headers=auth)
+                    response = await client.post(
+                        "/channels/soak", json={"data": {"n": n}}, headers=auth
+                    )
                 self.record(response.status_code)
             except httpx.HTTPError as error:
                 self.errors[type(error).__name__] += 1
@@ -180,16 +200,32 @@ async def main() -> None:
     }
     log = open(workdir / "server.log", "wb")  # noqa: SIM115
     server = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "--config", str(ROOT / "hypercorn.toml"),
-         "--bind", f"127.0.0.1:{port}", "--workers", str(args.workers), "--access-logfile", "-",
-         "quart_app:create_app()"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "hypercorn",
+            "--config",
+            str(ROOT / "hypercorn.toml"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(args.workers),
+            "--access-logfile",
+            "-",
+            "quart_app:create_app()",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     duration = args.minutes * 60
     samples: list[dict[str, Any]] = []
     try:
-        limits = httpx.Limits(max_connections=args.viewers + 50, max_keepalive_connections=args.viewers + 50)
+        limits = httpx.Limits(
+            max_connections=args.viewers + 50, max_keepalive_connections=args.viewers + 50
+        )
         async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
             async with asyncio.timeout(30):
                 while True:
@@ -229,7 +265,9 @@ async def main() -> None:
             await asyncio.sleep(2)
             end = {"workers": [proc_status(p) for p in workers], "stats": await stats(client)}
         warm = next((s for s in samples if s["t"] >= min(120, duration / 4)), samples[0])
-        fivexx = sum(n for status, n in soak.statuses.items() if status.startswith("5") and status != "503")
+        fivexx = sum(
+            n for status, n in soak.statuses.items() if status.startswith("5") and status != "503"
+        )
         report = {
             "minutes": args.minutes,
             "workers": args.workers,
