@@ -83,6 +83,9 @@ class Defaults:
     # Request bodies larger than this are refused with 413.
     MAX_CONTENT_LENGTH = 1024 * 1024
 
+    # Tune the garbage collector for many long-lived streams (see state.tune_gc).
+    GC_TUNE = True
+
     # Instance folder (secret key, job results, database); default: Quart's.
     INSTANCE_PATH: str | None = None
 
@@ -125,9 +128,27 @@ _POSITIVE_FLOAT = (
 )
 
 
+_BOOL = ("SESSION_COOKIE_SECURE", "GC_TUNE", "ACCESS_LOG")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _flag(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{key} must be true or false, got {value!r}")
+
+
 def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     """Coerce and check limits; raise ValueError naming the bad setting."""
-    checked: dict[str, Any] = {}
+    checked: dict[str, Any] = {key: _flag(key, config[key]) for key in _BOOL if key in config}
     for key in _POSITIVE_INT + _NON_NEGATIVE_INT:
         value = config[key]
         try:

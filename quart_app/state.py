@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ class AppState:
     clock: Any = None
     services: list[Any] = field(default_factory=list)
     trigger: DrainTrigger | None = None
+    tune_gc: bool = True
     # Channel names this process knows are admitted under MAX_CHANNELS.
     known_channels: set[str] = field(default_factory=set)
     # Called with every chat message this process accepts ({"id","user","message","time"}).
@@ -56,6 +58,8 @@ class AppState:
             await self.history.start()
         if self.stats is not None:
             await self.stats.start()
+        if self.tune_gc:
+            tune_gc()
 
     async def close(self) -> None:
         self.drain()
@@ -85,11 +89,28 @@ def init_app(app: Quart) -> AppState:
         max_streams_per_client=config["MAX_STREAMS_PER_CLIENT"],
     )
     jobs = JobRegistry(broker, config, Path(app.instance_path) / "results")
-    state = AppState(broker=broker, hub=hub, jobs=jobs)
+    state = AppState(broker=broker, hub=hub, jobs=jobs, tune_gc=bool(config["GC_TUNE"]))
     app.extensions[EXTENSION] = state
     app.before_serving(state.start)
     app.after_serving(state.close)
     return state
+
+
+def tune_gc() -> None:
+    """Keep the garbage collector from freezing the loop under many streams.
+
+    Each open stream keeps ~160 objects the collector tracks (mostly Hypercorn,
+    h11 and Quart's); with thousands of streams every full collection walks
+    nearly a million objects and stalls every stream for up to a second
+    (measured: docs/BENCHMARKS.md).  Objects alive after start-up are frozen
+    out of collections for good, and the youngest generation is collected
+    less often, so short-lived garbage is mostly freed by reference counting
+    before a collection sees it.  Full collections still run when garbage
+    really builds up (the oldest threshold keeps its default).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def get_state(app: Quart | None = None) -> AppState:

@@ -189,9 +189,55 @@ class StreamHub:
                 sub.close("drain")
             if on_open is not None:
                 on_open(sub)
+            # One generator from subscription to bytes: every layer of async
+            # generator costs time on every write of every stream.
             try:
-                async for chunk in self._frames(sub, prelude, terminal, id_format):
-                    yield chunk
+                head = [encode(retry=self.retry_ms), prelude]
+                if sub.gap is not None:
+                    after, resumed_from = sub.gap
+                    gap = {
+                        "last_event_id": id_format(after),
+                        "resumed_from": id_format(resumed_from),
+                    }
+                    head.append(encode(json.dumps(gap), event="gap"))
+                pending: bytes | None = b"".join(head)
+                max_bytes = self.max_chunk_bytes
+                while True:
+                    if sub.reason == "overflow":
+                        # Behind past its bound: end now; the client resumes from history.
+                        return
+                    messages = sub.take(max_bytes=max_bytes)
+                    if messages:
+                        if len(messages) == 1:
+                            frames = messages[0].frame
+                        else:
+                            frames = b"".join([m.frame for m in messages])
+                        if pending is not None:
+                            frames = pending + frames
+                            pending = None
+                        self.events_sent += len(messages)
+                        sub.heartbeat_due = False
+                        sub.last_sent = time.monotonic()
+                        yield frames
+                        # A terminal event is always the last one its topic gets.
+                        if messages[-1].event in terminal:
+                            return
+                        continue
+                    if pending is not None:
+                        yield pending
+                        pending = None
+                        sub.last_sent = time.monotonic()
+                        continue
+                    if sub.closed:
+                        if sub.reason in _DRAIN_REASONS:
+                            yield self.drain_frame()
+                        return
+                    if sub.heartbeat_due:
+                        sub.heartbeat_due = False
+                        sub.last_sent = time.monotonic()
+                        yield KEEP_ALIVE
+                        continue
+                    await sub.wait()
             finally:
                 self.open.discard(sub)
                 self.by_client[client] -= 1
@@ -199,53 +245,6 @@ class StreamHub:
                     del self.by_client[client]
                 if on_close is not None:
                     on_close(sub)
-
-    async def _frames(
-        self,
-        sub: Subscription,
-        prelude: bytes,
-        terminal: frozenset[str],
-        id_format: Callable[[int], str],
-    ) -> AsyncIterator[bytes]:
-        head = [encode(retry=self.retry_ms), prelude]
-        if sub.gap is not None:
-            after, resumed_from = sub.gap
-            gap = {"last_event_id": id_format(after), "resumed_from": id_format(resumed_from)}
-            head.append(encode(json.dumps(gap), event="gap"))
-        pending: bytes | None = b"".join(head)
-        while True:
-            if sub.reason == "overflow":
-                # Behind past its bound: end now; the client resumes from history.
-                return
-            messages = sub.take(max_bytes=self.max_chunk_bytes)
-            if messages:
-                frames = b"".join([m.frame for m in messages])
-                if pending is not None:
-                    frames = pending + frames
-                    pending = None
-                self.events_sent += len(messages)
-                sub.heartbeat_due = False
-                sub.last_sent = time.monotonic()
-                yield frames
-                # A terminal event is always the last one its topic gets.
-                if messages[-1].event in terminal:
-                    return
-                continue
-            if pending is not None:
-                yield pending
-                pending = None
-                sub.last_sent = time.monotonic()
-                continue
-            if sub.closed:
-                if sub.reason in _DRAIN_REASONS:
-                    yield self.drain_frame()
-                return
-            if sub.heartbeat_due:
-                sub.heartbeat_due = False
-                sub.last_sent = time.monotonic()
-                yield KEEP_ALIVE
-                continue
-            await sub.wait()
 
 
 def sse_response(body: AsyncIterator[bytes], *, status: int = 200) -> Response:

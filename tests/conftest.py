@@ -19,6 +19,8 @@ FAST = {
     "SSE_HEARTBEAT_S": 0.2,
     "JOB_ORPHAN_S": 0.5,
     "JOB_TTL_S": 1.0,
+    # Hundreds of in-process apps must not freeze pytest's own objects.
+    "GC_TUNE": False,
 }
 
 

@@ -100,6 +100,17 @@ def test_bad_configuration_stops_the_app_with_a_clear_message(
         create_app({"INSTANCE_PATH": str(tmp_path), key: value})
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("true", True), ("False", False), ("0", False), ("1", True)]
+)
+def test_boolean_settings_from_the_environment(tmp_path, monkeypatch, raw, expected) -> None:  # type: ignore[no-untyped-def]
+    from quart_app import create_app
+
+    monkeypatch.setenv("QUART_SESSION_COOKIE_SECURE", raw)
+    app = create_app({"INSTANCE_PATH": str(tmp_path)})
+    assert app.config["SESSION_COOKIE_SECURE"] is expected
+
+
 def test_environment_overrides(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from quart_app import create_app
 
