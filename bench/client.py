@@ -551,32 +551,50 @@ def proc_cpu_s(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class CpuMeter:
-    """This process's CPU seconds (user + system) and the server's, over a window."""
+def named_pid(text: str) -> tuple[str, int]:
+    """``NAME=PID`` (``--cpu-pid``): a process whose CPU is measured over the window."""
+    name, sep, pid = text.partition("=")
+    if not sep or not name or not pid.isdigit() or int(pid) <= 0:
+        raise argparse.ArgumentTypeError(f"expected NAME=PID, got {text!r}")
+    return name, int(pid)
 
-    def __init__(self, server_pid: int | None) -> None:
+
+class CpuMeter:
+    """This process's CPU seconds (user + system) and the server's, over a window;
+    also those of any other named processes (``--cpu-pid``: more workers, redis-server)."""
+
+    def __init__(self, server_pid: int | None, named: list[tuple[str, int]] | None = None) -> None:
         self.server_pid = server_pid
+        self.named = list(named or [])
         self.start()
 
     def start(self) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self._self0 = usage.ru_utime + usage.ru_stime
         self._server0 = proc_cpu_s(self.server_pid)
+        self._named0 = {name: proc_cpu_s(pid) for name, pid in self.named}
         self._wall0 = time.perf_counter()
 
-    def stop(self) -> dict[str, float | None]:
+    def stop(self) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         wall = time.perf_counter() - self._wall0
         cpu = usage.ru_utime + usage.ru_stime - self._self0
         server1 = proc_cpu_s(self.server_pid)
         server = None if server1 is None or self._server0 is None else server1 - self._server0
-        return {
+        result: dict[str, Any] = {
             "wall_s": round(wall, 3),
             "client_cpu_s": round(cpu, 3),
             "client_cpu_util": round(cpu / wall, 3) if wall > 0 else None,
             "server_cpu_s": None if server is None else round(server, 3),
             "server_cpu_util": None if server is None or wall <= 0 else round(server / wall, 3),
         }
+        if self.named:
+            named: dict[str, float | None] = {}
+            for name, pid in self.named:
+                before, after = self._named0[name], proc_cpu_s(pid)
+                named[name] = None if before is None or after is None else round(after - before, 3)
+            result["named_cpu_s"] = named
+        return result
 
 
 def failures(streams: list[SSEStream]) -> dict[str, int]:
@@ -607,7 +625,7 @@ async def scenario_hold(args: argparse.Namespace) -> dict[str, Any]:
     connected = sum(s.ok for s in streams)
     await asyncio.sleep(args.settle)  # the first live tick reaches everyone
     rss_connected = rss_kib(args.rss_pid)
-    meter = CpuMeter(args.rss_pid)
+    meter = CpuMeter(args.rss_pid, args.cpu_pid)
     window_start = _now()
     await asyncio.sleep(args.duration)
     window_end = _now()
@@ -685,7 +703,7 @@ async def scenario_fanout(args: argparse.Namespace) -> dict[str, Any]:
     statuses: dict[int, int] = {}
     sent_at: dict[int, float] = {}
     waits_timed_out = 0
-    meter = CpuMeter(args.rss_pid)
+    meter = CpuMeter(args.rss_pid, args.cpu_pid)
     for index in range(args.publishes):
         tracker.arm(len(live))
         sent = _now()
@@ -749,7 +767,7 @@ async def scenario_fanout(args: argparse.Namespace) -> dict[str, Any]:
 async def scenario_generate(args: argparse.Namespace) -> dict[str, Any]:
     """N concurrent /generate streams of ``amount`` strings: aggregate events/s."""
     path = f"/generate?amount={args.amount}&length={args.length}"
-    meter = CpuMeter(args.rss_pid)
+    meter = CpuMeter(args.rss_pid, args.cpu_pid)
     started = _now()
     streams, connect_s = await open_streams(
         args.port, path, args.n, concurrency=args.n, timeout=args.connect_timeout, inline=True
@@ -822,6 +840,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, required=True, help=f"server port on {HOST}")
         p.add_argument("--label", default="", help="name echoed in the JSON line")
         p.add_argument("--rss-pid", type=int, default=None, help="server process to measure")
+        p.add_argument(
+            "--cpu-pid",
+            type=named_pid,
+            action="append",
+            default=[],
+            metavar="NAME=PID",
+            help="another process whose CPU to measure over the window (repeatable)",
+        )
         p.add_argument("--concurrency", type=int, default=256, help="connects in flight")
         p.add_argument("--connect-timeout", type=float, default=90.0)
         p.add_argument("--budget", type=float, default=300.0, help="hard limit for the run (s)")

@@ -179,6 +179,7 @@ class Stats:
             "subscribers": dict(subscribers),
             "ticker_running": bool(state.ticker is not None and state.ticker.running),
             "history_queued": history.queued if history is not None else 0,
+            "tasks": len(asyncio.all_tasks()),
         }
 
     # -- sharing them ------------------------------------------------------------
@@ -256,6 +257,7 @@ class Stats:
             "stream_disconnects": closes,
             "subscriber_drops": closes.get("overflow", 0),
             "broker_reconnects": shared.get("broker_reconnects", 0),
+            "tasks": sum(int(g.get("tasks", 0)) for g in workers),
             "history": {
                 "backend": history.backend if history is not None else "none",
                 "ready": bool(history is not None and history.ready),

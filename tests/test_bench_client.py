@@ -171,6 +171,27 @@ def test_percentile_nearest_rank() -> None:
     assert client.percentile([], 0.5) is None
 
 
+def test_cpu_pid_option() -> None:
+    args = client.build_parser().parse_args(
+        ["fanout", "--port", "1", "--cpu-pid", "redis=12", "--cpu-pid", "worker-2=34"]
+    )
+    assert args.cpu_pid == [("redis", 12), ("worker-2", 34)]
+    assert client.build_parser().parse_args(["fanout", "--port", "1"]).cpu_pid == []
+    for bad in ("12", "=12", "redis=", "redis=x", "redis=0"):
+        with pytest.raises(SystemExit):
+            client.build_parser().parse_args(["fanout", "--port", "1", "--cpu-pid", bad])
+
+
+def test_cpu_meter_named_processes() -> None:
+    import os
+
+    meter = client.CpuMeter(os.getpid(), [("me", os.getpid()), ("gone", 2**22 + 1)])
+    cpu = meter.stop()
+    assert cpu["named_cpu_s"]["me"] is not None and cpu["named_cpu_s"]["me"] >= 0
+    assert cpu["named_cpu_s"]["gone"] is None
+    assert "named_cpu_s" not in client.CpuMeter(None).stop()
+
+
 _text = st.lists(
     st.sampled_from(
         [

@@ -104,6 +104,7 @@ class StatsContent(BaseModel):
     stream_disconnects: dict[str, int] = Field(description="Streams ended, by reason")
     subscriber_drops: int = Field(description="Subscribers disconnected for falling behind")
     broker_reconnects: int
+    tasks: int = Field(description="asyncio tasks alive in all workers (a leak check)")
     history: HistoryStats
 
 
