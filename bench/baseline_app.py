@@ -23,6 +23,7 @@ the apps, not the protocols:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import os
@@ -79,10 +80,9 @@ async def ticker() -> None:
         message = (seq, data)
         numbers_history.append(message)
         for queue in list(numbers_subscribers):
-            try:
+            # A slow reader loses ticks (its bounded queue is full).
+            with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(message)
-            except asyncio.QueueFull:
-                pass  # a slow reader loses ticks
         await asyncio.sleep(1.0)
 
 

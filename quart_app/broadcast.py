@@ -20,6 +20,7 @@ the holder died.  With the memory broker the lease is always held.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -146,10 +147,9 @@ class Broadcast:
                 self._spawn(self._release(holder))
 
     async def _release(self, holder: str) -> None:
-        try:
+        # If the broker is down the lease simply expires after its TTL.
+        with contextlib.suppress(BrokerUnavailable):
             await self.broker.release(self.topic, holder)
-        except BrokerUnavailable:
-            pass  # the lease expires by itself
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

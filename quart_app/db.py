@@ -19,6 +19,7 @@ shutdown it keeps trying for ``timeout_s`` and then says what it lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -252,10 +253,10 @@ class History:
         self._closing = True
         writer, self._writer = self._writer, None
         if writer is not None:
-            try:
-                self._queue.put_nowait(None)  # wakes a writer waiting on an empty queue
-            except asyncio.QueueFull:
-                pass  # not waiting: it sees ``_closing`` when the queue is empty
+            # Wakes a writer waiting on an empty queue; a full queue means it is
+            # not waiting and will see ``_closing`` once the queue drains.
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)
             try:
                 await asyncio.wait_for(asyncio.shield(writer), self.timeout_s)
             except TimeoutError:

@@ -579,10 +579,9 @@ class RedisBroker:
         async def nudge() -> None:
             # Cleared before sending: a topic added after this point needs its own nudge.
             self._nudge_pending = False
-            try:
+            # If Redis is down the reader is reconnecting and re-reads its topics anyway.
+            with contextlib.suppress(BrokerUnavailable):
                 await self._post(self.node, {"n": ""})
-            except BrokerUnavailable:
-                pass  # the reader is reconnecting and re-reads its topics anyway
 
         self._spawn(nudge(), "redis-broker-nudge")
 

@@ -1,4 +1,4 @@
-"""Read SSE streams through Quart's test client (which, unlike ASGITransport, streams)."""
+"""Read SSE streams through Quart's test client ``request()``, chunk by chunk."""
 
 from __future__ import annotations
 
