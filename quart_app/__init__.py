@@ -9,12 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from quart import Quart
+from quart_schema import tag_blueprint
 
-from . import db, errors, logs, metrics, security, state
+from . import channels, db, errors, logs, metrics, security, sse, state
+from .blueprints import api, generator, ops, pages, push
 from .config import default_config, validate
 from .secrets_store import load_or_create_secret
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "sse"]
+
+# Flask-SSE's spelling, ``await sse.publish(data, type=..., channel=...)``: the
+# encoder module carries the publish function that lives with the channels.
+sse.publish = channels.publish  # type: ignore[attr-defined]
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("quart_app")
@@ -43,14 +49,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     security.init_app(app)
     app_state = state.init_app(app)
 
-    from .blueprints import api, generator, ops, pages, push
-
     app.register_blueprint(generator.bp)
     app.register_blueprint(push.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(pages.bp)
-    push.init_app(app, app_state)
     db.init_app(app, app_state)
+    channels.init_app(app, app_state)
     app_state.stats = metrics.init_app(app_state, app.config)
     api.init_app(app)
+    tag_blueprint(ops.bp, ["operations"])
     return app

@@ -26,10 +26,11 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
-from .broker import Broker, BrokerUnavailable, Overflow
+from .brokers import Broker, BrokerUnavailable, Overflow
+from .streams import Feed
+from .tasks import TaskSet, cancel_and_wait
 
 log = logging.getLogger("quart_app.broadcast")
 
@@ -65,7 +66,7 @@ class Broadcast:
         # This process publishes only while it holds the lease.
         self.leading = False
         self.lease_s = max(3 * interval_s, 1.0)
-        self._releases: set[asyncio.Task[None]] = set()
+        self._releases = TaskSet(f"broadcast-{topic}")
 
     @property
     def running(self) -> bool:
@@ -77,8 +78,9 @@ class Broadcast:
     async def close(self) -> None:
         await self._stop()
 
-    def subscribe(self, after: int | None):  # -> async context manager of Subscription
-        return self.broker.subscribe(
+    def feed(self, after: int | None, kind: str) -> Feed:
+        """A listener's stream: the last ``backlog`` ticks, then live (or after ``after``)."""
+        subscription = self.broker.subscribe(
             self.topic,
             after=after,
             backlog=self.backlog,
@@ -86,6 +88,7 @@ class Broadcast:
             overflow=Overflow.DROP_OLDEST,
             maxlen=self.buffer,
         )
+        return Feed(subscription, kind=kind, on_open=self.joined, on_close=self.left)
 
     def joined(self, _sub: object = None) -> None:
         self.listeners += 1
@@ -93,7 +96,7 @@ class Broadcast:
             self.started_total += 1
             self.task = asyncio.create_task(self._run(), name=f"broadcast-{self.topic}")
 
-    def left(self, _sub: object = None) -> None:
+    def left(self, _sub: object = None, _grace_s: float = 0.0) -> None:
         self.listeners -= 1
         if self.listeners <= 0:
             self.listeners = 0
@@ -103,14 +106,8 @@ class Broadcast:
 
     async def _stop(self) -> None:
         task, self.task = self.task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-        if self._releases:
-            await asyncio.gather(*self._releases, return_exceptions=True)
+        await cancel_and_wait(task)
+        await self._releases.wait()
 
     async def tick(self) -> int:
         data, event = self.make()
@@ -144,14 +141,9 @@ class Broadcast:
             if self.leading:
                 self.leading = False
                 # Not awaited here: this task is being cancelled.
-                self._spawn(self._release(holder))
+                self._releases.spawn(self._release(holder))
 
     async def _release(self, holder: str) -> None:
         # If the broker is down the lease simply expires after its TTL.
         with contextlib.suppress(BrokerUnavailable):
             await self.broker.release(self.topic, holder)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)

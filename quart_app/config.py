@@ -11,6 +11,9 @@ class Defaults:
     # instance folder on first start (see ``quart_app.secrets``).
     SECRET_KEY: str | None = None
     PUBLISH_TOKEN: str | None = None
+    # Bearer token for the operator's views (every session's job history);
+    # unset: nobody gets them.  At least 16 characters.
+    OPERATOR_TOKEN: str | None = None
 
     BROKER_URL = "memory://"
     # History (finished jobs, chat).  Unset: SQLite file ``history.sqlite3`` in
@@ -22,6 +25,10 @@ class Defaults:
     DB_QUEUE_SIZE = 10_000
     # Most records the writer puts in one transaction.
     DB_BATCH = 500
+    # Finished jobs and chat messages older than this are deleted by the
+    # history writer (0: keep them forever), at most once per interval.
+    HISTORY_RETENTION_DAYS = 30
+    HISTORY_PRUNE_INTERVAL_S = 300.0
 
     # Sessions (SPEC §7).  Set SESSION_COOKIE_SECURE behind HTTPS.
     SESSION_COOKIE_HTTPONLY = True
@@ -62,6 +69,9 @@ class Defaults:
     TICKER_BUFFER = 100
     CLOCK_INTERVAL_S = 1.0
     CHANNEL_HISTORY = 1000
+    # A channel (its history, its ids and its slot under MAX_CHANNELS) is
+    # forgotten this long after its last publish.
+    CHANNEL_TTL_S = 86_400.0
     # Distinct channel names (each keeps a history); past it a new name is a 503.
     MAX_CHANNELS = 10_000
     MAX_MESSAGE_BYTES = 65536
@@ -116,34 +126,53 @@ _POSITIVE_INT = (
     "DB_BATCH",
     "STATS_HISTORY",
 )
-_NON_NEGATIVE_INT = ("MAX_DELAY_MS", "SSE_DRAIN_JITTER_MS")
+_NON_NEGATIVE_INT = ("MAX_DELAY_MS", "SSE_DRAIN_JITTER_MS", "HISTORY_RETENTION_DAYS")
 _POSITIVE_FLOAT = (
     "SSE_HEARTBEAT_S",
     "SSE_MAX_AGE_S",
     "JOB_ORPHAN_S",
     "JOB_TTL_S",
+    "CHANNEL_TTL_S",
     "TICKER_INTERVAL_S",
     "CLOCK_INTERVAL_S",
     "STATS_INTERVAL_S",
+    "HISTORY_PRUNE_INTERVAL_S",
 )
 
 
 _BOOL = ("SESSION_COOKIE_SECURE", "GC_TUNE", "ACCESS_LOG")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+
+# The boolean words, in one place.  Session values take the SPEC's words
+# (0/1, true/false); settings also take what environment variables use.
+BOOL_WORDS: dict[str, bool] = {"1": True, "true": True, "0": False, "false": False}
+SETTING_BOOL_WORDS: dict[str, bool] = {
+    **BOOL_WORDS,
+    "yes": True,
+    "on": True,
+    "no": False,
+    "off": False,
+    "": False,
+}
 
 
-def _flag(key: str, value: Any) -> bool:
+def parse_bool(value: Any, words: Mapping[str, bool] = BOOL_WORDS) -> bool:
+    """``value`` as a boolean (bools, 0/1 and ``words``); ValueError otherwise."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"{key} must be true or false, got {value!r}")
+    if isinstance(value, str):
+        word = words.get(value.strip().lower())
+        if word is not None:
+            return word
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _flag(key: str, value: Any) -> bool:
+    try:
+        return parse_bool(value, SETTING_BOOL_WORDS)
+    except ValueError:
+        raise ValueError(f"{key} must be true or false, got {value!r}") from None
 
 
 def validate(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -187,8 +216,10 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
         )
     if config["LOG_FORMAT"] not in ("text", "json"):
         raise ValueError(f"LOG_FORMAT must be text or json, got {config['LOG_FORMAT']!r}")
-    access_log = config["ACCESS_LOG"]
-    if isinstance(access_log, str):
-        access_log = access_log.strip().lower() in ("1", "true", "yes", "on")
-    checked["ACCESS_LOG"] = bool(access_log)
+    operator_token = config["OPERATOR_TOKEN"]
+    if operator_token is not None and (
+        not isinstance(operator_token, str) or len(operator_token) < 16
+    ):
+        raise ValueError("OPERATOR_TOKEN must be a string of at least 16 characters")
+    checked["OPERATOR_TOKEN"] = operator_token or None
     return checked

@@ -21,24 +21,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
+import hmac
 import json
 import logging
 import os
-import random
 import re
 import secrets
-import string
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiofiles
 import aiofiles.os
 
-from .broker import Broker, BrokerUnavailable
-from .errors import APIError
+from .brokers import Broker, BrokerUnavailable
+from .errors import Draining, InvalidInput, LimitExceeded, NotFound, Overloaded
+from .sessions import JobParams
+from .sse import LastEventIdError
+from .streams import Feed
+from .strings import StringMaker
+from .tasks import TaskSet, cancel_and_wait
 
 log = logging.getLogger("quart_app.jobs")
 
@@ -49,15 +53,52 @@ CANCEL_WAIT_S = 3.0
 WATCHERS_TTL_S = 3600.0
 # How long a shutting-down process keeps trying to record its jobs' ends.
 CLOSING_GRACE_S = 3.0
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
+JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{22}")
 
-CHARSETS: dict[str, str] = {
-    "lowercase": string.ascii_lowercase,
-    "uppercase": string.ascii_uppercase,
-    "digits": string.digits,
-    "symbols": string.punctuation,
-}
-DEFAULT_CHARSETS: dict[str, int] = {"lowercase": 1, "uppercase": 1, "digits": 1, "symbols": 0}
+
+# -- the job-id grammar: one home for ids, topics and progress -------------------------
+
+
+def new_job_id() -> str:
+    return secrets.token_urlsafe(16)  # 128 random bits
+
+
+def is_job_id(value: str) -> bool:
+    return JOB_ID_RE.fullmatch(value) is not None
+
+
+def topic_for(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def event_id(job_id: str, index: int | str) -> str:
+    """The SSE id of string ``index`` of a job (``done`` for its done event)."""
+    return f"{job_id}:{index}"
+
+
+def parse_event_id(value: str) -> tuple[str, int | None]:
+    """A job stream id ``<job_id>:<integer>`` or ``<job_id>:done`` -> (job, index|None)."""
+    job, sep, tail = value.rpartition(":")
+    if not sep or not job:
+        raise LastEventIdError("Last-Event-ID must be <job_id>:<integer> or <job_id>:done")
+    if tail == "done":
+        return job, None
+    if not tail.isascii() or not tail.isdigit() or len(tail) > 19:
+        raise LastEventIdError("Last-Event-ID must be <job_id>:<integer> or <job_id>:done")
+    return job, int(tail)
+
+
+def progress(index: int, amount: int) -> int:
+    return index * 100 // amount if amount else 0
+
+
+def replay_bound(amount: int) -> int:
+    """Events a job's topic keeps: every string, the terminal event, and one spare."""
+    return amount + 2
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 async def _open_result(path: Path) -> Any:
@@ -78,62 +119,6 @@ async def _open_result(path: Path) -> Any:
         raise
 
 
-class StringMaker:
-    """Random strings drawn uniformly from ``charset``, a batch at a time.
-
-    Random bytes mapped through a translation table: a byte ``b`` stands for
-    ``charset[b % n]``, and bytes at or above the largest multiple of ``n`` are
-    rejected, so every character is exactly equally likely.  About ten times
-    faster than ``random.choices`` per string, which matters when a job makes
-    100 000 of them.
-    """
-
-    def __init__(self, charset: str, rng: random.Random | None = None) -> None:
-        if not charset or not charset.isascii() or len(charset) > 256:
-            raise ValueError("charset must be 1 to 256 ASCII characters")
-        self._rng = rng or random.Random()
-        size = len(charset)
-        self._limit = 256 - 256 % size
-        self._table = bytes(ord(charset[b % size]) for b in range(256))
-        self._reject = bytes(range(self._limit, 256))
-
-    def make(self, count: int, length: int) -> list[str]:
-        need = count * length
-        chunks: list[bytes] = []
-        have = 0
-        while have < need:
-            # Draw enough that one round nearly always suffices.
-            want = (need - have) * 256 // self._limit + 64
-            chunk = self._rng.randbytes(want).translate(self._table, self._reject)
-            chunks.append(chunk)
-            have += len(chunk)
-        text = b"".join(chunks)[:need].decode("ascii")
-        return [text[i : i + length] for i in range(0, need, length)]
-
-
-def charset_for(selection: Mapping[str, int]) -> str:
-    return "".join(chars for key, chars in CHARSETS.items() if selection.get(key))
-
-
-def topic_for(job_id: str) -> str:
-    return f"job:{job_id}"
-
-
-def is_job_id(value: str) -> bool:
-    return bool(JOB_ID_RE.match(value))
-
-
-def unavailable(error: BrokerUnavailable) -> APIError:
-    return APIError(503, f"the broker is unavailable: {error}", headers={"Retry-After": "2"})
-
-
-@dataclass(slots=True)
-class JobParams:
-    amount: int
-    length: int
-    delay_ms: int = 0
-
-
 class Job:
     __slots__ = (
         "cancel_reason",
@@ -142,6 +127,7 @@ class Job:
         "created_at",
         "finished_at",
         "id",
+        "key",
         "message",
         "orphan_timer",
         "owner",
@@ -158,6 +144,8 @@ class Job:
         self.params = params
         self.charset = charset
         self.owner = owner
+        # The capability to watch, download or cancel without the owner's session.
+        self.key = secrets.token_urlsafe(16)
         self.result_path = path
         self.status = "running"
         self.produced = 0
@@ -181,7 +169,16 @@ class Job:
             "created_at": repr(self.created_at),
             "finished_at": "" if self.finished_at is None else repr(self.finished_at),
             "message": self.message,
+            "owner": self.owner,
+            "key": key_digest(self.key),
         }
+
+
+def may_access(state: Mapping[str, str], identities: Sequence[str], key: str | None) -> bool:
+    """Whether a requester (its owner names, and a job key it presents) may use a job."""
+    if key is not None and hmac.compare_digest(key_digest(key), state.get("key", "")):
+        return True
+    return state.get("owner") in identities
 
 
 def describe(state: Mapping[str, str], produced: int | None = None) -> dict[str, Any]:
@@ -196,7 +193,7 @@ def describe(state: Mapping[str, str], produced: int | None = None) -> dict[str,
         "length": int(state["length"]),
         "delay_ms": int(state["delay_ms"]),
         "produced": count,
-        "progress": count * 100 // amount,
+        "progress": progress(count, amount),
         "created_at": float(state["created_at"]),
         "finished_at": float(finished) if finished else None,
         "message": state.get("message", ""),
@@ -217,7 +214,6 @@ class JobRegistry:
         self.max_per_owner = int(config["MAX_JOBS_PER_SESSION"])
         self.batch = int(config["JOB_BATCH"])
         self.jobs: dict[str, Job] = {}
-        self.finished_total = 0
         # Called with the public state of every job this process finishes.
         # Must not block: schedule slow work (e.g. a database write) as a task.
         self.on_finish: list[Callable[[dict[str, Any]], None]] = []
@@ -227,18 +223,23 @@ class JobRegistry:
         # When a shutting-down process stops waiting for an unavailable broker.
         self._give_up_at: float | None = None
         self.draining = False
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("jobs")
         # Watchers here of jobs that run elsewhere, as counted in the broker.
         self._remote_watches: dict[str, int] = {}
 
     async def start(self) -> None:
         self.broker.on_message(self._on_message)
         await aiofiles.os.makedirs(self.results_dir, exist_ok=True)
-        # Result files outlive their jobs only until JOB_TTL_S; a restart
-        # forgets the jobs, so it forgets their files too.
+        # Result files outlive their jobs only until JOB_TTL_S.  Only files past
+        # their TTL are removed: another live process on this host (a rolling
+        # restart) may own the others.
+        cutoff = time.time() - self.ttl_s
         for name in await aiofiles.os.listdir(self.results_dir):
             if name.startswith("job-") and name.endswith(".txt"):
-                await aiofiles.os.remove(self.results_dir / name)
+                path = self.results_dir / name
+                with contextlib.suppress(FileNotFoundError):
+                    if (await aiofiles.os.stat(path)).st_mtime < cutoff:
+                        await aiofiles.os.remove(path)
 
     async def close(self) -> None:
         self._closing = True
@@ -247,17 +248,12 @@ class JobRegistry:
         for job in self.jobs.values():
             if job.task in running:
                 job.cancel_reason = "shutdown"
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.gather(*running, return_exceptions=True)
+        await cancel_and_wait(*running)
         for timer in [*self._timers, *self._forget_timers.values()]:
             timer.cancel()
         self._timers.clear()
         self._forget_timers.clear()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
 
     def running(self, owner: str | None = None) -> int:
         return sum(
@@ -267,68 +263,95 @@ class JobRegistry:
         )
 
     async def create(self, params: JobParams, charset: str, owner: str) -> Job:
+        """Start a job; raises Draining, Overloaded or LimitExceeded past the limits."""
         if self._closing or self.draining:
-            raise APIError(503, "the server is shutting down", headers={"Retry-After": "5"})
+            raise Draining("the server is shutting down")
+        if not charset:
+            raise InvalidInput("no character set is selected")
         if self.running() >= self.max_jobs:
-            raise APIError(
-                503,
-                "too many jobs are running on this server; try again shortly",
-                headers={"Retry-After": "5"},
-            )
+            raise Overloaded("too many jobs are running on this server; try again shortly")
         if self.running(owner) >= self.max_per_owner:
-            raise APIError(
-                429,
+            raise LimitExceeded(
                 f"at most {self.max_per_owner} jobs may run at once per session; "
-                "wait for one to finish or cancel one",
-                headers={"Retry-After": "2"},
+                "wait for one to finish or cancel one"
             )
-        job_id = secrets.token_urlsafe(16)
-        job = Job(job_id, params, charset, owner, self.results_dir / f"job-{job_id}.txt")
-        try:
-            await self.broker.set_state(
-                self._key(job_id), {**job.state(), "node": self.broker.node}, None
-            )
-        except BrokerUnavailable as error:
-            raise unavailable(error) from None
+        job_id = new_job_id()
+        job = Job(job_id, params, charset, owner, self.result_path(job_id))
+        await self.broker.set_state(
+            self._key(job_id), {**job.state(), "node": self.broker.node}, None
+        )
         self.jobs[job_id] = job
         job.task = asyncio.create_task(self._run(job), name=f"job-{job_id}")
         self._arm_orphan(job)
         return job
 
-    async def state(self, job_id: str) -> dict[str, Any] | None:
+    async def _raw_state(self, job_id: str) -> dict[str, str] | None:
+        if not is_job_id(job_id):
+            return None
         job = self.jobs.get(job_id)
         if job is not None:
-            return describe(job.state())
-        try:
-            state = await self.broker.get_state(self._key(job_id))
-            if state is None:
-                return None
-            produced = None
-            if state.get("status") == "running":
-                # Its owner writes the state only at start and end.
-                produced = min(int(state["amount"]), await self.last_seq(job_id))
-        except BrokerUnavailable as error:
-            raise unavailable(error) from None
+            return job.state()
+        return await self.broker.get_state(self._key(job_id))
+
+    async def lookup(
+        self, job_id: str, identities: Sequence[str], key: str | None = None
+    ) -> dict[str, Any]:
+        """The public state of a job this requester may use; NotFound otherwise.
+
+        A job that exists but belongs to someone else is not found either: the
+        answer must not tell which ids exist.
+        """
+        state = await self._raw_state(job_id)
+        if state is None or not may_access(state, identities, key):
+            raise NotFound(f"no job {job_id!r} (unknown or expired)")
+        return await self._describe(job_id, state)
+
+    async def state(self, job_id: str) -> dict[str, Any] | None:
+        """The public state of any job this deployment knows (no access check)."""
+        state = await self._raw_state(job_id)
+        return None if state is None else await self._describe(job_id, state)
+
+    async def _describe(self, job_id: str, state: Mapping[str, str]) -> dict[str, Any]:
+        produced = None
+        if job_id not in self.jobs and state.get("status") == "running":
+            # Its owner writes the state only at start and end.
+            produced = min(int(state["amount"]), await self.last_seq(job_id))
         return describe(state, produced)
 
     async def last_seq(self, job_id: str) -> int:
-        try:
-            return await self.broker.last_seq(topic_for(job_id)) or 0
-        except BrokerUnavailable as error:
-            raise unavailable(error) from None
+        return await self.broker.last_seq(topic_for(job_id)) or 0
 
     async def cancel(self, job_id: str) -> dict[str, Any] | None:
         job = self.jobs.get(job_id)
         if job is None:
-            try:
-                return await self._cancel_elsewhere(job_id)
-            except BrokerUnavailable as error:
-                raise unavailable(error) from None
+            return await self._cancel_elsewhere(job_id)
         if job.task is not None and not job.task.done():
             job.cancel_reason = "cancelled"
             job.task.cancel()
-            await asyncio.gather(job.task, return_exceptions=True)
+            await asyncio.wait([job.task])
         return describe(job.state())
+
+    async def feed(self, job_id: str, after: int | None) -> Feed | None:
+        """What a watcher of ``job_id`` reads after event ``after``; None: nothing left (204).
+
+        ``after`` is None when the client already has the ``done`` event.
+        """
+        state = await self.state(job_id) if is_job_id(job_id) else None
+        if state is None or after is None:
+            return None
+        if state["status"] != "running" and after >= await self.last_seq(job_id):
+            return None
+        subscription = self.broker.subscribe(
+            topic_for(job_id), after=after, max_lag=None, maxlen=replay_bound(state["amount"])
+        )
+        return Feed(
+            subscription,
+            kind="job",
+            terminal=TERMINAL_EVENTS,
+            id_format=functools.partial(event_id, job_id),
+            on_open=lambda _sub: self.watch(job_id),
+            on_close=lambda _sub, grace_s: self.unwatch(job_id, grace_s),
+        )
 
     async def _cancel_elsewhere(self, job_id: str) -> dict[str, Any] | None:
         """Ask the process that runs the job to cancel it, and wait a little for its end."""
@@ -338,7 +361,7 @@ class JobRegistry:
             return await self.state(job_id)
         topic = topic_for(job_id)
         after = await self.broker.last_seq(topic) or 0
-        maxlen = int(state["amount"]) + 2
+        maxlen = replay_bound(int(state["amount"]))
         # Subscribed before asking, so the terminal event cannot slip past.
         async with self.broker.subscribe(topic, after=after, maxlen=maxlen) as sub:
             await self.broker.send(node, f"cancel {job_id}")
@@ -368,7 +391,7 @@ class JobRegistry:
         job = self.jobs.get(job_id)
         if job is None:
             # It runs elsewhere: count this watcher where its owner looks.
-            self._spawn(self._watch_elsewhere(job_id))
+            self._tasks.spawn(self._watch_elsewhere(job_id))
             return
         job.watchers += 1
         if job.orphan_timer is not None:
@@ -401,7 +424,7 @@ class JobRegistry:
                     del self._remote_watches[job_id]
                 else:
                     self._remote_watches[job_id] = counted - 1
-                self._spawn(self._count_watcher(job_id, -1))
+                self._tasks.spawn(self._count_watcher(job_id, -1))
             return
         job.watchers -= 1
         if job.watchers <= 0:
@@ -423,11 +446,6 @@ class JobRegistry:
     @staticmethod
     def _watchers_key(job_id: str) -> str:
         return f"watchers:{job_id}"
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _watch_elsewhere(self, job_id: str) -> None:
         if await self._count_watcher(job_id, 1):
@@ -454,7 +472,7 @@ class JobRegistry:
             self._timers.discard(job.orphan_timer)
         job.orphan_timer = None
         if job.watchers == 0 and job.task is not None and not job.task.done():
-            self._spawn(self._cancel_if_orphaned(job))
+            self._tasks.spawn(self._cancel_if_orphaned(job))
 
     async def _cancel_if_orphaned(self, job: Job) -> None:
         try:
@@ -473,16 +491,18 @@ class JobRegistry:
     async def _run(self, job: Job) -> None:
         params = job.params
         topic = topic_for(job.id)
-        maxlen = params.amount + 2
-        prefix = f'{{"job": "{job.id}", "index": '
-        tail = f', "amount": {params.amount}, "progress": '
-        maker = StringMaker(job.charset)
+        maxlen = replay_bound(params.amount)
         length = params.length
         amount = params.amount
-        # Keep one batch near 64 KiB of text so no step holds the loop long.
-        batch = 1 if params.delay_ms else max(1, min(self.batch, 65536 // length))
         final: tuple[str, str | None, str | None]
+        # Everything, set-up included, runs under this supervision: any failure
+        # ends the job as ``failed`` with a logged reason, never as "running" for good.
         try:
+            prefix = f'{{"job": "{job.id}", "index": '
+            tail = f', "amount": {amount}, "progress": '
+            maker = StringMaker(job.charset)
+            # Keep one batch near 64 KiB of text so no step holds the loop long.
+            batch = 1 if params.delay_ms else max(1, min(self.batch, 65536 // length))
             out = await _open_result(job.result_path)
             try:
                 index = 0
@@ -493,10 +513,10 @@ class JobRegistry:
                     for text in strings:
                         index += 1
                         data = (
-                            f"{prefix}{index}{tail}{index * 100 // amount}, "
+                            f"{prefix}{index}{tail}{progress(index, amount)}, "
                             f'"generated_string": {json.dumps(text)}}}'
                         )
-                        items.append((data, None, f"{job.id}:{index}"))
+                        items.append((data, None, event_id(job.id, index)))
                     text = "\n".join(strings) + "\n"
                     await out.write(text)
                     await out.flush()
@@ -518,7 +538,7 @@ class JobRegistry:
                     {"job": job.id, "amount": amount, "length": length, "message": job.message}
                 ),
                 "done",
-                f"{job.id}:done",
+                event_id(job.id, "done"),
             )
         except asyncio.CancelledError:
             reason = job.cancel_reason
@@ -592,10 +612,9 @@ class JobRegistry:
         self, job: Job, topic: str, maxlen: int, final: tuple[str, str | None, str | None]
     ) -> None:
         job.finished_at = time.time()
-        self.finished_total += 1
         data, event, sse_id = final
         if sse_id is None:
-            sse_id = f"{job.id}:{job.produced + 1}"
+            sse_id = event_id(job.id, job.produced + 1)
         try:
             await self._persist(
                 topic,
@@ -614,7 +633,8 @@ class JobRegistry:
             if not self._closing:
                 loop = asyncio.get_running_loop()
                 self._forget_timers[job.id] = loop.call_later(self.ttl_s, self._forget, job.id)
-            public = describe(job.state())
+            # The owner goes to the history (which keeps only a keyed hash of it).
+            public = {**describe(job.state()), "owner": job.owner}
             for callback in self.on_finish:
                 try:
                     callback(public)

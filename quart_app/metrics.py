@@ -34,19 +34,19 @@ import math
 import os
 import secrets
 import socket
-import sys
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .broker import BrokerUnavailable, LocalTopic, Overflow, Subscription, make_message
-from .streams import KINDS, StreamHub
+from .brokers.base import BrokerUnavailable, LocalTopic, Overflow, Subscription, make_message
+from .streams import CLOSE_REASONS, KINDS, Feed
+from .tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from .state import AppState
@@ -55,42 +55,7 @@ log = logging.getLogger("quart_app.metrics")
 
 STREAM_KIND = "stats"
 JOB_STATUSES = ("done", "cancelled", "failed")
-# Why streams end; "overflow" is a subscriber that fell behind its queue bound.
-CLOSE_REASONS = ("ended", "client", "overflow", "max_age", "drain", "expired", "closed")
 _BUCKET_S = 60
-
-
-class CountingHub(StreamHub):
-    """A StreamHub that also counts how its streams end, by reason."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.closes: Counter[str] = Counter()
-
-    def run(  # type: ignore[override]
-        self,
-        subscription: AbstractAsyncContextManager[Subscription],
-        *,
-        on_close: Callable[[Subscription], Any] | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[bytes]:
-        def closed(sub: Subscription) -> None:
-            self.closes[close_reason(sub)] += 1
-            if on_close is not None:
-                on_close(sub)
-
-        # No wrapper generator: the stream's own generator, with one more callback.
-        return super().run(subscription, on_close=closed, **kwargs)
-
-
-def close_reason(sub: Subscription) -> str:
-    if sub.reason is not None:
-        return sub.reason
-    # Called from the stream's ``finally``: an exception in flight means the
-    # server stopped writing because the client went away.
-    if sys.exc_info()[0] in (asyncio.CancelledError, GeneratorExit):
-        return "client"
-    return "ended"
 
 
 def _topic_group(topic: str) -> str:
@@ -128,10 +93,8 @@ class Stats:
         self._task = asyncio.create_task(self._run(), name="stats")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for sub in list(self.topic.subscribers):
             sub.close("closed")
         try:
@@ -155,7 +118,7 @@ class Stats:
         }
         for status, count in self.jobs_by_status.items():
             counters[f"jobs_finished:{status}"] = count
-        for reason, count in getattr(state.hub, "closes", {}).items():
+        for reason, count in state.hub.closes.items():
             counters[f"stream_closes:{reason}"] = count
         history = state.history
         if history is not None:
@@ -280,6 +243,9 @@ class Stats:
             yield sub
         finally:
             sub.close("unsubscribed")
+
+    def feed(self) -> Feed:
+        return Feed(self.subscribe(), kind=STREAM_KIND, on_open=self.joined)
 
     def joined(self, _sub: Subscription | None = None) -> None:
         # A newcomer with nothing to show gets a first event now, not in a second.

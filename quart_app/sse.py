@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 _FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\x00]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -101,32 +102,13 @@ def last_event_id(header: str | None, query: str | None) -> str | None:
     return value or None
 
 
+def read_last_event_id(request: Any) -> str | None:
+    """The Last-Event-ID of a request (its header, else ``?last_event_id=``)."""
+    return last_event_id(request.headers.get("Last-Event-ID"), request.args.get("last_event_id"))
+
+
 def parse_seq_id(value: str) -> int:
     """A channel/ticker id: a non-negative decimal integer."""
     if not value.isascii() or not value.isdigit() or len(value) > 19:
         raise LastEventIdError(f"Last-Event-ID {value!r} is not an event id of this stream")
     return int(value)
-
-
-def parse_job_id(value: str) -> tuple[str, int | None]:
-    """A job stream id ``<job_id>:<integer>`` or ``<job_id>:done`` -> (job, index|None)."""
-    job, sep, tail = value.rpartition(":")
-    if not sep or not job:
-        raise LastEventIdError("Last-Event-ID must be <job_id>:<integer> or <job_id>:done")
-    if tail == "done":
-        return job, None
-    if not tail.isascii() or not tail.isdigit() or len(tail) > 19:
-        raise LastEventIdError("Last-Event-ID must be <job_id>:<integer> or <job_id>:done")
-    return job, int(tail)
-
-
-async def publish(data: object, type: str | None = None, channel: str = "sse") -> str:
-    """Publish ``data`` (any JSON value) to a channel, as Flask-SSE's ``sse.publish``.
-
-    ``from quart_app import sse; await sse.publish({"message": "hi"}, type="greeting",
-    channel="news")`` from any coroutine running in the app's context.  Returns
-    the id subscribers see.
-    """
-    from .blueprints.push import publish as publish_to_channel
-
-    return await publish_to_channel(data, type=type, channel=channel)

@@ -10,10 +10,10 @@ from typing import Any
 
 from quart import Quart, current_app
 
-from .broker import Broker, create_broker
+from .broadcast import Broadcast, local_time, random_number
+from .brokers import Broker, create_broker
 from .jobs import JobRegistry
 from .lifecycle import DrainTrigger
-from .metrics import CountingHub
 from .streams import StreamHub
 
 EXTENSION = "quart_app"
@@ -25,13 +25,14 @@ class AppState:
     broker: Broker
     hub: StreamHub
     jobs: JobRegistry
-    ticker: Any = None
-    clock: Any = None
+    ticker: Broadcast
+    clock: Broadcast
     services: list[Any] = field(default_factory=list)
     trigger: DrainTrigger | None = None
     tune_gc: bool = True
-    # Channel names this process knows are admitted under MAX_CHANNELS.
-    known_channels: set[str] = field(default_factory=set)
+    # Channel names this process knows hold a slot under MAX_CHANNELS, and
+    # until when (monotonic) it need not renew the slot in the broker.
+    known_channels: dict[str, float] = field(default_factory=dict)
     # Called with every chat message this process accepts ({"id","user","message","time"}).
     # Must not block: schedule slow work as a task.
     on_chat: list[Any] = field(default_factory=list)
@@ -79,7 +80,7 @@ class AppState:
 def init_app(app: Quart) -> AppState:
     config = app.config
     broker = create_broker(config["BROKER_URL"])
-    hub: StreamHub = CountingHub(
+    hub = StreamHub(
         retry_ms=config["SSE_RETRY_MS"],
         heartbeat_s=config["SSE_HEARTBEAT_S"],
         max_age_s=config["SSE_MAX_AGE_S"],
@@ -89,7 +90,27 @@ def init_app(app: Quart) -> AppState:
         max_streams_per_client=config["MAX_STREAMS_PER_CLIENT"],
     )
     jobs = JobRegistry(broker, config, Path(app.instance_path) / "results")
-    state = AppState(broker=broker, hub=hub, jobs=jobs, tune_gc=bool(config["GC_TUNE"]))
+    ticker = Broadcast(
+        broker,
+        "ticker",
+        random_number,
+        interval_s=config["TICKER_INTERVAL_S"],
+        buffer=config["TICKER_BUFFER"],
+        backlog=config["TICKER_HISTORY"],
+    )
+    # No backlog: a newcomer's first clock frame is the current time, never a stale one.
+    clock = Broadcast(
+        broker, "clock", local_time, interval_s=config["CLOCK_INTERVAL_S"], buffer=10, backlog=0
+    )
+    state = AppState(
+        broker=broker,
+        hub=hub,
+        jobs=jobs,
+        ticker=ticker,
+        clock=clock,
+        services=[ticker, clock],
+        tune_gc=bool(config["GC_TUNE"]),
+    )
     app.extensions[EXTENSION] = state
     app.before_serving(state.start)
     app.after_serving(state.close)

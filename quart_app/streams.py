@@ -17,21 +17,43 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from dataclasses import dataclass
 
 from quart import Response
 
-from .broker import Subscription
-from .errors import APIError
+from .brokers import Subscription
+from .errors import LimitExceeded, Overloaded
 from .sse import HEADERS, KEEP_ALIVE, encode
+from .tasks import cancel_and_wait
 
 _DRAIN_REASONS = frozenset({"drain", "max_age"})
+# Why streams end; "overflow" is a subscriber that fell behind its queue bound.
+CLOSE_REASONS = ("ended", "client", "overflow", "max_age", "drain", "expired", "closed")
 # Every kind of stream, so that counts have a stable shape.
 KINDS = ("job", "numbers", "clock", "chat", "channel")
+
+
+@dataclass(slots=True)
+class Feed:
+    """What one stream reads, and how it speaks of it; made by the domain that owns the topic.
+
+    ``id_format`` turns a seq into the SSE id (for ``event: gap``);
+    ``on_open``/``on_close`` tell the owner a watcher came and went
+    (``on_close`` also gets how long the client may take to come back).
+    """
+
+    subscription: AbstractAsyncContextManager[Subscription]
+    kind: str
+    terminal: frozenset[str] = frozenset()
+    id_format: Callable[[int], str] = str
+    prelude: bytes = b""
+    on_open: Callable[[Subscription], None] | None = None
+    on_close: Callable[[Subscription, float], None] | None = None
 
 
 class StreamHub:
@@ -59,7 +81,8 @@ class StreamHub:
         self.by_client: Counter[str] = Counter()
         self.draining = False
         self.events_sent = 0
-        self.opened_total = 0
+        # How streams ended, by reason (see CLOSE_REASONS).
+        self.closes: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -67,13 +90,8 @@ class StreamHub:
 
     async def close(self) -> None:
         self.drain()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(KINDS, 0)
@@ -125,74 +143,39 @@ class StreamHub:
     def admit(self, client: str) -> None:
         """Refuse a new stream past the caps (the caller answers with the error)."""
         if len(self.open) >= self.max_streams:
-            raise APIError(
-                503,
-                "this server holds as many streams as it can; retry shortly",
-                headers={"Retry-After": "5"},
-            )
-        if self.by_client[client] >= self.max_streams_per_client:
-            raise APIError(
-                429,
-                f"at most {self.max_streams_per_client} open streams per client address",
-                headers={"Retry-After": "5"},
+            raise Overloaded("this server holds as many streams as it can; retry shortly")
+        if self.max_streams_per_client and self.by_client[client] >= self.max_streams_per_client:
+            raise LimitExceeded(
+                f"at most {self.max_streams_per_client} open streams per client address"
             )
 
-    def response(
-        self,
-        subscription: AbstractAsyncContextManager[Subscription],
-        *,
-        client: str,
-        kind: str,
-        prelude: bytes = b"",
-        terminal: frozenset[str] = frozenset(),
-        id_format: Callable[[int], str] = str,
-        on_open: Callable[[Subscription], Any] | None = None,
-        on_close: Callable[[Subscription], Any] | None = None,
-    ) -> Response:
+    def response(self, feed: Feed, *, client: str) -> Response:
         """The one way a route opens a stream: drain, caps, headers, frames."""
         if self.draining:
             return self.drain_response()
         self.admit(client)
-        body = self.run(
-            subscription,
-            client=client,
-            kind=kind,
-            prelude=prelude,
-            terminal=terminal,
-            id_format=id_format,
-            on_open=on_open,
-            on_close=on_close,
-        )
-        return sse_response(body)
+        return sse_response(self.run(feed, client=client))
 
-    async def run(
-        self,
-        subscription: AbstractAsyncContextManager[Subscription],
-        *,
-        client: str,
-        kind: str,
-        prelude: bytes,
-        terminal: frozenset[str],
-        id_format: Callable[[int], str] = str,
-        on_open: Callable[[Subscription], Any] | None = None,
-        on_close: Callable[[Subscription], Any] | None = None,
-    ) -> AsyncIterator[bytes]:
-        async with subscription as sub:
+    async def run(self, feed: Feed, *, client: str) -> AsyncIterator[bytes]:
+        kind = feed.kind
+        terminal = feed.terminal
+        id_format = feed.id_format
+        on_close = feed.on_close
+        async with feed.subscription as sub:
             sub.kind = kind
             sub.deadline = time.monotonic() + self.max_age_s
             sub.task = asyncio.current_task()
             self.open.add(sub)
             self.by_client[client] += 1
-            self.opened_total += 1
             if self.draining:
                 # The drain began while this stream was still subscribing.
                 sub.close("drain")
-            if on_open is not None:
-                on_open(sub)
+            if feed.on_open is not None:
+                feed.on_open(sub)
             # One generator from subscription to bytes: every layer of async
             # generator costs time on every write of every stream.
             try:
-                head = [encode(retry=self.retry_ms), prelude]
+                head = [encode(retry=self.retry_ms), feed.prelude]
                 if sub.gap is not None:
                     after, resumed_from = sub.gap
                     gap = {
@@ -243,8 +226,19 @@ class StreamHub:
                 self.by_client[client] -= 1
                 if self.by_client[client] <= 0:
                     del self.by_client[client]
+                self.closes[close_reason(sub)] += 1
                 if on_close is not None:
-                    on_close(sub)
+                    on_close(sub, self.reconnect_grace_s(sub))
+
+
+def close_reason(sub: Subscription) -> str:
+    if sub.reason is not None:
+        return sub.reason
+    # Called from the stream's ``finally``: an exception in flight means the
+    # server stopped writing because the client went away.
+    if sys.exc_info()[0] in (asyncio.CancelledError, GeneratorExit):
+        return "client"
+    return "ended"
 
 
 def sse_response(body: AsyncIterator[bytes], *, status: int = 200) -> Response:

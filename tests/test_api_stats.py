@@ -14,10 +14,11 @@ from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from quart_app.blueprints.api import StatsContent
-from quart_app.broker import Broker, create_broker
+from quart_app.brokers import Broker, create_broker
 from quart_app.state import get_state
 
 from .conftest import FAST
+from .polling import eventually
 from .streaming import read_stream
 
 
@@ -32,15 +33,6 @@ async def stats(client: Client) -> dict[str, Any]:
     content = (await response.get_json())["content"]
     StatsContent.model_validate(content)
     return content  # type: ignore[no-any-return]
-
-
-async def eventually(check: Any, timeout: float = 5.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while True:
-            value = await check()
-            if value:
-                return value
-            await asyncio.sleep(0.02)
 
 
 # -- counters --------------------------------------------------------------------

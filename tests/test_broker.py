@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from quart_app.broker import History, LocalTopic, MemoryBroker, Overflow, make_message
+from quart_app.brokers import MemoryBroker, Overflow
+from quart_app.brokers.base import LocalTopic, make_message
+from quart_app.brokers.base import TopicHistory as History
 
 from .sse_parser import parse
 

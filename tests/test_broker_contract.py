@@ -8,13 +8,14 @@ at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
-from quart_app.broker import Broker, BrokerUnavailable, Overflow, Subscription, create_broker
+from quart_app.brokers import Broker, BrokerUnavailable, Overflow, Subscription, create_broker
 from quart_app.sse import FieldError
 
+from .polling import eventually
 from .sse_parser import parse
 
 
@@ -27,12 +28,6 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
         yield broker
     finally:
         await broker.close()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.01)
 
 
 async def settle(sub: Subscription, seq: int) -> None:

@@ -11,12 +11,17 @@ import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
+from .polling import eventually
 from .sse_parser import Parsed
 from .streaming import read_stream
 
 
 def done(parsed: Parsed) -> bool:
     return any(e.type in ("done", "cancelled", "failed") for e in parsed.events)
+
+
+async def job_status(client: Client, job: str) -> dict[str, Any]:
+    return await (await client.get(f"/jobs/{job}")).get_json()  # type: ignore[no-any-return]
 
 
 async def test_session_defaults(client: Client) -> None:
@@ -232,6 +237,8 @@ async def test_jobs_api_lifecycle_and_result(client: Client) -> None:
     created = await response.get_json()
     job = created["id"]
     assert response.headers["Location"] == f"/jobs/{job}"
+    key = created.pop("key")
+    assert isinstance(key, str) and len(key) >= 22  # the job's secret (128 bits)
     assert created == {"id": job, "status": "running", "events_url": f"/jobs/{job}/events"}
     events = await read_stream(client, created["events_url"], until=done)
     strings = [json.loads(e.data)["generated_string"] for e in events.parsed.events[:-1]]
@@ -262,8 +269,7 @@ async def test_cancel_reaches_watchers(client: Client) -> None:
         ).get_json()
     )["id"]
     watching = asyncio.create_task(read_stream(client, f"/jobs/{job}/events", timeout=10))
-    while (await (await client.get(f"/jobs/{job}")).get_json())["produced"] < 3:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: job_status(client, job), lambda s: s["produced"] >= 3)
     response = await client.delete(f"/jobs/{job}")
     assert response.status_code == 200
     assert (await response.get_json())["status"] == "cancelled"
@@ -324,11 +330,9 @@ async def test_orphaned_job_is_cancelled(app: Quart, client: Client) -> None:
             await client.post("/jobs", json={"amount": 1000, "length": 4, "delay_ms": 50})
         ).get_json()
     )["id"]
-    async with asyncio.timeout(5):
-        while (status := await (await client.get(f"/jobs/{job}")).get_json())[
-            "status"
-        ] == "running":
-            await asyncio.sleep(0.05)
+    status = await eventually(
+        lambda: job_status(client, job), lambda s: s["status"] != "running", interval=0.05
+    )
     assert status["status"] == "cancelled"
     assert "nobody watched" in status["message"]
 
@@ -345,9 +349,9 @@ async def test_finished_job_expires_after_ttl(client: Client) -> None:
     result = await read_stream(client, "/generate?amount=2&length=4", until=done)
     job = json.loads(result.parsed.events[0].data)["job"]
     assert (await client.get(f"/jobs/{job}")).status_code == 200
-    async with asyncio.timeout(5):
-        while (await client.get(f"/jobs/{job}")).status_code != 404:
-            await asyncio.sleep(0.05)
+    await eventually(
+        lambda: client.get(f"/jobs/{job}"), lambda r: r.status_code == 404, interval=0.05
+    )
     assert (await client.get(f"/jobs/{job}/result")).status_code == 404
     again = await read_stream(
         client, "/generate?amount=2&length=4", headers={"Last-Event-ID": f"{job}:1"}
@@ -391,7 +395,7 @@ def test_string_maker_is_uniform_over_the_charset(charset: str) -> None:
     import random
     from collections import Counter
 
-    from quart_app.jobs import StringMaker
+    from quart_app.strings import StringMaker
 
     maker = StringMaker(charset, random.Random(1234))
     strings = maker.make(2000, 50)

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from quart_app.broker import BrokerUnavailable, Subscription
-from quart_app.redis_broker import RedisBroker
+from quart_app.brokers import BrokerUnavailable, Subscription
+from quart_app.brokers.redis import RedisBroker
 
-from .redis_server import RedisServer
+from .harness import RedisServer
+from .polling import eventually
 
 
 @pytest.fixture
@@ -34,12 +35,6 @@ async def brokers(redis_url: str) -> AsyncIterator[Callable[..., Awaitable[Redis
     yield start
     for broker in started:
         await broker.close()
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
 
 
 async def receive(sub: Subscription, count: int, timeout: float = 10.0) -> list[int]:
@@ -145,7 +140,7 @@ async def test_send_reaches_the_named_process_only(brokers: Any) -> None:
     one.on_message(got_one.append)
     two.on_message(got_two.append)
     await one.send(two.node, "cancel abc")
-    await until(lambda: got_two == ["cancel abc"])
+    await eventually(lambda: got_two == ["cancel abc"])
     assert got_one == []
 
 
@@ -157,10 +152,7 @@ async def test_lease_is_exclusive_and_taken_over_when_its_holder_stops(brokers: 
     await one.release("ticker", "two")  # not its holder: no effect
     assert not await two.lease("ticker", "two", 0.3)
     # "one" stops renewing (it died): "two" takes over once the lease lapses.
-    deadline = time.monotonic() + 3
-    while not await two.lease("ticker", "two", 0.3):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    await eventually(lambda: two.lease("ticker", "two", 0.3), timeout=3, interval=0.05)
     assert not await one.lease("ticker", "one", 0.3)
     await two.release("ticker", "two")
     assert await one.lease("ticker", "one", 0.3)
@@ -189,7 +181,7 @@ async def test_an_outage_fails_fast_keeps_streams_and_loses_nothing_accepted(
                 assert refused.closed and refused.reason == "unavailable"
             assert not sub.closed
             redis.start()
-            await until(lambda: broker.reconnects >= 1, timeout=10)
+            await eventually(lambda: broker.reconnects >= 1, timeout=10)
             assert await broker.healthy()
             for i in range(5):
                 await broker.publish("chat", f"after {i}", maxlen=1000)
@@ -210,7 +202,7 @@ async def test_lost_data_closes_subscribers_so_that_clients_resume(tmp_path: Pat
                 await broker.publish("chat", str(i), maxlen=100)
             assert await receive(sub, 5) == [1, 2, 3, 4, 5]
             redis.restart()  # no persistence: everything is gone
-            await until(lambda: sub.closed, timeout=10)
+            await eventually(lambda: sub.closed, timeout=10)
             assert sub.reason == "reset"
         await broker.publish("chat", "new", maxlen=100)
         async with broker.subscribe("chat", after=5, maxlen=100) as resumed:
@@ -221,7 +213,7 @@ async def test_lost_data_closes_subscribers_so_that_clients_resume(tmp_path: Pat
             await broker.publish("chat", "two", maxlen=100)
             assert await receive(sub, 1) == [2]
             redis.flush()
-            await until(lambda: sub.closed, timeout=10)
+            await eventually(lambda: sub.closed, timeout=10)
             assert sub.reason == "reset"
     finally:
         await broker.close()

@@ -11,9 +11,9 @@ from quart_app.sse import (
     comment,
     encode,
     last_event_id,
-    parse_job_id,
     parse_seq_id,
 )
+from quart_app.jobs import parse_event_id as parse_job_id
 
 from .sse_parser import parse
 

@@ -18,9 +18,9 @@ policies, chosen per topic:
 * ``DROP_OLDEST`` (the ticker): a subscriber that falls behind skips to the
   newest ``max_lag`` messages.
 
-The in-memory broker serves one process.  ``RedisBroker`` (``redis_broker``)
-feeds the same ``LocalTopic`` objects from Redis Streams, so subscribers and
-streams do not know which broker they run on.
+The in-memory broker (``memory``) serves one process.  ``RedisBroker``
+(``redis``) feeds the same ``LocalTopic`` objects from Redis Streams, so
+subscribers and streams do not know which broker they run on.
 """
 
 from __future__ import annotations
@@ -28,11 +28,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from .sse import encode
+from ..sse import encode
 
 
 class Overflow(enum.Enum):
@@ -62,7 +61,7 @@ def make_message(seq: int, data: str, event: str | None, sse_id: str | None) -> 
     )
 
 
-class History:
+class TopicHistory:
     """The last ``maxlen`` messages of a topic, addressable by seq in O(1)."""
 
     __slots__ = ("_first", "_items", "maxlen")
@@ -216,7 +215,7 @@ class LocalTopic:
 
     def __init__(self, name: str, maxlen: int, first_seq: int = 1) -> None:
         self.name = name
-        self.history = History(maxlen, first_seq)
+        self.history = TopicHistory(maxlen, first_seq)
         self.subscribers: set[Subscription] = set()
         self.expires_at: float | None = None
 
@@ -302,7 +301,14 @@ class Broker(Protocol):
         items: Sequence[tuple[str, str | None, str | None]],
         *,
         maxlen: int,
-    ) -> int: ...
+        ttl_s: float | None = None,
+    ) -> int:
+        """Append ``(data, event, sse_id)`` items atomically; the newest seq.
+
+        With ``ttl_s`` the topic (history and seqs) is forgotten that long after
+        this publish unless another one comes.
+        """
+        ...
 
     def subscribe(
         self,
@@ -338,10 +344,14 @@ class Broker(Protocol):
         """Add ``delta`` to a shared integer (not one of ``counters()``); gone at <= 0."""
         ...
 
-    async def add_member(self, key: str, member: str, limit: int) -> bool:
+    async def add_member(
+        self, key: str, member: str, limit: int, ttl_s: float | None = None
+    ) -> bool:
         """Put ``member`` in set ``key`` unless it already holds ``limit`` others.
 
-        True if ``member`` is in the set afterwards.
+        True if ``member`` is in the set afterwards.  With ``ttl_s`` each
+        member leaves the set that long after it was last added, freeing its
+        room.
         """
         ...
 
@@ -356,187 +366,3 @@ class Broker(Protocol):
         ...
 
     def on_message(self, handler: Callable[[str], None]) -> None: ...
-
-
-class MemoryBroker:
-    """One process, nothing to install.  Expiry is swept once a second."""
-
-    def __init__(self, url: str = "memory://") -> None:
-        self.url = url
-        self._topics: dict[str, LocalTopic] = {}
-        self._state: dict[str, tuple[dict[str, str], float | None]] = {}
-        self._counters: dict[str, int] = {}
-        self._sets: dict[str, set[str]] = {}
-        self._numbers: dict[str, int] = {}
-        self._handlers: list[Callable[[str], None]] = []
-        self._sweeper: asyncio.Task[None] | None = None
-        self.node = "local"
-        self.reconnects = 0
-
-    async def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep(), name="memory-broker-sweep")
-
-    async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            try:
-                await self._sweeper
-            except asyncio.CancelledError:
-                pass
-            self._sweeper = None
-        for topic in self._topics.values():
-            for sub in list(topic.subscribers):
-                sub.close("closed")
-
-    async def healthy(self) -> bool:
-        return True
-
-    def _topic(self, name: str, maxlen: int) -> LocalTopic:
-        topic = self._topics.get(name)
-        if topic is None:
-            topic = self._topics[name] = LocalTopic(name, maxlen)
-        return topic
-
-    async def publish(
-        self,
-        topic: str,
-        data: str,
-        *,
-        event: str | None = None,
-        sse_id: str | None = None,
-        maxlen: int,
-    ) -> int:
-        return await self.publish_many(topic, [(data, event, sse_id)], maxlen=maxlen)
-
-    async def publish_many(
-        self,
-        topic: str,
-        items: Sequence[tuple[str, str | None, str | None]],
-        *,
-        maxlen: int,
-    ) -> int:
-        local = self._topic(topic, maxlen)
-        local.expires_at = None
-        seq = local.history.last_seq
-        messages = []
-        for data, event, sse_id in items:
-            seq += 1
-            messages.append(make_message(seq, data, event, sse_id))
-        local.add(messages)
-        return seq
-
-    @asynccontextmanager
-    async def subscribe(
-        self,
-        topic: str,
-        *,
-        after: int | None = None,
-        backlog: int = 0,
-        max_lag: int | None = None,
-        overflow: Overflow = Overflow.DISCONNECT,
-        maxlen: int,
-    ) -> AsyncIterator[Subscription]:
-        sub = self._topic(topic, maxlen).attach(
-            after, backlog=backlog, max_lag=max_lag, overflow=overflow
-        )
-        try:
-            yield sub
-        finally:
-            sub.close("unsubscribed")
-
-    async def last_seq(self, topic: str) -> int | None:
-        local = self._topics.get(topic)
-        return None if local is None else local.history.last_seq
-
-    async def expire(self, topic: str, ttl_s: float) -> None:
-        local = self._topics.get(topic)
-        if local is not None:
-            local.expires_at = time.monotonic() + ttl_s
-
-    async def set_state(self, key: str, state: dict[str, str], ttl_s: float | None) -> None:
-        expires = None if ttl_s is None else time.monotonic() + ttl_s
-        old = self._state.get(key)
-        merged = {**old[0], **state} if old is not None else dict(state)
-        self._state[key] = (merged, expires)
-
-    async def get_state(self, key: str) -> dict[str, str] | None:
-        entry = self._state.get(key)
-        if entry is None:
-            return None
-        state, expires = entry
-        if expires is not None and expires <= time.monotonic():
-            del self._state[key]
-            return None
-        return dict(state)
-
-    async def incr(self, name: str, amount: int = 1) -> int:
-        value = self._counters.get(name, 0) + amount
-        self._counters[name] = value
-        return value
-
-    async def counters(self) -> dict[str, int]:
-        return dict(self._counters)
-
-    def local_subscribers(self) -> dict[str, int]:
-        return {name: len(t.subscribers) for name, t in self._topics.items() if t.subscribers}
-
-    async def adjust(self, key: str, delta: int, ttl_s: float | None = None) -> int:
-        # One process: nothing outlives it, so no expiry is needed.
-        value = self._numbers.get(key, 0) + delta
-        if value <= 0:
-            self._numbers.pop(key, None)
-            return 0
-        self._numbers[key] = value
-        return value
-
-    async def add_member(self, key: str, member: str, limit: int) -> bool:
-        members = self._sets.setdefault(key, set())
-        if member in members:
-            return True
-        if len(members) >= limit:
-            return False
-        members.add(member)
-        return True
-
-    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
-        return True
-
-    async def release(self, name: str, holder: str) -> None:
-        pass
-
-    async def send(self, node: str, message: str) -> None:
-        if node == self.node:
-            for handler in self._handlers:
-                handler(message)
-
-    def on_message(self, handler: Callable[[str], None]) -> None:
-        self._handlers.append(handler)
-
-    def topic_names(self) -> list[str]:
-        return list(self._topics)
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            self.sweep(time.monotonic())
-
-    def sweep(self, now: float) -> None:
-        for name, topic in list(self._topics.items()):
-            if topic.expires_at is not None and topic.expires_at <= now:
-                for sub in list(topic.subscribers):
-                    sub.close("expired")
-                del self._topics[name]
-        for key, (_, expires) in list(self._state.items()):
-            if expires is not None and expires <= now:
-                del self._state[key]
-
-
-def create_broker(url: str) -> Broker:
-    scheme = url.split("://", 1)[0].lower()
-    if scheme == "memory":
-        return MemoryBroker(url)
-    if scheme in ("redis", "rediss", "unix"):
-        from .redis_broker import RedisBroker
-
-        return RedisBroker(url)
-    raise ValueError(f"unsupported BROKER_URL scheme {scheme!r}: use memory:// or redis://")

@@ -1,13 +1,17 @@
-"""Request helpers shared by the blueprints."""
+"""Reading requests and shaping plain answers: client address, bodies, 204.
+
+Used by views and by the domain modules that need to know who asks
+(``sessions.owner``); it knows nothing of jobs, channels or streams.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from quart import request
+from quart import Response, request
 
-from ..errors import APIError
+from .errors import APIError
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -41,3 +45,10 @@ async def read_body(max_bytes: int | None = None) -> dict[str, Any]:
     if not raw:
         return {}
     raise APIError(415, "send JSON (application/json) or a form")
+
+
+def no_content() -> Response:
+    """``204``: nothing left to send, and an EventSource must not reconnect."""
+    response = Response(b"", status=204)
+    del response.headers["Content-Type"]
+    return response

@@ -56,18 +56,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .broker import (
+from ..sse import FieldError
+from ..tasks import TaskSet, cancel_and_wait
+from .base import (
     BrokerUnavailable,
-    History,
     LocalTopic,
     Message,
     Overflow,
     Subscription,
+    TopicHistory,
     make_message,
 )
-from .sse import FieldError
 
-log = logging.getLogger("quart_app.redis_broker")
+log = logging.getLogger("quart_app.brokers.redis")
 
 # What "Redis is not there" looks like; anything else (e.g. WRONGTYPE) is a bug to surface.
 _DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
@@ -92,12 +93,23 @@ end
 return 0
 """
 # A shared integer that vanishes at zero, so per-job counters do not pile up.
+# A capped sorted set: the score is when the member leaves (ms; a huge number: never).
 _ADD_MEMBER = """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
-if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('SADD', KEYS[1], ARGV[1])
+local now = tonumber(ARGV[3])
+local leaves = tonumber(ARGV[4])
+local current = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if current and tonumber(current) > now then
+  if leaves > tonumber(current) then redis.call('ZADD', KEYS[1], leaves, ARGV[1]) end
+  return 1
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+end
+redis.call('ZADD', KEYS[1], leaves, ARGV[1])
 return 1
 """
+_NEVER_MS = 2**52
 
 _ADJUST = """
 local value = redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -244,7 +256,7 @@ class RedisBroker:
         self._reader: asyncio.Task[None] | None = None
         self._topics: dict[str, _Topic] = {}
         self._handlers: list[Callable[[str], None]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("redis-broker")
         self._epoch: bytes | None = None
         self._resync_needed = True
         self._nudge_pending = False
@@ -286,10 +298,8 @@ class RedisBroker:
         self._reader = asyncio.create_task(self._read_forever(), name="redis-broker-reader")
 
     async def close(self) -> None:
-        tasks = [t for t in (self._reader, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(self._reader)
+        await self._tasks.close()
         self._reader = None
         for entry in list(self._topics.values()):
             for sub in list(entry.local.subscribers):
@@ -330,12 +340,6 @@ class RedisBroker:
             with contextlib.suppress(Exception):
                 await self._redis.connection_pool.disconnect(inuse_connections=False)
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     # -- topics ----------------------------------------------------------------------
 
     async def publish(
@@ -355,6 +359,7 @@ class RedisBroker:
         items: Sequence[tuple[str, str | None, str | None]],
         *,
         maxlen: int,
+        ttl_s: float | None = None,
     ) -> int:
         if not items:
             return await self.last_seq(topic) or 0
@@ -370,8 +375,10 @@ class RedisBroker:
             if sse_id is not None:
                 fields["i"] = sse_id
             pipe.xadd(key, fields, id="0-*", maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+        if ttl_s is not None:
+            pipe.pexpire(key, max(1, int(ttl_s * 1000)))
         ids = await self._call(pipe.execute())
-        return _seq(ids[-1])
+        return _seq(ids[len(items) - 1])
 
     async def last_seq(self, topic: str) -> int | None:
         entries = await self._call(self.redis.xrevrange(self._k("t", topic), "+", "-", count=1))
@@ -447,7 +454,7 @@ class RedisBroker:
         # The local history starts where the reader starts: older messages are
         # paged from Redis by the subscribers that need them.
         entry.position = newest
-        entry.local.history = History(maxlen, first_seq=newest + 1)
+        entry.local.history = TopicHistory(maxlen, first_seq=newest + 1)
         entry.ready.set()
         self._nudge()
         return entry
@@ -543,9 +550,14 @@ class RedisBroker:
         script = self._scripts["adjust"]
         return int(await self._call(script(keys=[self._k("n", key)], args=[delta, ms])))
 
-    async def add_member(self, key: str, member: str, limit: int) -> bool:
+    async def add_member(
+        self, key: str, member: str, limit: int, ttl_s: float | None = None
+    ) -> bool:
         script = self._scripts["add_member"]
-        return bool(await self._call(script(keys=[self._k("set", key)], args=[member, limit])))
+        now = int(time.time() * 1000)
+        leaves = _NEVER_MS if ttl_s is None else now + max(1, int(ttl_s * 1000))
+        args = [member, limit, now, leaves]
+        return bool(await self._call(script(keys=[self._k("zset", key)], args=args)))
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
         key = self._k("lease", name)
@@ -583,7 +595,7 @@ class RedisBroker:
             with contextlib.suppress(BrokerUnavailable):
                 await self._post(self.node, {"n": ""})
 
-        self._spawn(nudge(), "redis-broker-nudge")
+        self._tasks.spawn(nudge(), "redis-broker-nudge")
 
     # -- the reader ------------------------------------------------------------------
 

@@ -1,0 +1,33 @@
+"""Brokers: topics with history and exact resume, shared state and counters.
+
+``base`` holds the protocol and the topic core both brokers share, ``memory``
+the one-process broker, ``redis`` the broker for several workers and hosts
+(the only module that imports redis-py).  :func:`create_broker` picks one by
+``BROKER_URL``.
+"""
+
+from __future__ import annotations
+
+from .base import Broker, BrokerUnavailable, Message, Overflow, Subscription
+from .memory import MemoryBroker
+
+__all__ = [
+    "Broker",
+    "BrokerUnavailable",
+    "MemoryBroker",
+    "Message",
+    "Overflow",
+    "Subscription",
+    "create_broker",
+]
+
+
+def create_broker(url: str) -> Broker:
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "memory":
+        return MemoryBroker(url)
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisBroker
+
+        return RedisBroker(url)
+    raise ValueError(f"unsupported BROKER_URL scheme {scheme!r}: use memory:// or redis://")

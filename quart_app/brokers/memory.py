@@ -1,0 +1,190 @@
+"""The in-memory broker: one process, nothing to install."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+
+from ..tasks import cancel_and_wait
+from .base import LocalTopic, Overflow, Subscription, make_message
+
+
+class MemoryBroker:
+    """One process, nothing to install.  Expiry is swept once a second."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._topics: dict[str, LocalTopic] = {}
+        self._state: dict[str, tuple[dict[str, str], float | None]] = {}
+        self._counters: dict[str, int] = {}
+        # Capped sets: member -> when it leaves (monotonic; inf: never).
+        self._sets: dict[str, dict[str, float]] = {}
+        self._numbers: dict[str, int] = {}
+        self._handlers: list[Callable[[str], None]] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self.node = "local"
+        self.reconnects = 0
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="memory-broker-sweep")
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._sweeper)
+        self._sweeper = None
+        for topic in self._topics.values():
+            for sub in list(topic.subscribers):
+                sub.close("closed")
+
+    async def healthy(self) -> bool:
+        return True
+
+    def _topic(self, name: str, maxlen: int) -> LocalTopic:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = LocalTopic(name, maxlen)
+        return topic
+
+    async def publish(
+        self,
+        topic: str,
+        data: str,
+        *,
+        event: str | None = None,
+        sse_id: str | None = None,
+        maxlen: int,
+    ) -> int:
+        return await self.publish_many(topic, [(data, event, sse_id)], maxlen=maxlen)
+
+    async def publish_many(
+        self,
+        topic: str,
+        items: Sequence[tuple[str, str | None, str | None]],
+        *,
+        maxlen: int,
+        ttl_s: float | None = None,
+    ) -> int:
+        local = self._topic(topic, maxlen)
+        local.expires_at = None if ttl_s is None else time.monotonic() + ttl_s
+        seq = local.history.last_seq
+        messages = []
+        for data, event, sse_id in items:
+            seq += 1
+            messages.append(make_message(seq, data, event, sse_id))
+        local.add(messages)
+        return seq
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        topic: str,
+        *,
+        after: int | None = None,
+        backlog: int = 0,
+        max_lag: int | None = None,
+        overflow: Overflow = Overflow.DISCONNECT,
+        maxlen: int,
+    ) -> AsyncIterator[Subscription]:
+        sub = self._topic(topic, maxlen).attach(
+            after, backlog=backlog, max_lag=max_lag, overflow=overflow
+        )
+        try:
+            yield sub
+        finally:
+            sub.close("unsubscribed")
+            local = self._topics.get(topic)
+            if local is not None and not local.subscribers and local.history.last_seq == 0:
+                # Never published to: a subscribe alone leaves nothing behind.
+                del self._topics[topic]
+
+    async def last_seq(self, topic: str) -> int | None:
+        local = self._topics.get(topic)
+        return None if local is None else local.history.last_seq
+
+    async def expire(self, topic: str, ttl_s: float) -> None:
+        local = self._topics.get(topic)
+        if local is not None:
+            local.expires_at = time.monotonic() + ttl_s
+
+    async def set_state(self, key: str, state: dict[str, str], ttl_s: float | None) -> None:
+        expires = None if ttl_s is None else time.monotonic() + ttl_s
+        old = self._state.get(key)
+        merged = {**old[0], **state} if old is not None else dict(state)
+        self._state[key] = (merged, expires)
+
+    async def get_state(self, key: str) -> dict[str, str] | None:
+        entry = self._state.get(key)
+        if entry is None:
+            return None
+        state, expires = entry
+        if expires is not None and expires <= time.monotonic():
+            del self._state[key]
+            return None
+        return dict(state)
+
+    async def incr(self, name: str, amount: int = 1) -> int:
+        value = self._counters.get(name, 0) + amount
+        self._counters[name] = value
+        return value
+
+    async def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    def local_subscribers(self) -> dict[str, int]:
+        return {name: len(t.subscribers) for name, t in self._topics.items() if t.subscribers}
+
+    async def adjust(self, key: str, delta: int, ttl_s: float | None = None) -> int:
+        # One process: nothing outlives it, so no expiry is needed.
+        value = self._numbers.get(key, 0) + delta
+        if value <= 0:
+            self._numbers.pop(key, None)
+            return 0
+        self._numbers[key] = value
+        return value
+
+    async def add_member(
+        self, key: str, member: str, limit: int, ttl_s: float | None = None
+    ) -> bool:
+        now = time.monotonic()
+        members = self._sets.setdefault(key, {})
+        leaves = now + ttl_s if ttl_s is not None else float("inf")
+        if member in members and members[member] > now:
+            members[member] = max(members[member], leaves)
+            return True
+        if len(members) >= limit:
+            for name in [m for m, until in members.items() if until <= now]:
+                del members[name]
+            if len(members) >= limit:
+                return False
+        members[member] = leaves
+        return True
+
+    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        return True
+
+    async def release(self, name: str, holder: str) -> None:
+        pass
+
+    async def send(self, node: str, message: str) -> None:
+        if node == self.node:
+            for handler in self._handlers:
+                handler(message)
+
+    def on_message(self, handler: Callable[[str], None]) -> None:
+        self._handlers.append(handler)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.sweep(time.monotonic())
+
+    def sweep(self, now: float) -> None:
+        for name, topic in list(self._topics.items()):
+            if topic.expires_at is not None and topic.expires_at <= now:
+                for sub in list(topic.subscribers):
+                    sub.close("expired")
+                del self._topics[name]
+        for key, (_, expires) in list(self._state.items()):
+            if expires is not None and expires <= now:
+                del self._state[key]
