@@ -11,7 +11,7 @@ from typing import Any
 from quart import Quart
 from quart_schema import tag_blueprint
 
-from . import channels, db, errors, logs, metrics, security, sse, state
+from . import channels, db, edge, errors, logs, metrics, security, sse, state
 from .blueprints import api, generator, ops, pages, push
 from .config import default_config, validate
 from .secrets_store import load_or_create_secret
@@ -58,4 +58,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     app_state.stats = metrics.init_app(app_state, app.config)
     api.init_app(app)
     tag_blueprint(ops.bp, ["operations"])
+    # Last: the edge wraps the finished ASGI app (proxies, framing, budgets).
+    edge.init_app(app)
     return app

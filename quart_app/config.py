@@ -44,9 +44,12 @@ class Defaults:
     SSE_QUEUE_SIZE = 1000
     # Largest chunk one write may carry when a subscriber catches up.
     SSE_MAX_CHUNK_BYTES = 256 * 1024
-    # Caps on open streams, per process and per client address (429 / 503).
+    # Caps on open streams, per process (503) and per client address (429;
+    # 0 = off).  Behind a proxy every client has the proxy's address unless
+    # PROXY_TRUSTED_HOPS says how many proxies to believe: set it before a
+    # per-address cap.
     MAX_STREAMS = 50_000
-    MAX_STREAMS_PER_CLIENT = 128
+    MAX_STREAMS_PER_CLIENT = 0
     # Jitter added to the last `retry:` sent on shutdown, so that clients do
     # not all reconnect in the same instant.
     SSE_DRAIN_JITTER_MS = 5000
@@ -90,6 +93,17 @@ class Defaults:
     LOG_FORMAT = "text"
     ACCESS_LOG = False
 
+    # The edge (quart_app.edge).  Proxies in front whose forwarded headers are
+    # believed, counted from the server: 0 believes none (the client address
+    # is the TCP peer).  PROXY_MODE "legacy" reads X-Forwarded-For/-Proto,
+    # "modern" reads Forwarded.
+    PROXY_TRUSTED_HOPS = 0
+    PROXY_MODE = "legacy"
+    # Requests in progress (streams included) per client address; 0 = off.
+    MAX_CONNECTIONS_PER_CLIENT = 0
+    # "Too many open files" is logged at most once per interval.
+    EMFILE_LOG_INTERVAL_S = 10.0
+
     # Request bodies larger than this are refused with 413.
     MAX_CONTENT_LENGTH = 1024 * 1024
 
@@ -107,7 +121,6 @@ def default_config() -> dict[str, Any]:
 _POSITIVE_INT = (
     "SSE_RETRY_MS",
     "MAX_STREAMS",
-    "MAX_STREAMS_PER_CLIENT",
     "SSE_QUEUE_SIZE",
     "SSE_MAX_CHUNK_BYTES",
     "MAX_AMOUNT",
@@ -126,7 +139,14 @@ _POSITIVE_INT = (
     "DB_BATCH",
     "STATS_HISTORY",
 )
-_NON_NEGATIVE_INT = ("MAX_DELAY_MS", "SSE_DRAIN_JITTER_MS", "HISTORY_RETENTION_DAYS")
+_NON_NEGATIVE_INT = (
+    "MAX_DELAY_MS",
+    "SSE_DRAIN_JITTER_MS",
+    "HISTORY_RETENTION_DAYS",
+    "MAX_STREAMS_PER_CLIENT",
+    "MAX_CONNECTIONS_PER_CLIENT",
+    "PROXY_TRUSTED_HOPS",
+)
 _POSITIVE_FLOAT = (
     "SSE_HEARTBEAT_S",
     "SSE_MAX_AGE_S",
@@ -136,6 +156,7 @@ _POSITIVE_FLOAT = (
     "TICKER_INTERVAL_S",
     "CLOCK_INTERVAL_S",
     "STATS_INTERVAL_S",
+    "EMFILE_LOG_INTERVAL_S",
     "HISTORY_PRUNE_INTERVAL_S",
 )
 
@@ -214,6 +235,10 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
             "DATABASE_URL must be a URL such as sqlite+aiosqlite:///path/history.sqlite3 "
             "or postgresql+asyncpg://user:password@host/db"
         )
+    mode = str(config["PROXY_MODE"]).strip().lower()
+    if mode not in ("legacy", "modern"):
+        raise ValueError(f"PROXY_MODE must be legacy or modern, got {config['PROXY_MODE']!r}")
+    checked["PROXY_MODE"] = mode
     if config["LOG_FORMAT"] not in ("text", "json"):
         raise ValueError(f"LOG_FORMAT must be text or json, got {config['LOG_FORMAT']!r}")
     operator_token = config["OPERATOR_TOKEN"]

@@ -1,0 +1,234 @@
+"""The edge in front of the app: what the server does before a request reaches Quart.
+
+* **Client identity behind proxies.**  With ``PROXY_TRUSTED_HOPS`` > 0 the app
+  is wrapped in Hypercorn's ``ProxyFixMiddleware``: the client address and
+  scheme come from ``X-Forwarded-For``/``-Proto`` (``PROXY_MODE = "legacy"``)
+  or ``Forwarded`` (``"modern"``), counted from the right, so only values
+  appended by the trusted proxies are believed.  With 0 (the default) no
+  forwarded header is believed at all.
+* **Request framing.**  A request with both ``Content-Length`` and
+  ``Transfer-Encoding`` is refused (``400``, connection closed): h11 quietly
+  prefers the chunked framing, and a proxy in front that prefers the other one
+  would let a request be smuggled past it.
+* **A budget per client address** (``MAX_CONNECTIONS_PER_CLIENT``, off by
+  default): requests in progress per address, streams included (on HTTP/1.1
+  that is the connections in use; on HTTP/2 the streams).  Past it: ``429``.
+* **Sockets released at once.**  Hypercorn (0.17, 0.18) keeps a connection's
+  socket until its keep-alive timer ends even after the client has closed it;
+  :func:`release_closed_connections` stops that timer when the read side ends.
+* **Out of file descriptors.**  asyncio logs every failed ``accept()``, and on
+  CPython 3.11 it retries up to ``backlog`` times per wake-up: hundreds of
+  megabytes of identical tracebacks a minute.  :class:`ResourceErrorFilter`
+  lets one line through per ``EMFILE_LOG_INTERVAL_S`` with a count of the
+  lines it held back.
+
+HTTP/2 resets need nothing here: Hypercorn turns ``RST_STREAM`` into
+``http.disconnect`` and Quart cancels the response, so a reset stream ends
+through the same ``finally`` as a TCP disconnect (``tests/test_http2.py``).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from hypercorn.middleware import ProxyFixMiddleware
+from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+from quart import Quart
+
+log = logging.getLogger("quart_app.edge")
+
+PROXY_MODES = ("legacy", "modern")
+# Loggers through which a server out of file descriptors speaks.
+RESOURCE_LOGGERS = ("asyncio", "hypercorn.error")
+_OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def init_app(app: Quart) -> None:
+    """Wrap ``app.asgi_app`` in the edge middleware the configuration asks for."""
+    config = app.config
+    hops = config["PROXY_TRUSTED_HOPS"]
+    asgi: Any = Edge(
+        app.asgi_app, max_per_client=config["MAX_CONNECTIONS_PER_CLIENT"], forwarded=hops > 0
+    )
+    if hops:
+        asgi = ProxyFixMiddleware(asgi, mode=config["PROXY_MODE"], trusted_hops=hops)
+    app.asgi_app = asgi  # type: ignore[method-assign]
+    install_resource_filter(config["EMFILE_LOG_INTERVAL_S"])
+    release_closed_connections()
+
+
+def _forwarded_host(host: str) -> str:
+    # ``Forwarded: for="[2001:db8::1]:4711"`` arrives quoted, bracketed, with a port.
+    if host.startswith('"'):
+        host = host.strip('"')
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    return host
+
+
+def _ambiguous_framing(headers: Any) -> bool:
+    length = chunked = False
+    for name, _ in headers:
+        name = name.lower()
+        if name == b"content-length":
+            length = True
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length and chunked
+
+
+async def refuse(
+    send: ASGISendCallable, status: int, message: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-content-type-options", b"nosniff"),
+                (b"cache-control", b"no-store"),
+                *headers,
+            ],
+            "trailers": False,
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class Edge:
+    """Refuses ambiguous framing; counts requests in progress per client address."""
+
+    def __init__(
+        self, app: ASGIFramework, *, max_per_client: int = 0, forwarded: bool = False
+    ) -> None:
+        self.app = app
+        self.max_per_client = max_per_client
+        # Behind ProxyFixMiddleware, which has copied the scope: tidy its address.
+        self.forwarded = forwarded
+        self.open: Counter[str] = Counter()
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["http_version"] in ("1.0", "1.1") and _ambiguous_framing(scope["headers"]):
+            await refuse(
+                send,
+                400,
+                "a request may not carry both Content-Length and Transfer-Encoding",
+                [(b"connection", b"close")],
+            )
+            return
+        peer = scope.get("client")
+        if self.forwarded and peer:
+            host = _forwarded_host(peer[0])
+            if host != peer[0]:
+                scope["client"] = peer = (host, peer[1])
+        if not self.max_per_client:
+            await self.app(scope, receive, send)
+            return
+        client = peer[0] if peer else "unknown"
+        if self.open[client] >= self.max_per_client:
+            await refuse(
+                send,
+                429,
+                f"at most {self.max_per_client} requests in progress per client address",
+                [(b"retry-after", b"5")],
+            )
+            return
+        self.open[client] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.open[client] -= 1
+            if self.open[client] <= 0:
+                del self.open[client]
+
+
+class ResourceErrorFilter(logging.Filter):
+    """One "Too many open files" line per interval, never one per ``accept()``."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.suppressed = 0
+        self._quiet_until = 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not (
+            (isinstance(error, OSError) and error.errno in _OUT_OF_FILES)
+            or "Too many open files" in str(record.msg)
+        ):
+            return True
+        now = time.monotonic()
+        if now < self._quiet_until:
+            self.suppressed += 1
+            return False
+        self._quiet_until = now + self.interval_s
+        line = str(record.msg).split("\n", 1)[0]
+        if error is not None:
+            line = f"{line}: {error}"
+        if self.suppressed:
+            line += f" ({self.suppressed} more like it not logged)"
+            self.suppressed = 0
+        line += f"; at most one such line every {self.interval_s:g} s"
+        record.msg, record.args = line, None
+        record.exc_info = record.exc_text = None
+        return True
+
+
+def install_resource_filter(interval_s: float) -> ResourceErrorFilter:
+    """Put one shared :class:`ResourceErrorFilter` on asyncio's and Hypercorn's loggers."""
+    loggers = [logging.getLogger(name) for name in RESOURCE_LOGGERS]
+    for logger in loggers:
+        for existing in logger.filters:
+            if isinstance(existing, ResourceErrorFilter):
+                existing.interval_s = interval_s
+                return existing
+    shared = ResourceErrorFilter(interval_s)
+    for logger in loggers:
+        logger.addFilter(shared)
+    return shared
+
+
+def release_closed_connections() -> bool:
+    """Close a connection's socket as soon as its client has closed it.
+
+    Hypercorn's ``TCPServer.run`` closes the socket only after its task group
+    ends, and the group holds the keep-alive timer: a client that sends one
+    request and closes leaves the socket (and its file descriptor) open for
+    ``keep_alive_timeout``.  Stopping the timer once reading has ended lets
+    the group, and so the socket, end at once.  Idempotent; returns whether
+    the patch is in place.
+    """
+    try:
+        from hypercorn.asyncio.tcp_server import TCPServer
+    except ImportError:  # pragma: no cover - Hypercorn moved it; the tests will say so
+        return False
+    read_data = getattr(TCPServer, "_read_data", None)
+    if read_data is None:  # pragma: no cover
+        log.warning("Hypercorn has no TCPServer._read_data: closed sockets wait for keep-alive")
+        return False
+    if getattr(read_data, "releases_closed_connections", False):
+        return True
+
+    async def _read_data(self: Any) -> None:
+        await read_data(self)
+        idle_task = getattr(self, "idle_task", None)
+        if idle_task is not None:
+            await idle_task.stop()
+
+    _read_data.releases_closed_connections = True  # type: ignore[attr-defined]
+    TCPServer._read_data = _read_data  # type: ignore[method-assign]
+    return True
