@@ -1,5 +1,7 @@
 // The dashboard: live charts fed by the stats stream, and the job history from the API.
+import { dots, followWidth, gapAfter, line, makeChart, oncePerFrame, withGaps } from './charts.js';
 import { SharedEventSource } from './shared-stream.js';
+import { formatTime, timeElement } from './time.js';
 
 // Ten minutes at one event a second. However long the page stays open, the
 // charts hold at most this many points (the oldest go first).
@@ -13,11 +15,10 @@ const STATUSES = ['done', 'cancelled', 'failed'];
 
 const urls = document.body.dataset;
 const $ = (id) => document.getElementById(id);
-const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 const integer = new Intl.NumberFormat();
 const decimal = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
-const clockTime = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' });
-const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: 'short', timeStyle: 'medium' });
+// Wider steps than this between two stats events are drawn as a break in the lines.
+const maxStep = gapAfter(urls.statsInterval);
 
 // -- live series ----------------------------------------------------------------
 
@@ -59,14 +60,8 @@ function addStats(stats) {
 
 // -- charts ---------------------------------------------------------------------
 
-const hms = uPlot.fmtDate('{HH}:{mm}:{ss}');
-// Whole seconds and up: the stats come once a second.
+// Whole seconds and up: the stats come about once a second.
 const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400];
-
-// One row of local times: uPlot's default adds a date row that the edge clips.
-function timeLabels(_u, splits) {
-  return splits.map((seconds) => hms(new Date(seconds * 1000)));
-}
 
 // A little room at both ends, so that points on the edges show whole.
 function padded(_u, min, max) {
@@ -78,62 +73,16 @@ function fromZero(_u, _min, max) {
   return [0, Math.max(1, Math.ceil((max || 0) * 1.15))];
 }
 
-function makeChart(box, series, { legend = true, points = false, yValues = undefined, pad = false } = {}) {
-  const ink = cssVar('--muted');
-  const grid = cssVar('--grid');
-  const axis = { stroke: ink, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
-  return new uPlot(
-    {
-      width: Math.max(box.clientWidth, 200),
-      height: 220,
-      legend: { show: legend, live: false },
-      cursor: { points: { show: points } },
-      scales: { x: { time: true, ...(pad ? { range: padded } : {}) }, y: { range: fromZero } },
-      axes: [{ ...axis, values: timeLabels, incrs: TIME_STEPS, space: 70 }, { ...axis, size: yValues ? 68 : 52, ...(yValues ? { values: yValues } : {}) }],
-      series: [{}, ...series],
-    },
-    [[], ...series.map(() => [])],
-    box,
-  );
-}
-
-function line(label, colour, { fill = false, width = 2, dash = null } = {}) {
-  return {
-    label,
-    stroke: cssVar(colour),
-    width,
-    ...(fill ? { fill: cssVar('--accent-fill') } : {}),
-    ...(dash ? { dash } : {}),
-    points: { show: false },
-  };
-}
-
 const palette = ['--s2', '--s3', '--s4', '--s5', '--s6', '--s7'];
 const charts = {};
-let drawQueued = false;
-
-function scheduleDraw() {
-  // One redraw per frame however fast events come, and none in a hidden tab.
-  if (drawQueued) return;
-  drawQueued = true;
-  requestAnimationFrame(draw);
-}
 
 function draw() {
-  drawQueued = false;
-  // Copies: uPlot keeps the arrays it is given, and these keep changing.
-  const t = live.t.slice();
-  charts.events.setData([t, live.events.slice()]);
-  charts.streams.setData([t, live.total.slice(), ...KINDS.map((kind) => live.kinds[kind].slice())]);
-  charts.jobs.setData([t, live.jobsPerMin.slice(), live.running.slice()]);
+  // Copies (uPlot keeps the arrays it is given), with holes where no stats came.
+  charts.events.setData(withGaps(live.t, [live.events], maxStep));
+  charts.streams.setData(withGaps(live.t, [live.total, ...KINDS.map((kind) => live.kinds[kind])], maxStep));
+  charts.jobs.setData(withGaps(live.t, [live.jobsPerMin, live.running], maxStep));
 }
-
-function watchSize(chart, box) {
-  new ResizeObserver(([entry]) => {
-    const width = Math.floor(entry.contentRect.width);
-    if (width > 0 && width !== chart.width) chart.setSize({ width, height: chart.height });
-  }).observe(box);
-}
+const scheduleDraw = oncePerFrame(draw);
 
 // -- "now" ----------------------------------------------------------------------
 
@@ -143,7 +92,7 @@ function showNow(stats) {
     const text = typeof value === 'number' ? (Number.isInteger(value) ? integer.format(value) : decimal.format(value)) : '–';
     if (cell.textContent !== text) cell.textContent = text;
   }
-  $('now-time').textContent = `at ${clockTime.format(new Date(stats.time * 1000))}`;
+  $('now-time').textContent = `at ${formatTime(new Date(stats.time * 1000))}`;
   setLatest('events', `${decimal.format(stats.events_per_s)} events per second`);
   const kinds = KINDS.filter((kind) => stats.open_streams[kind]).map((kind) => `${kind} ${stats.open_streams[kind]}`);
   setLatest('streams', `${integer.format(stats.open_streams_total)}${kinds.length ? ` (${kinds.join(', ')})` : ''}`);
@@ -277,11 +226,7 @@ function duration(seconds) {
 }
 
 function timeCell(seconds) {
-  const when = document.createElement('time');
-  const date = new Date(seconds * 1000);
-  when.dateTime = date.toISOString();
-  when.textContent = dateTime.format(date);
-  return when;
+  return timeElement(new Date(seconds * 1000));
 }
 
 function renderTable() {
@@ -322,16 +267,6 @@ function renderHistoryChart() {
   setLatest('history', String(jobs.length));
 }
 
-function points(label, colour) {
-  return {
-    label,
-    stroke: cssVar(colour),
-    fill: cssVar(colour),
-    paths: () => null,
-    points: { show: true, size: 7, fill: cssVar(colour) },
-  };
-}
-
 function goToPage(page) {
   history.page = page;
   loadHistory();
@@ -346,23 +281,44 @@ $('status-filter').addEventListener('change', (event) => {
 
 // -- start ----------------------------------------------------------------------
 
-charts.events = makeChart($('chart-events'), [line('events/s', '--s1', { fill: true })], { legend: false });
+const timeSteps = { incrs: TIME_STEPS };
+charts.events = makeChart($('chart-events'), [line('events/s', '--s1', { fill: true })], {
+  ...timeSteps,
+  legend: false,
+  y: { range: fromZero },
+});
 charts.streams = makeChart($('chart-streams'), [
   line('all', '--s1', { width: 2.5 }),
   ...KINDS.map((kind, i) => line(kind, palette[i % palette.length], { width: 1.5 })),
-]);
+], { ...timeSteps, y: { range: fromZero } });
 charts.jobs = makeChart($('chart-jobs'), [
   line('finished in the last minute', '--s3', { fill: true }),
   line('running', '--s2', { dash: [6, 4] }),
-]);
+], { ...timeSteps, y: { range: fromZero } });
 charts.history = makeChart($('chart-history'), [
-  points('done', '--ok'),
-  points('cancelled', '--warn'),
-  points('failed', '--bad'),
-], { points: true, pad: true, yValues: (_u, splits) => splits.map((s) => duration(s)) });
+  dots('done', '--success'),
+  dots('cancelled', '--warning'),
+  dots('failed', '--danger'),
+], {
+  ...timeSteps,
+  cursorPoints: true,
+  x: { range: padded },
+  y: { range: fromZero },
+  ySize: 68,
+  yValues: (_u, splits) => splits.map((s) => duration(s)),
+});
 for (const [name, box] of Object.entries({ events: 'chart-events', streams: 'chart-streams', jobs: 'chart-jobs', history: 'chart-history' })) {
-  watchSize(charts[name], $(box));
+  followWidth(charts[name], $(box));
 }
+
+// The history table scrolls sideways where it is wider than its box (a phone):
+// the hint under it says so only then.
+const historyScroll = $('history-scroll');
+const scrollHint = new ResizeObserver(() => {
+  $('history-scroll-hint').hidden = historyScroll.scrollWidth <= historyScroll.clientWidth + 1;
+});
+scrollHint.observe(historyScroll);
+scrollHint.observe(historyScroll.firstElementChild);
 
 const stream = new SharedEventSource(urls.statsUrl, { replay: 120, onStatus: showStatus });
 stream.addEventListener('message', (event) => addStats(JSON.parse(event.data)));
@@ -376,4 +332,5 @@ window.dashboard = {
   latest: () => latest,
   points: () => ({ t: live.t.slice(), events: live.events.slice(), total: live.total.slice() }),
   maxPoints: MAX_POINTS,
+  maxStep,
 };

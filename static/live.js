@@ -1,5 +1,7 @@
 // The live page: the ticker (list and chart), the clock, and the chat.
 import { SharedEventSource } from './shared-stream.js';
+import { followWidth, gapAfter, line, makeChart, oncePerFrame, withGaps } from './charts.js';
+import { formatTime, parseWallClock, timeElement } from './time.js';
 
 const LIST_SIZE = 10;
 const CHART_POINTS = 60;
@@ -62,57 +64,15 @@ function open(name, url, options) {
 const numberList = $('numbers');
 const xs = [];
 const ys = [];
+// Wider steps than this between two numbers are drawn as a break in the line.
+const maxStep = gapAfter(urls.tickerInterval);
 let chart = null;
-let drawQueued = false;
-
-function cssVar(name) {
-  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-}
-
-const hms = uPlot.fmtDate('{HH}:{mm}:{ss}');
-const hmsFraction = uPlot.fmtDate('{HH}:{mm}:{ss}.{fff}');
-
-// One row of local times: uPlot's default adds a date row that the edge clips.
-function timeLabels(_u, splits, _axis, _space, increment) {
-  const format = increment < 1 ? hmsFraction : hms;
-  return splits.map((seconds) => format(new Date(seconds * 1000)));
-}
-
-function makeChart() {
-  const box = $('chart');
-  const ink = cssVar('--muted');
-  const grid = cssVar('--grid');
-  const axis = { stroke: ink, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
-  return new uPlot(
-    {
-      width: Math.max(box.clientWidth, 200),
-      height: 240,
-      legend: { show: false },
-      cursor: { show: false },
-      scales: { x: { time: true }, y: { range: [0, 10] } },
-      // Wide enough apart that HH:MM:SS(.fff) labels never overlap.
-      axes: [{ ...axis, values: timeLabels, space: 110 }, { ...axis, size: 36 }],
-      series: [
-        {},
-        {
-          label: 'number',
-          stroke: cssVar('--accent'),
-          fill: cssVar('--accent-fill'),
-          width: 2,
-          points: { show: false },
-        },
-      ],
-    },
-    [[], []],
-    box,
-  );
-}
 
 function drawChart() {
-  drawQueued = false;
-  // Copies: uPlot keeps the arrays it is given, and these keep changing.
-  chart.setData([xs.slice(), ys.slice()]);
+  // Copies (uPlot keeps the arrays it is given), with holes where no numbers came.
+  chart.setData(withGaps(xs, [ys], maxStep));
 }
+const scheduleDraw = oncePerFrame(drawChart);
 
 function addNumber({ number, t }) {
   xs.push(t);
@@ -126,41 +86,34 @@ function addNumber({ number, t }) {
   item.style.setProperty('--level', String(number / 10));
   numberList.prepend(item);
   while (numberList.children.length > LIST_SIZE) numberList.lastElementChild.remove();
-  // One redraw per frame however fast numbers come, and none in a hidden tab.
-  if (!drawQueued) {
-    drawQueued = true;
-    requestAnimationFrame(drawChart);
-  }
+  scheduleDraw();
 }
 
 // -- clock -------------------------------------------------------------------
 
+// The server sends its wall-clock time; it is shown in the one time format.
 function setClock(text) {
   const clock = $('clock');
-  clock.textContent = text;
-  clock.dateTime = text.replace(' ', 'T');
+  const date = parseWallClock(text);
+  clock.dateTime = String(text).trim().replace(' ', 'T');
+  clock.textContent = date ? formatTime(date) : String(text);
+  clock.title = String(text);
 }
 
 // -- chat --------------------------------------------------------------------
 
 const messages = $('messages');
-const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' });
 
 function addMessage({ user, message, time }) {
   const nearBottom = messages.scrollHeight - messages.scrollTop - messages.clientHeight < 40;
-  const item = document.createElement('li');
+  const item = document.createElement('div');
+  item.className = 'message';
   const head = document.createElement('div');
   head.className = 'meta';
   const who = document.createElement('span');
   who.className = 'user';
   who.textContent = String(user);
-  const when = document.createElement('time');
-  const date = new Date(Number(time) * 1000);
-  if (!Number.isNaN(date.getTime())) {
-    when.dateTime = date.toISOString();
-    when.textContent = timeFormat.format(date);
-  }
-  head.append(who, ' ', when);
+  head.append(who, ' ', timeElement(new Date(Number(time) * 1000)));
   const text = document.createElement('p');
   text.className = 'text';
   // Text, never markup: whatever anyone sends shows as typed.
@@ -226,11 +179,15 @@ messageField.addEventListener('keydown', (event) => {
 // -- start -------------------------------------------------------------------
 
 $('chart-size').textContent = String(CHART_POINTS);
-chart = makeChart();
-new ResizeObserver(([entry]) => {
-  const width = Math.floor(entry.contentRect.width);
-  if (width > 0 && width !== chart.width) chart.setSize({ width, height: chart.height });
-}).observe($('chart'));
+chart = makeChart($('chart'), [line('number', '--accent', { fill: true })], {
+  height: 240,
+  legend: false,
+  cursor: false,
+  y: { range: [0, 10] },
+  ySize: 36,
+  fine: true,
+});
+followWidth(chart, $('chart'));
 
 open('numbers', urls.numbersUrl, { events: ['newnumber'], replay: CHART_POINTS })
   .addEventListener('newnumber', (e) => addNumber(JSON.parse(e.data)));
@@ -241,4 +198,4 @@ open('chat', urls.chatUrl, { replay: 50 })
 renderStatus();
 
 // For the console and for tests: the streams and the chart's own state.
-window.live = { streams, chart, points: () => ({ x: xs.slice(), y: ys.slice() }) };
+window.live = { streams, chart, maxStep, points: () => ({ x: xs.slice(), y: ys.slice() }) };
