@@ -2,9 +2,10 @@
 
 SQLAlchemy 2 (asyncio): ``aiosqlite`` by default, a file ``history.sqlite3``
 in the instance folder; PostgreSQL through ``asyncpg`` when ``DATABASE_URL``
-says ``postgresql+asyncpg://...``.  The tables are created at start-up with
-``metadata.create_all`` (existing tables are left alone; a later change of
-their columns needs a migration).
+says ``postgresql+asyncpg://...``.  The schema is versioned with Alembic
+(``quart_app.migrations``): start-up upgrades the database to the head
+revision under a lock that several workers share, or refuses to start when
+the database is at a revision this release does not know.
 
 Writing never makes a stream or a request wait: the hooks put records on a
 bounded queue and one writer task drains it, one transaction per batch.
@@ -14,17 +15,29 @@ at most once a minute.  Only the history loses it: the job itself and the
 chat channel's history in the broker are not affected.  While the database is
 unreachable the writer keeps the batch it holds and retries with back-off; at
 shutdown it keeps trying for ``timeout_s`` and then says what it lost.
+
+Retention: the same writer deletes jobs and chat messages older than
+``HISTORY_RETENTION_DAYS`` (0 keeps them forever), at most once per
+``HISTORY_PRUNE_INTERVAL_S``, in short transactions of ``PRUNE_BATCH`` rows.
+
+Privacy: a job row keeps a keyed hash of its owner (HMAC-SHA256 under the
+app's SECRET_KEY), never the session id; listings match it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,15 +51,20 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     event,
-    func,
     insert,
+    literal,
     select,
+    tuple_,
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
+
+from . import migrations
+from .migrations import SchemaError
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -59,6 +77,12 @@ T = TypeVar("T")
 # How long one warning about the same trouble stays the last one.
 _WARN_EVERY_S = 60.0
 _MAX_BACKOFF_S = 30.0
+# Rows one pruning transaction deletes, and transactions in one round; a round
+# that hits the cap comes back after _PRUNE_AGAIN_S rather than a full interval.
+PRUNE_BATCH = 1000
+PRUNE_ROUND = 50
+_PRUNE_AGAIN_S = 1.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -94,8 +118,12 @@ jobs_table = Table(
     Column("message", Text, nullable=False, default=""),
     Column("created_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=False),
+    # HMAC-SHA256 (hex) of the owner under SECRET_KEY; NULL for rows from
+    # before owners were kept (only the operator's listing shows those).
+    Column("owner", String(64), nullable=True),
     Index("ix_job_history_finished", "finished_at", "id"),
     Index("ix_job_history_status_finished", "status", "finished_at"),
+    Index("ix_job_history_owner_finished", "owner", "finished_at", "id"),
 )
 
 chat_table = Table(
@@ -114,6 +142,37 @@ Record = tuple[str, dict[str, Any]]  # ("job" | "chat", row)
 
 class HistoryUnavailable(RuntimeError):
     """The history database cannot answer right now."""
+
+
+class BadCursor(ValueError):
+    """A pagination cursor that this server did not make."""
+
+
+def owner_digest(key: str | bytes, owner: str) -> str:
+    """The keyed hash kept for a job's owner: it matches, it does not reveal."""
+    secret = key.encode() if isinstance(key, str) else key
+    return hmac.new(secret, b"job-owner\0" + owner.encode(), hashlib.sha256).hexdigest()
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def encode_cursor(finished_at: datetime, job_id: str) -> str:
+    """An opaque position in the newest-first order: after (finished_at, id)."""
+    raw = json.dumps([_micros(finished_at), job_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        micros, job_id = json.loads(raw)
+        if type(micros) is not int or not isinstance(job_id, str) or not 0 < len(job_id) <= 32:
+            raise ValueError
+        return _EPOCH + timedelta(microseconds=micros), job_id
+    except (ValueError, TypeError, OverflowError, binascii.Error):
+        raise BadCursor("not a cursor from this listing: use next_cursor as given") from None
 
 
 def database_url(configured: str | None, instance_path: Path) -> URL:
@@ -149,9 +208,10 @@ def _describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
-def job_row(public: Mapping[str, Any]) -> dict[str, Any]:
-    """The row for a finished job, from ``jobs.describe()``'s JSON."""
+def job_row(public: Mapping[str, Any], owner_key: str | bytes | None = None) -> dict[str, Any]:
+    """The row for a finished job, from ``jobs.describe()``'s JSON (``owner`` hashed)."""
     finished = public.get("finished_at") or time.time()
+    owner = public.get("owner")
     return {
         "id": public["id"],
         "status": public["status"],
@@ -162,6 +222,7 @@ def job_row(public: Mapping[str, Any]) -> dict[str, Any]:
         "message": str(public.get("message") or ""),
         "created_at": _utc(float(public["created_at"])),
         "finished_at": _utc(float(finished)),
+        "owner": owner_digest(owner_key, owner) if owner_key and isinstance(owner, str) else None,
     }
 
 
@@ -195,14 +256,26 @@ class History:
         batch: int,
         timeout_s: float = 5.0,
         engine_options: Mapping[str, Any] | None = None,
+        owner_key: str | bytes | None = None,
+        retention_days: float = 0,
+        prune_interval_s: float = 300.0,
     ) -> None:
         self.url = url
         self.batch = batch
+        # Keys the owner hash (the app passes SECRET_KEY; without one, a key of
+        # this process: owners then match only until it stops).
+        self.owner_key = owner_key or secrets.token_bytes(32)
+        # 0: keep the history forever.
+        self.retention_s = retention_days * 86400.0
+        self.prune_interval_s = prune_interval_s
+        self.pruned = 0
         # How long start-up and shutdown wait for the database.
         self.timeout_s = timeout_s
         self.engine_options = dict(engine_options or {})
         self.engine: AsyncEngine | None = None
         self.ready = False
+        # The schema revisions found and left at start-up (None: empty database).
+        self.revision: tuple[str | None, str] | None = None
         self.written = 0
         self.dropped = 0
         self.failed = 0
@@ -232,6 +305,12 @@ class History:
         try:
             # Bounded: a database that does not answer must not hold up serving.
             await asyncio.wait_for(self._prepare(), self.timeout_s)
+        except SchemaError as error:
+            # Not a database that is down: one this release must not write to.
+            log.critical("history: %s", error)
+            await self.engine.dispose()
+            self.engine = None
+            raise
         except Exception as error:
             # Serve anyway: streams and jobs do not need the history; the
             # writer keeps trying and the history API answers 503 meanwhile.
@@ -289,17 +368,34 @@ class History:
         return engine
 
     async def _prepare(self) -> None:
+        """Upgrade the schema to the head revision (under the migration lock), then serve."""
         assert self.engine is not None
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        async with self.engine.connect() as conn:
+            await conn.run_sync(migrations.lock)
+            before, after = await conn.run_sync(
+                lambda sync: migrations.migrate(sync, url=self.display_url)
+            )
+            await conn.commit()
+        self.revision = (before, after)
         self.ready = True
-        log.info("history database: %s", self.display_url)
+        if before != after:
+            log.info(
+                "history database %s: schema upgraded from revision %s to %s",
+                self.display_url,
+                before or "(empty)",
+                after,
+            )
+        log.info("history database: %s (schema revision %s)", self.display_url, after)
 
     # -- recording (hooks: never block) ------------------------------------------
 
+    def owner_hash(self, owner: str) -> str:
+        """What the ``owner`` column holds for ``owner``."""
+        return owner_digest(self.owner_key, owner)
+
     def record_job(self, public: Mapping[str, Any]) -> None:
-        """``JobRegistry.on_finish`` hook."""
-        self._put(("job", job_row(public)))
+        """``JobRegistry.on_finish`` hook (``public["owner"]``, when present, is hashed)."""
+        self._put(("job", job_row(public, self.owner_key)))
 
     def record_chat(self, message: Mapping[str, Any]) -> None:
         """``AppState.on_chat`` hook."""
@@ -336,6 +432,11 @@ class History:
         while not self.ready:
             try:
                 await self._prepare()
+            except SchemaError as error:
+                # Nothing to retry: the history stays unavailable (503) until
+                # an operator fixes the schema; records are dropped and counted.
+                log.critical("history: %s", error)
+                return
             except Exception as error:
                 self._warn(
                     "prepare",
@@ -345,10 +446,23 @@ class History:
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time()
         while True:
             if self._closing and self._queue.empty():
                 return
-            first = await self._queue.get()
+            wait: float | None = None
+            if self.retention_s > 0 and not self._closing:
+                if loop.time() >= next_prune:
+                    finished = await self._prune_round()
+                    next_prune = loop.time() + (
+                        self.prune_interval_s if finished else _PRUNE_AGAIN_S
+                    )
+                wait = max(0.0, next_prune - loop.time())
+            try:
+                first = await asyncio.wait_for(self._queue.get(), wait)
+            except TimeoutError:
+                continue
             batch = [] if first is None else [first]
             while len(batch) < self.batch and not self._queue.empty():
                 record = self._queue.get_nowait()
@@ -390,6 +504,45 @@ class History:
             if chats:
                 await conn.execute(insert(chat_table), chats)
 
+    # -- retention -----------------------------------------------------------------
+
+    async def _prune_round(self) -> bool:
+        """Delete what is past retention, at most PRUNE_ROUND batches; True when none is left."""
+        before = self.pruned
+        cutoff = time.time() - self.retention_s
+        try:
+            for _ in range(PRUNE_ROUND):
+                if await self.prune(cutoff) < PRUNE_BATCH:
+                    return True
+                await asyncio.sleep(0)  # let the event loop (and the hooks) breathe
+            return False
+        except Exception as error:
+            # Pruning waits for the next round; writing goes on.
+            self._warn("prune", "history: pruning failed: %s", _describe_error(error))
+            return True
+        finally:
+            if self.pruned > before:
+                log.info(
+                    "history: pruned %d row(s) older than %s",
+                    self.pruned - before,
+                    _utc(cutoff).isoformat(timespec="seconds"),
+                )
+
+    async def prune(self, before: float) -> int:
+        """Delete up to PRUNE_BATCH jobs and PRUNE_BATCH chat messages older than ``before``."""
+        assert self.engine is not None
+        cutoff = _utc(before)
+        jobs = jobs_table.c
+        chats = chat_table.c
+        old_jobs = select(jobs.id).where(jobs.finished_at < cutoff).limit(PRUNE_BATCH)
+        old_chats = select(chats.pk).where(chats.sent_at < cutoff).limit(PRUNE_BATCH)
+        async with self.engine.begin() as conn:
+            gone_jobs = await conn.execute(delete(jobs_table).where(jobs.id.in_(old_jobs)))
+            gone_chats = await conn.execute(delete(chat_table).where(chats.pk.in_(old_chats)))
+        counts = (int(gone_jobs.rowcount or 0), int(gone_chats.rowcount or 0))
+        self.pruned += sum(counts)
+        return max(counts)
+
     def _insert_jobs(self) -> Any:
         # A job finishes once, but a batch retried after a lost answer must
         # not fail on the row it already wrote.
@@ -406,28 +559,50 @@ class History:
     # -- queries -----------------------------------------------------------------
 
     async def job_page(
-        self, *, page: int, per_page: int, status: str | None = None
-    ) -> tuple[list[dict[str, Any]], int]:
-        """One page of finished jobs, newest first, and how many there are in all."""
-        where = [] if status is None else [jobs_table.c.status == status]
-        count = select(func.count()).select_from(jobs_table).where(*where)
-        rows = (
+        self,
+        *,
+        owner: str | None,
+        limit: int,
+        cursor: str | None = None,
+        status: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Finished jobs, newest first, after ``cursor``; and the cursor of the next page.
+
+        ``owner`` is an owner hash (:meth:`owner_hash`), or None for every
+        owner (the operator's listing).  Keyset paging on (finished_at, id):
+        no count, no offset, and rows written meanwhile never shift a page.
+        Raises :class:`BadCursor`.
+        """
+        c = jobs_table.c
+        where = [] if status is None else [c.status == status]
+        if owner is not None:
+            where.append(c.owner == owner)
+        if cursor is not None:
+            finished_at, job_id = decode_cursor(cursor)
+            after = (literal(finished_at, UTCDateTime()), literal(job_id, String()))
+            where.append(tuple_(c.finished_at, c.id) < tuple_(*after))
+        query = (
             select(jobs_table)
             .where(*where)
-            .order_by(jobs_table.c.finished_at.desc(), jobs_table.c.id.desc())
-            .limit(per_page)
-            .offset((page - 1) * per_page)
+            .order_by(c.finished_at.desc(), c.id.desc())
+            .limit(limit + 1)  # one more says whether there is a next page
         )
 
-        async def read(conn: AsyncConnection) -> tuple[list[dict[str, Any]], int]:
-            total = int(await conn.scalar(count) or 0)
-            result = await conn.execute(rows)
-            return [job_json(row) for row in result.mappings()], total
+        async def read(conn: AsyncConnection) -> tuple[list[dict[str, Any]], str | None]:
+            rows = list((await conn.execute(query)).mappings())
+            following = None
+            if len(rows) > limit:
+                last = rows[limit - 1]
+                following = encode_cursor(last["finished_at"], last["id"])
+            return [job_json(row) for row in rows[:limit]], following
 
         return await self._read(read)
 
-    async def job(self, job_id: str) -> dict[str, Any] | None:
+    async def job(self, job_id: str, *, owner: str | None) -> dict[str, Any] | None:
+        """One stored job, if ``owner`` (an owner hash; None: anyone's) owns it."""
         query = select(jobs_table).where(jobs_table.c.id == job_id)
+        if owner is not None:
+            query = query.where(jobs_table.c.owner == owner)
 
         async def read(conn: AsyncConnection) -> dict[str, Any] | None:
             row = (await conn.execute(query)).mappings().first()
@@ -479,61 +654,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-async def restore_chat(
-    history: History, broker: Any, *, topic: str, maxlen: int, limit: int
-) -> int:
-    """Put the last ``limit`` stored chat messages back into an empty chat topic.
-
-    After a restart the in-memory broker (or an emptied Redis) has no chat
-    history; a new ``/stream`` subscriber then still gets recent messages.
-    One process does it: the lease keeps several workers from seeding twice.
-    """
-    holder = getattr(broker, "node", "local")
-    if not await broker.lease("chat-restore", holder, 30.0):
-        return 0
-    try:
-        if await broker.last_seq(topic):
-            return 0
-        messages = await history.recent_chat(limit)
-        if not messages:
-            return 0
-        items = [
-            (
-                json.dumps({k: m[k] for k in ("user", "message", "time")}, ensure_ascii=False),
-                None,
-                None,
-            )
-            for m in messages
-        ]
-        await broker.publish_many(topic, items, maxlen=maxlen)
-        log.info("chat: restored %d message(s) from the history", len(items))
-        return len(items)
-    finally:
-        await broker.release("chat-restore", holder)
-
-
 def init_app(app: Quart, state: AppState) -> History:
-    """Create the history, hook it to finished jobs and chat, restore chat at start-up."""
+    """Create the history and hook it to finished jobs and chat messages."""
     config = app.config
     history = History(
         database_url(config["DATABASE_URL"], Path(app.instance_path)),
         queue_size=config["DB_QUEUE_SIZE"],
         batch=config["DB_BATCH"],
+        owner_key=config["SECRET_KEY"],
+        retention_days=config["HISTORY_RETENTION_DAYS"],
+        prune_interval_s=config["HISTORY_PRUNE_INTERVAL_S"],
     )
     state.history = history
     state.jobs.on_finish.append(history.record_job)
     state.on_chat.append(history.record_chat)
 
-    async def restore(history: History) -> None:
-        from .blueprints.push import CHAT_BACKLOG, CHAT_CHANNEL, channel_topic
-
-        await restore_chat(
-            history,
-            state.broker,
-            topic=channel_topic(CHAT_CHANNEL),
-            maxlen=config["CHANNEL_HISTORY"],
-            limit=CHAT_BACKLOG,
-        )
-
-    history.on_ready.append(restore)
     return history
