@@ -10,7 +10,7 @@ from quart.typing import TestClientProtocol as Client
 
 from quart_app import create_app
 
-from .server import ServerProcess
+from .harness import ServerProcess
 
 # Short intervals so tests wait on events, not on wall-clock defaults.
 FAST = {
@@ -79,7 +79,7 @@ async def browser(tmp_path: Path) -> AsyncIterator[Any]:
 @pytest.fixture(scope="session")
 def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One throwaway ``redis-server`` for the session (fails clearly if it is not installed)."""
-    from .redis_server import RedisServer
+    from .harness import RedisServer
 
     redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield redis
@@ -96,7 +96,7 @@ def redis_url(redis_session: Any) -> str:
 @pytest.fixture
 def durable_redis(tmp_path: Path) -> Iterator[Any]:
     """A Redis of this test's own that keeps every accepted write across a kill and restart."""
-    from .redis_server import RedisServer
+    from .harness import RedisServer
 
     redis = RedisServer(tmp_path / "redis", durable=True).start()
     yield redis

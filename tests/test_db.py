@@ -1,4 +1,5 @@
-"""Persistent history on SQLite and on a real PostgreSQL server: restart, paging, the queue."""
+"""Persistent history on SQLite and on a real PostgreSQL server: restart, keyset paging,
+the queue, retention."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
 from quart_app import create_app
-from quart_app.broker import MemoryBroker
-from quart_app.db import History, database_url, job_row, restore_chat
+from quart_app.brokers import MemoryBroker
+from quart_app.channels import restore_chat
+from quart_app.db import History, database_url, job_row
 from quart_app.state import get_state
 
 from .conftest import FAST
-from .postgres_server import PostgresServer
+from .harness import PostgresServer
+from .polling import eventually
 from .streaming import read_stream
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,14 +49,50 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> str | None
     return await server.create_database(f"t_{secrets.token_hex(6)}")
 
 
+OPERATOR_TOKEN = "operator-" + "t" * 24
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
+
 def config_for(tmp_path: Path, database: str | None, **extra: Any) -> dict[str, Any]:
     return {
         "INSTANCE_PATH": str(tmp_path / "instance"),
         "SECRET_KEY": "test-" + "k" * 40,
         "DATABASE_URL": database,
+        "OPERATOR_TOKEN": OPERATOR_TOKEN,
         **FAST,
         **extra,
     }
+
+
+def stored_job(i: int, now: float, **extra: Any) -> dict[str, Any]:
+    """A finished job as ``jobs`` hands it to the history (i-th oldest)."""
+    statuses = ["done", "cancelled", "failed"]
+    return {
+        "id": f"job{i:019d}",
+        "status": statuses[i % 3],
+        "amount": 10,
+        "length": 8,
+        "delay_ms": 0,
+        "produced": 10 if i % 3 == 0 else i % 10,
+        "message": "",
+        "created_at": now - 1000 + i,
+        "finished_at": now - 1000 + i + 0.5,
+        **extra,
+    }
+
+
+async def all_pages(client: Client, query: str, **kwargs: Any) -> list[list[str]]:
+    """Follow next_cursor from the first page to the last; the ids of each page."""
+    pages: list[list[str]] = []
+    url = f"/api/v1/jobs?{query}"
+    while True:
+        response = await client.get(url, **kwargs)
+        assert response.status_code == 200, await response.get_data(as_text=True)
+        content = (await response.get_json())["content"]
+        pages.append([item["id"] for item in content["items"]])
+        if content["next_cursor"] is None:
+            return pages
+        url = f"/api/v1/jobs?{query}&cursor={content['next_cursor']}"
 
 
 @asynccontextmanager
@@ -61,12 +100,6 @@ async def running(config: dict[str, Any]) -> AsyncIterator[Quart]:
     app = create_app(config)
     async with app.test_app():
         yield app
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def run_job(client: Client, amount: int, length: int) -> str:
@@ -94,6 +127,7 @@ async def test_history_survives_a_restart(tmp_path: Path, database: str | None) 
     config = config_for(tmp_path, database)
     async with running(config) as app:
         client = app.test_client()
+        assert (await client.get("/")).status_code == 200  # a session, as a browser has
         first = await run_job(client, 3, 5)
         cancelled = await cancel_a_job(client)
         last = await run_job(client, 2, 7)
@@ -101,13 +135,16 @@ async def test_history_survives_a_restart(tmp_path: Path, database: str | None) 
             response = await client.post("/chat", json={"message": message, "user": user})
             assert response.status_code == 202
         history = get_state(app).history
-        await wait_for(lambda: history.written == 5)
+        await eventually(lambda: history.written == 5, timeout=10)
     # The app is gone: its broker (memory) and its jobs with it.
+
+    cookies = client.cookie_jar
 
     async with running(config) as app:
         client = app.test_client()
+        client.cookie_jar = cookies  # the same browser, after the restart
         body = await (await client.get("/api/v1/jobs")).get_json()
-        assert body["success"] is True
+        assert body["success"] is True and body["content"]["scope"] == "own"
         items = body["content"]["items"]
         assert [item["id"] for item in items] == [last, cancelled, first]
         assert [item["status"] for item in items] == ["done", "cancelled", "done"]
@@ -154,53 +191,61 @@ async def test_paging_through_the_history(tmp_path: Path, database: str | None) 
     async with running(config_for(tmp_path, database)) as app:
         history = get_state(app).history
         now = time.time()
-        statuses = ["done", "cancelled", "failed"]
-        jobs = [
-            {
-                "id": f"job{i:019d}",
-                "status": statuses[i % 3],
-                "amount": 10,
-                "length": 8,
-                "delay_ms": 0,
-                "produced": 10 if i % 3 == 0 else i % 10,
-                "message": "",
-                "created_at": now - 1000 + i,
-                "finished_at": now - 1000 + i + 0.5,
-            }
-            for i in range(45)
-        ]
+        jobs = [stored_job(i, now) for i in range(45)]
         await history.write([("job", job_row(job)) for job in jobs])
         client = app.test_client()
 
-        seen: list[str] = []
-        for page in (1, 2, 3):
-            body = await (await client.get(f"/api/v1/jobs?page={page}&per_page=20")).get_json()
-            content = body["content"]
-            assert (content["page"], content["per_page"], content["total"], content["pages"]) == (
-                page,
-                20,
-                45,
-                3,
-            )
-            seen += [item["id"] for item in content["items"]]
-        # Newest first, every job exactly once.
-        assert seen == [job["id"] for job in reversed(jobs)]
+        # Newest first, every job exactly once, 20 at a time; the last page says so.
+        pages = await all_pages(client, "limit=20", headers=OPERATOR)
+        assert [len(page) for page in pages] == [20, 20, 5]
+        assert sum(pages, []) == [job["id"] for job in reversed(jobs)]
+        # per_page is the same as limit, and page=1 is the first page.
+        assert await all_pages(client, "page=1&per_page=20", headers=OPERATOR) == pages
 
-        beyond = await (await client.get("/api/v1/jobs?page=4&per_page=20")).get_json()
-        assert beyond["content"]["items"] == [] and beyond["content"]["total"] == 45
-
-        failed = await (await client.get("/api/v1/jobs?status=failed&per_page=100")).get_json()
-        assert failed["content"]["total"] == 15
-        assert {item["status"] for item in failed["content"]["items"]} == {"failed"}
+        failed = await all_pages(client, "status=failed&limit=100", headers=OPERATOR)
+        assert failed == [[job["id"] for job in reversed(jobs) if job["status"] == "failed"]]
+        assert len(failed[0]) == 15
 
         # Writing the same job again keeps the stored one (a retried batch).
         await history.write([("job", job_row({**jobs[0], "status": "failed"}))])
-        again = await (await client.get(f"/api/v1/jobs/{jobs[0]['id']}")).get_json()
-        assert again["content"]["status"] == "done"
+        again = await client.get(f"/api/v1/jobs/{jobs[0]['id']}", headers=OPERATOR)
+        assert (await again.get_json())["content"]["status"] == "done"
+
+
+async def test_pages_stay_exact_while_jobs_finish(tmp_path: Path, database: str | None) -> None:
+    """Keyset pages: jobs finishing between two pages shift nothing (OFFSET would repeat rows)."""
+    async with running(config_for(tmp_path, database)) as app:
+        history = get_state(app).history
+        now = time.time()
+        jobs = [stored_job(i, now) for i in range(30)]
+        # Two jobs that finished in the same microsecond: the id orders them.
+        jobs.append(stored_job(30, now, finished_at=jobs[-1]["finished_at"]))
+        await history.write([("job", job_row(job)) for job in jobs])
+        expected = [job["id"] for job in sorted(jobs, key=lambda j: (j["finished_at"], j["id"]))]
+        client = app.test_client()
+
+        seen: list[str] = []
+        url = "/api/v1/jobs?limit=7"
+        newer = 0
+        while url:
+            content = (await (await client.get(url, headers=OPERATOR)).get_json())["content"]
+            seen += [item["id"] for item in content["items"]]
+            # Meanwhile, three more jobs finish (newer than everything listed).
+            fresh = [stored_job(1000 + newer + k, now + 2000) for k in range(3)]
+            newer += 3
+            await history.write([("job", job_row(job)) for job in fresh])
+            cursor = content["next_cursor"]
+            url = f"/api/v1/jobs?limit=7&cursor={cursor}" if cursor else ""
+        assert seen == list(reversed(expected))
+        assert newer == 3 * 5  # 31 jobs, 7 a page
+
+        # The first page now starts with the newest of those.
+        first = (await (await client.get("/api/v1/jobs?limit=1", headers=OPERATOR)).get_json())
+        assert first["content"]["items"][0]["id"] == f"job{1000 + newer - 1:019d}"
 
 
 async def test_history_api_answers_503_while_the_database_is_unreachable(tmp_path: Path) -> None:
-    from .server import free_port
+    from .harness import free_port
 
     url = f"postgresql+asyncpg://nobody:secret-pw-123@127.0.0.1:{free_port()}/none"
     async with running(config_for(tmp_path, url)) as app:
@@ -233,7 +278,7 @@ async def test_a_full_queue_drops_new_records_and_counts_them(tmp_path: Path) ->
     assert (history.queued, history.dropped) == (3, 2)
     await history.start()
     try:
-        await wait_for(lambda: history.written == 3)
+        await eventually(lambda: history.written == 3, timeout=10)
         assert [m["message"] for m in await history.recent_chat(50)] == ["m0", "m1", "m2"]
     finally:
         await history.close()
@@ -270,7 +315,7 @@ async def test_the_writer_waits_for_a_database_that_comes_up_later(
             await asyncio.sleep(0.3)
             assert history.written == 0 and not history.ready
             await asyncio.to_thread(server.start)
-            await wait_for(lambda: history.written == 25, timeout=30)
+            await eventually(lambda: history.written == 25, timeout=30)
         assert [m["message"] for m in await history.recent_chat(3)] == ["m22", "m23", "m24"]
         text = caplog.text
         assert "unavailable" in text and server.password not in text
@@ -303,7 +348,7 @@ async def test_chat_is_restored_only_into_an_empty_topic(tmp_path: Path) -> None
     try:
         for n in range(3):
             history.record_chat(chat(n))
-        await wait_for(lambda: history.written == 3)
+        await eventually(lambda: history.written == 3, timeout=10)
         assert await restore_chat(history, broker, topic="channel:chat", maxlen=100, limit=2) == 2
         assert await broker.last_seq("channel:chat") == 2
         # Not again: the topic has history now.

@@ -11,12 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from .server import ServerProcess
+from .harness import ServerProcess
+from .polling import eventually
 from .sse_parser import StrictParser
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "failover-token"
+TOKEN = "failover-publish-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 STREAMS = 500
 
@@ -75,8 +76,7 @@ async def test_drain_500_streams_then_resume_elsewhere(server_factory: Any, redi
                 await asyncio.sleep(0.005)
 
         publisher = asyncio.create_task(publish())
-        while len(published) < 20:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(published) >= 20, timeout=30)
         started = time.monotonic()
         first.signal(signal.SIGTERM)
         results = await asyncio.wait_for(asyncio.gather(*watchers), 15)

@@ -11,7 +11,8 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from .server import ServerProcess
+from .harness import ServerProcess
+from .polling import eventually
 from .sse_client import dispatched
 
 pytestmark = pytest.mark.e2e
@@ -41,18 +42,7 @@ async def stats(client: httpx.AsyncClient) -> dict[str, Any]:
 async def wait_stats(
     client: httpx.AsyncClient, predicate: Any, timeout: float = 10
 ) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
-        while not predicate(current := await stats(client)):
-            await asyncio.sleep(0.05)
-    return current
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    return await eventually(lambda: stats(client), predicate, timeout=timeout, interval=0.05)
 
 
 async def take(
@@ -123,8 +113,6 @@ def stalled_socket(port: int, path: str) -> socket.socket:
 async def test_clients_that_never_read_slow_no_one_and_cost_bounded_memory(
     push_server: ServerProcess,
 ) -> None:
-    assert push_server.proc is not None
-    pid = push_server.proc.pid
     blob = "x" * 8000
     count = 2500  # 20 MB published in all
     stalled = [stalled_socket(push_server.port, "/channels/flood/events") for _ in range(40)]
@@ -135,7 +123,7 @@ async def test_clients_that_never_read_slow_no_one_and_cost_bounded_memory(
                 client,
                 lambda s: s["open_streams"]["channel"] == 40 and s["open_streams"]["numbers"] == 10,
             )
-            before = rss_kib(pid)
+            before = push_server.rss_kib()
             good = asyncio.create_task(take(client, "/channels/flood/events", count))
             ticks = asyncio.create_task(take(client, "/numbers", 40))
             await wait_stats(client, lambda s: s["subscribers"].get("channel:flood") == 41)
@@ -150,7 +138,7 @@ async def test_clients_that_never_read_slow_no_one_and_cost_bounded_memory(
 
             await asyncio.gather(*(post(n) for n in range(count)))
             events = await asyncio.wait_for(good, 30)
-            grown_kib = rss_kib(pid) - before
+            grown_kib = push_server.rss_kib() - before
             # Stalled channel clients were disconnected; stalled ticker clients
             # stay (they lose the oldest numbers); the ticker kept its pace.
             tick_ids = [int(e.id) for e in await asyncio.wait_for(ticks, 10)]

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
+from .polling import eventually
 from .streaming import read_stream
 
 JOB = "Q" * 22
@@ -183,9 +184,7 @@ async def test_after_the_fuzz_no_stream_or_task_is_left(app: Quart, client: Clie
         except TimeoutError:
             pass
     state = app.extensions["quart_app"]
-    async with asyncio.timeout(5):
-        while state.hub.open or state.ticker.running or state.clock.running:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: not (state.hub.open or state.ticker.running or state.clock.running))
     assert len(asyncio.all_tasks()) <= baseline
 
 

@@ -18,6 +18,7 @@ from quart_app.config import default_config, validate
 from quart_app.logs import JsonFormatter, SecretFilter, redact_query, secrets_of
 from quart_app.state import get_state
 
+from .polling import eventually
 from .streaming import read_stream
 
 TOKEN = "publish-token-0123456789"
@@ -38,12 +39,6 @@ async def scrape(client: Client) -> dict[str, Any]:
         samples = {tuple(sorted(s.labels.items())): s.value for s in family.samples}
         families[family.name] = (family.type, samples)
     return families
-
-
-async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def test_metrics_parse_and_match_the_stats(client: Client) -> None:
@@ -92,18 +87,16 @@ async def test_metrics_parse_and_match_the_stats(client: Client) -> None:
 
 
 async def _stats_when(client: Client, predicate: Any) -> dict[str, Any]:
-    async with asyncio.timeout(5):
-        while True:
-            content = (await (await client.get("/api/v1/stats")).get_json())["content"]
-            if predicate(content):
-                return content  # type: ignore[no-any-return]
-            await asyncio.sleep(0.02)
+    async def content() -> dict[str, Any]:
+        return (await (await client.get("/api/v1/stats")).get_json())["content"]  # type: ignore[no-any-return]
+
+    return await eventually(content, predicate, interval=0.02)
 
 
 async def test_a_slow_subscriber_is_counted_as_a_queue_drop(app: Quart, client: Client) -> None:
     app.config["SSE_QUEUE_SIZE"] = 5
     stream = asyncio.create_task(read_stream(client, "/channels/burst/events", timeout=5))
-    await wait_for(lambda: get_state(app).broker.local_subscribers().get("channel:burst") == 1)
+    await eventually(lambda: get_state(app).broker.local_subscribers().get("channel:burst") == 1)
     async with app.app_context():
         # Twenty publishes with no await that yields: the subscriber falls behind.
         for n in range(20):
@@ -127,7 +120,7 @@ async def test_why_streams_ended(app: Quart, client: Client) -> None:
     aged = await read_stream(client, "/stream", until=lambda p: False, timeout=5)
     assert aged.ended
     closes = get_state(app).hub.closes
-    await wait_for(
+    await eventually(
         lambda: closes["client"] >= 1 and closes["ended"] >= 1 and closes["max_age"] >= 1
     )
     metrics = await scrape(client)

@@ -13,6 +13,7 @@ from quart.typing import TestClientProtocol as Client
 
 from quart_app import sse
 
+from .polling import eventually
 from .streaming import read_stream
 
 TOKEN = "publish-token-for-tests"
@@ -20,12 +21,6 @@ TOKEN = "publish-token-for-tests"
 
 def state(app: Quart) -> Any:
     return app.extensions["quart_app"]
-
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -40,13 +35,13 @@ async def test_ticker_runs_only_while_someone_listens(app: Quart, client: Client
     first = asyncio.create_task(
         read_stream(client, "/numbers", until=lambda p: len(p.events) >= 40, timeout=10)
     )
-    await wait_for(lambda: ticker.running)
+    await eventually(lambda: ticker.running)
     second = await read_stream(client, "/numbers", until=lambda p: len(p.events) >= 3)
     assert ticker.running  # the first subscriber still listens
     assert ticker.started_total == 1  # never a second task beside the first
     result = await first
     assert all(e.type == "newnumber" for e in result.parsed.events)
-    await wait_for(lambda: not ticker.running)
+    await eventually(lambda: not ticker.running)
     assert ticker.listeners == 0
     assert second.parsed.events[0].type == "newnumber"
 
@@ -62,7 +57,7 @@ async def test_ticker_frames_and_history_of_ten(app: Quart, client: Client) -> N
     keep = asyncio.create_task(
         read_stream(client, "/numbers", until=lambda p: len(p.events) >= 1000, timeout=1.5)
     )
-    await wait_for(lambda: state(app).ticker.running)
+    await eventually(lambda: state(app).ticker.running)
     newcomer = await read_stream(client, "/numbers", until=lambda p: len(p.events) >= 10)
     last_known = state(app).broker._topics["ticker"].history.last_seq
     got = [int(e.last_event_id) for e in newcomer.parsed.events[:10]]
@@ -193,7 +188,7 @@ async def test_slow_subscriber_is_disconnected_and_can_resume(app: Quart, client
     async with app.app_context():
         await sse.publish("before", channel="burst")
     stream = asyncio.create_task(read_stream(client, "/channels/burst/events", timeout=5))
-    await wait_for(lambda: state(app).broker.local_subscribers().get("channel:burst") == 1)
+    await eventually(lambda: state(app).broker.local_subscribers().get("channel:burst") == 1)
     async with app.app_context():
         # Twenty publishes with no await that yields: the subscriber falls behind.
         for n in range(20):
@@ -214,7 +209,7 @@ async def test_publish_from_code_like_flask_sse(app: Quart, client: Client) -> N
     stream = asyncio.create_task(
         read_stream(client, "/channels/news/events", until=lambda p: len(p.events) >= 1)
     )
-    await wait_for(lambda: state(app).broker.local_subscribers().get("channel:news") == 1)
+    await eventually(lambda: state(app).broker.local_subscribers().get("channel:news") == 1)
     async with app.app_context():
         event_id = await sse.publish({"message": "Hello!"}, type="greeting", channel="news")
     result = await stream
@@ -243,7 +238,7 @@ INJECTIONS = [
 @pytest.mark.parametrize("text", INJECTIONS)
 async def test_no_injection_through_chat(app: Quart, client: Client, text: str) -> None:
     stream = asyncio.create_task(read_stream(client, "/stream", until=lambda p: len(p.events) >= 1))
-    await wait_for(lambda: state(app).broker.local_subscribers().get("channel:chat") == 1)
+    await eventually(lambda: state(app).broker.local_subscribers().get("channel:chat") == 1)
     response = await client.post("/chat", json={"message": text, "user": "mallory\nevent: x"})
     assert response.status_code == 202
     result = await stream
@@ -338,7 +333,7 @@ async def test_streams_leave_nothing_behind(app: Quart, client: Client) -> None:
         asyncio.create_task(read_stream(client, p, until=lambda p: False, timeout=0.5))
         for p in paths
     ]
-    await wait_for(lambda: len(state(app).hub.open) == len(paths))
+    await eventually(lambda: len(state(app).hub.open) == len(paths))
     assert state(app).hub.counts() == {
         "job": 0,
         "numbers": 10,
@@ -349,9 +344,9 @@ async def test_streams_leave_nothing_behind(app: Quart, client: Client) -> None:
     for task in streams:
         with pytest.raises(TimeoutError):
             await task
-    await wait_for(lambda: not state(app).hub.open)
+    await eventually(lambda: not state(app).hub.open)
     assert state(app).broker.local_subscribers() == {}
-    await wait_for(lambda: not state(app).ticker.running and not state(app).clock.running)
+    await eventually(lambda: not state(app).ticker.running and not state(app).clock.running)
 
 
 async def test_max_age_ends_a_stream_with_a_jittered_retry(app: Quart, client: Client) -> None:
@@ -367,7 +362,7 @@ async def test_drain_ends_every_stream_and_refuses_new_ones(app: Quart, client: 
         asyncio.create_task(read_stream(client, p, timeout=5))
         for p in ["/numbers", "/stream", "/clock"]
     ]
-    await wait_for(lambda: len(state(app).hub.open) == 3)
+    await eventually(lambda: len(state(app).hub.open) == 3)
     state(app).hub.drain()
     for task in streams:
         result = await task

@@ -15,7 +15,8 @@ from quart.typing import TestClientProtocol as Client
 from quart_app import create_app
 
 from .conftest import FAST
-from .redis_server import RedisServer
+from .harness import RedisServer
+from .polling import eventually
 from .sse_parser import Parsed
 from .streaming import read_stream
 
@@ -81,9 +82,7 @@ async def test_status_shows_progress_from_another_worker(workers: tuple[Quart, Q
     one, two = (app.test_client() for app in workers)
     job = await start_job(one, amount=200, length=4, delay_ms=10)
     watching = asyncio.create_task(read_stream(one, f"/jobs/{job}/events", timeout=10))
-    async with asyncio.timeout(5):
-        while (await status(two, job))["produced"] < 5:
-            await asyncio.sleep(0.02)
+    await eventually(lambda: status(two, job), lambda s: s["produced"] >= 5, interval=0.02)
     assert (await status(two, job))["status"] == "running"
     await two.delete(f"/jobs/{job}")
     await watching
@@ -95,9 +94,7 @@ async def test_delete_on_another_worker_cancels_the_job_where_it_runs(
     one, two = (app.test_client() for app in workers)
     job = await start_job(one, amount=1000, length=4, delay_ms=20)
     watching = asyncio.create_task(read_stream(one, f"/jobs/{job}/events", timeout=10))
-    async with asyncio.timeout(5):
-        while (await status(two, job))["produced"] < 3:
-            await asyncio.sleep(0.02)
+    await eventually(lambda: status(two, job), lambda s: s["produced"] >= 3, interval=0.02)
     response = await two.delete(f"/jobs/{job}")
     assert response.status_code == 200
     assert (await response.get_json())["status"] == "cancelled"
@@ -116,9 +113,9 @@ async def test_a_watcher_on_another_worker_keeps_a_job_from_being_orphaned(
     assert result.parsed.events[-1].type == "done"
     # Unwatched everywhere, a job is still cancelled as orphaned.
     job = await start_job(one, amount=1000, length=4, delay_ms=50)
-    async with asyncio.timeout(5):
-        while (final := await status(two, job))["status"] == "running":
-            await asyncio.sleep(0.05)
+    final = await eventually(
+        lambda: status(two, job), lambda s: s["status"] != "running", interval=0.05
+    )
     assert final["status"] == "cancelled" and "nobody watched" in final["message"]
 
 
@@ -132,9 +129,9 @@ async def test_job_routes_answer_503_while_redis_is_down(tmp_path: Path) -> None
             watching = asyncio.create_task(
                 read_stream(client, f"/jobs/{job}/events", until=done, timeout=20)
             )
-            async with asyncio.timeout(5):
-                while (await status(client, job))["produced"] < 3:
-                    await asyncio.sleep(0.02)
+            await eventually(
+                lambda: status(client, job), lambda s: s["produced"] >= 3, interval=0.02
+            )
             redis.kill()
             refused = await client.post("/jobs", json={"amount": 5, "length": 4})
             assert refused.status_code == 503

@@ -16,8 +16,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from .redis_server import RedisServer
-from .server import ServerProcess
+from .harness import RedisServer, ServerProcess
 from .sse_client import dispatched
 
 pytestmark = pytest.mark.e2e

@@ -16,11 +16,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from .server import free_port
+from ..polling import wait_until
+from .processes import free_port, tail, terminate
 
 USER = "quart_app"
 
@@ -50,6 +50,8 @@ class PostgresServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.root: Path | None = None
         self._as: dict[str, Any] = {}
+        self.log_path: Path | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -77,8 +79,7 @@ class PostgresServer:
             self.stop()
             raise
         self.log_path = self.root / "postgres.log"
-        log = open(self.log_path, "wb")  # the server's output; closed in stop()
-        self._log = log
+        self._log = log = open(self.log_path, "wb")  # the server's output; closed in stop()
         self.proc = subprocess.Popen(
             [
                 str(self.bindir / "postgres"),
@@ -103,19 +104,17 @@ class PostgresServer:
             cwd=self.root,
             **self._as,
         )
-        deadline = time.monotonic() + timeout
         try:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"postgres exited early:\n{self.log()}")
-                if self._ready():
-                    return self
-                time.sleep(0.1)
-            raise RuntimeError(f"postgres did not start in {timeout} s:\n{self.log()}")
+            wait_until(self._ready, timeout=timeout, interval=0.1)
+        except TimeoutError:
+            output = self.log()
+            self.stop()
+            raise RuntimeError(f"postgres did not start in {timeout} s:\n{output}") from None
         except BaseException:
             # Never leave a server (or its folder) behind a failed start.
             self.stop()
             raise
+        return self
 
     def _initdb(self, data: Path, pwfile: Path) -> None:
         subprocess.run(
@@ -142,6 +141,9 @@ class PostgresServer:
         )
 
     def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"postgres exited early:\n{self.log()}")
         # pg_isready: synchronous, so start() works inside or outside an event loop.
         probe = subprocess.run(
             [
@@ -172,21 +174,14 @@ class PostgresServer:
         return self.url_for(name)
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except (AttributeError, FileNotFoundError):
-            return ""
+        return tail(self.log_path, 4000) if self.log_path is not None else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # "fast" shutdown
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if getattr(self, "_log", None):
+        if self.proc is not None:
+            terminate(self.proc, signal.SIGINT)  # "fast" shutdown
+        if self._log is not None:
             self._log.close()
+            self._log = None
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None

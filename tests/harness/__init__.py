@@ -1,0 +1,23 @@
+"""Real processes for the end-to-end tests and the benchmarks: Hypercorn, Redis, PostgreSQL.
+
+Each launcher picks a free loopback port, starts its process, waits until it
+answers, and stops it (and everything it started) in ``stop()``.
+"""
+
+from __future__ import annotations
+
+from .hypercorn import PRODUCT_APP, ROOT, ServerProcess
+from .postgres import PostgresServer
+from .processes import HOST, free_port
+from .redis import RedisCluster, RedisServer
+
+__all__ = [
+    "HOST",
+    "PRODUCT_APP",
+    "ROOT",
+    "PostgresServer",
+    "RedisCluster",
+    "RedisServer",
+    "ServerProcess",
+    "free_port",
+]

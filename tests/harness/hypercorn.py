@@ -1,0 +1,180 @@
+"""A real Hypercorn process on a free loopback port, for end-to-end tests and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from ..polling import wait_until
+from .processes import (
+    HOST,
+    children,
+    cmdline,
+    cpu_s,
+    free_port,
+    kill_left,
+    rss_kib,
+    tail,
+    terminate,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCT_APP = "quart_app:create_app()"
+TEST_SECRET_KEY = "test-secret-key-for-e2e-tests-only-0123456789"
+
+
+class ServerProcess:
+    """``hypercorn --config hypercorn.toml APP`` on its own port, run from ``root``.
+
+    ``workers`` is Hypercorn's ``--workers`` (``None``: its default, one worker
+    process; ``0``: it serves in its own process).  ``prefix`` goes before the
+    command (``taskset``, ``nice``: programs that exec in place, so the process
+    started is the server).  ``command`` replaces the whole Hypercorn command
+    line with any server that answers ``GET /healthz``.
+    """
+
+    def __init__(
+        self,
+        instance: Path,
+        env: dict[str, str] | None = None,
+        *,
+        workers: int | None = None,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        app: str = PRODUCT_APP,
+        root: Path = ROOT,
+        prefix: Sequence[str] = (),
+        command: Sequence[str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.instance = instance
+        self.port = port or free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.env = {
+            **os.environ,
+            "QUART_INSTANCE_PATH": str(instance),
+            "QUART_SECRET_KEY": TEST_SECRET_KEY,
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.workers = workers
+        self.args = list(args)
+        self.app = app
+        self.root = root
+        self.prefix = list(prefix)
+        self.command = list(command) if command is not None else None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = log_path or instance / f"server-{self.port}.log"
+        self._log: IO[bytes] | None = None
+        self._workers: dict[int, str] = {}
+
+    def argv(self) -> list[str]:
+        if self.command is not None:
+            return [*self.prefix, *self.command]
+        return [
+            *self.prefix,
+            sys.executable,
+            "-m",
+            "hypercorn",
+            "--config",
+            str(self.root / "hypercorn.toml"),
+            "--bind",
+            f"{HOST}:{self.port}",
+            *(["--workers", str(self.workers)] if self.workers is not None else []),
+            *self.args,
+            self.app,
+        ]
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        """Start it and wait until ``/healthz`` answers 200 (``RuntimeError`` otherwise)."""
+        self.instance.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")  # the server's output; closed in stop()
+        self.proc = subprocess.Popen(
+            self.argv(), cwd=self.root, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        try:
+            wait_until(self._healthy, timeout=timeout)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(
+                f"server did not become healthy in {timeout} s:\n{self.log()}"
+            ) from None
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1.0) as response:
+                return bool(response.status == 200)
+        except OSError:  # refused, reset, timed out, or an HTTP error status
+            return False
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def worker_pids(self, timeout: float = 10.0) -> list[int]:
+        """The processes that serve: Hypercorn's worker children (multiprocessing
+        "spawn", beside a resource tracker), or the server itself with ``--workers 0``
+        or a ``command``.  Waits for every worker to exist."""
+        if self.command is not None or self.workers == 0:
+            return [self.pid]
+        if not self._workers:
+            want = self.workers or 1
+
+            def spawned() -> list[int]:
+                return [pid for pid in children(self.pid) if "spawn_main" in cmdline(pid)]
+
+            try:
+                found = wait_until(spawned, lambda pids: len(pids) >= want, timeout=timeout)
+            except TimeoutError:
+                found = spawned()
+            self._workers = {pid: cmdline(pid) for pid in found}
+        return list(self._workers) or [self.pid]
+
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by every serving process."""
+        return sum(cpu_s(pid) or 0.0 for pid in self.worker_pids())
+
+    def rss_kib(self) -> int:
+        """Resident memory of every serving process, in KiB."""
+        return sum(rss_kib(pid) or 0 for pid in self.worker_pids())
+
+    def log(self, chars: int = 4000) -> str:
+        return tail(self.log_path, chars)
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM, SIGKILL after ``grace`` seconds, and never leave a worker behind."""
+        if self.proc is not None:
+            terminate(self.proc, signal.SIGTERM, grace)
+        kill_left(self._workers)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
