@@ -561,22 +561,22 @@ class History:
     async def job_page(
         self,
         *,
-        owner: str | None,
+        owners: Sequence[str] | None,
         limit: int,
         cursor: str | None = None,
         status: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Finished jobs, newest first, after ``cursor``; and the cursor of the next page.
 
-        ``owner`` is an owner hash (:meth:`owner_hash`), or None for every
-        owner (the operator's listing).  Keyset paging on (finished_at, id):
+        ``owners`` are owner hashes (:meth:`owner_hash`) whose jobs to list, or
+        None for every owner's (the operator's listing).  Keyset paging on (finished_at, id):
         no count, no offset, and rows written meanwhile never shift a page.
         Raises :class:`BadCursor`.
         """
         c = jobs_table.c
         where = [] if status is None else [c.status == status]
-        if owner is not None:
-            where.append(c.owner == owner)
+        if owners is not None:
+            where.append(c.owner.in_(list(owners)))
         if cursor is not None:
             finished_at, job_id = decode_cursor(cursor)
             after = (literal(finished_at, UTCDateTime()), literal(job_id, String()))
@@ -598,11 +598,11 @@ class History:
 
         return await self._read(read)
 
-    async def job(self, job_id: str, *, owner: str | None) -> dict[str, Any] | None:
-        """One stored job, if ``owner`` (an owner hash; None: anyone's) owns it."""
+    async def job(self, job_id: str, *, owners: Sequence[str] | None) -> dict[str, Any] | None:
+        """One stored job, if one of ``owners`` (owner hashes; None: anyone) owns it."""
         query = select(jobs_table).where(jobs_table.c.id == job_id)
-        if owner is not None:
-            query = query.where(jobs_table.c.owner == owner)
+        if owners is not None:
+            query = query.where(jobs_table.c.owner.in_(list(owners)))
 
         async def read(conn: AsyncConnection) -> dict[str, Any] | None:
             row = (await conn.execute(query)).mappings().first()

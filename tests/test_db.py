@@ -19,7 +19,7 @@ from quart.typing import TestClientProtocol as Client
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
-from quart_app import create_app
+from quart_app import create_app, db
 from quart_app.brokers import MemoryBroker
 from quart_app.channels import restore_chat
 from quart_app.db import History, database_url, job_row
@@ -198,7 +198,7 @@ async def test_paging_through_the_history(tmp_path: Path, database: str | None) 
         # Newest first, every job exactly once, 20 at a time; the last page says so.
         pages = await all_pages(client, "limit=20", headers=OPERATOR)
         assert [len(page) for page in pages] == [20, 20, 5]
-        assert sum(pages, []) == [job["id"] for job in reversed(jobs)]
+        assert [i for page in pages for i in page] == [job["id"] for job in reversed(jobs)]
         # per_page is the same as limit, and page=1 is the first page.
         assert await all_pages(client, "page=1&per_page=20", headers=OPERATOR) == pages
 
@@ -240,7 +240,7 @@ async def test_pages_stay_exact_while_jobs_finish(tmp_path: Path, database: str 
         assert newer == 3 * 5  # 31 jobs, 7 a page
 
         # The first page now starts with the newest of those.
-        first = (await (await client.get("/api/v1/jobs?limit=1", headers=OPERATOR)).get_json())
+        first = await (await client.get("/api/v1/jobs?limit=1", headers=OPERATOR)).get_json()
         assert first["content"]["items"][0]["id"] == f"job{1000 + newer - 1:019d}"
 
 
@@ -322,6 +322,149 @@ async def test_the_writer_waits_for_a_database_that_comes_up_later(
     finally:
         await history.close()
         server.stop()
+
+
+# -- retention -------------------------------------------------------------------
+
+DAY = 86400.0
+
+
+async def seed(
+    url: Any, now: float, *, old_jobs: int, old_chats: int
+) -> tuple[list[str], list[str]]:
+    """Old (41 days) and fresh jobs and chat messages; the fresh ones' ids and messages."""
+    setup = History(url, queue_size=1000, batch=100)
+    await setup.start()
+    try:
+        old = [stored_job(i, now - 41 * DAY) for i in range(old_jobs)]
+        fresh = [stored_job(500 + i, now) for i in range(3)]
+        await setup.write([("job", job_row(job)) for job in old + fresh])
+        for n in range(old_chats):
+            setup.record_chat({**chat(n), "message": f"old{n}", "time": now - 41 * DAY + n})
+        for n in range(2):
+            setup.record_chat({**chat(n), "message": f"new{n}", "time": now - 60 + n})
+        await eventually(lambda: setup.written == old_chats + 2, timeout=10)
+    finally:
+        await setup.close()
+    return [job["id"] for job in reversed(fresh)], ["new0", "new1"]
+
+
+async def test_retention_prunes_old_history_in_batches(
+    tmp_path: Path, database: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = database_url(database, tmp_path)
+    now = time.time()
+    fresh_jobs, fresh_chats = await seed(url, now, old_jobs=10, old_chats=9)
+    monkeypatch.setattr(db, "PRUNE_BATCH", 4)
+    history = History(url, queue_size=100, batch=10, retention_days=30, prune_interval_s=3600)
+    batches: list[int] = []
+    prune = history.prune
+
+    async def counting(before: float) -> int:
+        batches.append(await prune(before))
+        return batches[-1]
+
+    history.prune = counting  # type: ignore[method-assign]
+    await history.start()
+    try:
+        # The writer prunes at start: transactions of at most 4 rows per table.
+        await eventually(lambda: history.pruned == 19, timeout=10)
+        assert batches == [4, 4, 2]
+        jobs, _ = await history.job_page(owners=None, limit=100)
+        assert [job["id"] for job in jobs] == fresh_jobs
+        assert [m["message"] for m in await history.recent_chat(100)] == fresh_chats
+
+        # At most once per interval: an old row written now waits for the next round,
+        # though the writer has been round its loop since.
+        await history.write([("job", job_row(stored_job(900, now - 41 * DAY)))])
+        history.record_chat(chat(7))
+        await eventually(lambda: history.written == 1, timeout=10)
+        jobs, _ = await history.job_page(owners=None, limit=100)
+        assert len(jobs) == 4 and history.pruned == 19 and len(batches) == 3
+    finally:
+        await history.close()
+
+
+async def test_a_large_backlog_is_pruned_over_several_short_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = database_url(None, tmp_path)
+    now = time.time()
+    fresh_jobs, _ = await seed(url, now, old_jobs=10, old_chats=0)
+    monkeypatch.setattr(db, "PRUNE_BATCH", 2)
+    monkeypatch.setattr(db, "PRUNE_ROUND", 2)
+    monkeypatch.setattr(db, "_PRUNE_AGAIN_S", 0.05)
+    history = History(url, queue_size=100, batch=10, retention_days=30, prune_interval_s=3600)
+    rounds: list[tuple[int, bool]] = []
+    prune_round = history._prune_round
+
+    async def recording() -> bool:
+        before = history.pruned
+        finished = await prune_round()
+        rounds.append((history.pruned - before, finished))
+        return finished
+
+    history._prune_round = recording  # type: ignore[method-assign]
+    await history.start()
+    try:
+        await eventually(lambda: history.pruned == 10, timeout=10)
+        await eventually(lambda: rounds and rounds[-1][1], timeout=10)
+        # Each round stops after 2 transactions and comes back soon, not in an hour.
+        assert rounds == [(4, False), (4, False), (2, True)]
+        jobs, _ = await history.job_page(owners=None, limit=100)
+        assert [job["id"] for job in jobs] == fresh_jobs
+    finally:
+        await history.close()
+
+
+async def test_retention_zero_keeps_everything(tmp_path: Path) -> None:
+    url = database_url(None, tmp_path)
+    await seed(url, time.time(), old_jobs=5, old_chats=5)
+    history = History(url, queue_size=100, batch=10, retention_days=0, prune_interval_s=0.01)
+    await history.start()
+    try:
+        for n in range(3):
+            history.record_chat(chat(n))
+        await eventually(lambda: history.written == 3, timeout=10)
+        jobs, _ = await history.job_page(owners=None, limit=100)
+        assert len(jobs) == 8 and len(await history.recent_chat(100)) == 10
+        assert history.pruned == 0
+    finally:
+        await history.close()
+
+
+async def test_the_app_prunes_after_the_configured_retention(tmp_path: Path) -> None:
+    config = config_for(tmp_path, None, HISTORY_RETENTION_DAYS=40)
+    url = database_url(None, tmp_path / "instance")
+    fresh_jobs, _ = await seed(url, time.time(), old_jobs=3, old_chats=2)
+    async with running(config) as app:
+        history = get_state(app).history
+        assert history.retention_s == 40 * DAY
+        await eventually(lambda: history.pruned == 5, timeout=10)
+        body = await (await app.test_client().get("/api/v1/jobs", headers=OPERATOR)).get_json()
+        assert [item["id"] for item in body["content"]["items"]] == fresh_jobs
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("HISTORY_RETENTION_DAYS", -1, ">= 0"),
+        ("HISTORY_RETENTION_DAYS", "a month", "integer"),
+        ("HISTORY_PRUNE_INTERVAL_S", 0, "> 0"),
+        ("OPERATOR_TOKEN", "short", "at least 16"),
+    ],
+)
+def test_history_settings_are_checked(tmp_path: Path, key: str, value: Any, words: str) -> None:
+    with pytest.raises(ValueError, match=words) as refused:
+        create_app(config_for(tmp_path, None, **{key: value}))
+    assert key in str(refused.value)
+
+
+def test_history_defaults(tmp_path: Path) -> None:
+    app = create_app({"INSTANCE_PATH": str(tmp_path), **FAST})
+    history = get_state(app).history
+    assert history.retention_s == 30 * DAY and history.prune_interval_s == 300
+    assert app.config["OPERATOR_TOKEN"] is None
 
 
 # -- pieces ----------------------------------------------------------------------

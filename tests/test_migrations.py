@@ -186,10 +186,10 @@ async def test_a_database_from_before_migrations_is_stamped_and_upgraded(url: st
     try:
         assert history.revision == (migrations.FIRST, HEAD)
         # The old row is there, with no owner: only the operator's listing has it.
-        everyone, _ = await history.job_page(owner=None, limit=10)
+        everyone, _ = await history.job_page(owners=None, limit=10)
         assert [item["id"] for item in everyone] == [old["id"]]
         assert everyone[0]["message"] == "kept"
-        mine, _ = await history.job_page(owner=history.owner_hash("sid:x"), limit=10)
+        mine, _ = await history.job_page(owners=[history.owner_hash("sid:x")], limit=10)
         assert mine == []
     finally:
         await history.close()
