@@ -23,7 +23,7 @@ from quart_app.blueprints.api import (
     StatsContent,
     TimeContent,
 )
-from quart_app.broker import BrokerUnavailable
+from quart_app.brokers import BrokerUnavailable
 from quart_app.state import get_state
 
 from .streaming import read_stream
@@ -64,7 +64,8 @@ async def answer(response: Any, status: int, model: type[BaseModel]) -> dict[str
         ("GET", "/api/v1/echo", Envelope[EchoContent]),
         ("POST", "/api/v1/echo", Envelope[EchoContent]),
         ("GET", "/api/v1/jobs", Envelope[JobPage]),
-        ("GET", "/api/v1/jobs?page=2&per_page=5&status=done", Envelope[JobPage]),
+        ("GET", "/api/v1/jobs?limit=5&status=done", Envelope[JobPage]),
+        ("GET", "/api/v1/jobs?page=1&per_page=5", Envelope[JobPage]),
     ],
 )
 async def test_answers_are_enveloped(
@@ -191,6 +192,13 @@ ERRORS: list[tuple[str, str, dict[str, Any], int, str | None, str]] = [
     ("GET", "/api/v1/jobs?per_page=101", {}, 400, "per_page", "less than or equal to 100"),
     ("GET", "/api/v1/jobs?per_page=", {}, 400, "per_page", "integer"),
     ("GET", "/api/v1/jobs?status=running", {}, 400, "status", "done"),
+    ("GET", "/api/v1/jobs?page=2", {}, 400, "page", "cursor"),
+    ("GET", "/api/v1/jobs?limit=0", {}, 400, "limit", "greater than or equal to 1"),
+    ("GET", "/api/v1/jobs?limit=101", {}, 400, "limit", "less than or equal to 100"),
+    ("GET", "/api/v1/jobs?cursor=", {}, 400, "cursor", "at least 1"),
+    ("GET", "/api/v1/jobs?cursor=" + "A" * 257, {}, 400, "cursor", "at most 256"),
+    ("GET", "/api/v1/jobs?cursor=%25%25%25", {}, 400, "cursor", "not a cursor"),
+    ("GET", "/api/v1/jobs?cursor=bm9wZQ", {}, 400, "cursor", "not a cursor"),
     ("DELETE", "/api/v1/time", {}, 405, None, "not allowed"),
     ("PUT", "/api/v1/echo", {}, 405, None, "not allowed"),
     ("POST", "/api/v1/stats", {}, 405, None, "not allowed"),
@@ -365,8 +373,8 @@ async def test_openapi_documents_every_api_route(app: Quart, client: Client) -> 
 
     jobs = paths["/api/v1/jobs"]["get"]
     params = {p["name"]: p for p in jobs["parameters"]}
-    assert set(params) == {"page", "per_page", "status"}
-    assert {"200", "400", "503"} <= set(jobs["responses"])
+    assert set(params) == {"cursor", "limit", "per_page", "page", "status"}
+    assert {"200", "400", "401", "403", "503"} <= set(jobs["responses"])
     create = paths["/api/v1/jobs"]["post"]
     assert "requestBody" in create and {"201", "400", "415", "429"} <= set(create["responses"])
     (job_id,) = paths["/api/v1/jobs/{job_id}"]["get"]["parameters"]

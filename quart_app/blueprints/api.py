@@ -12,8 +12,8 @@ OpenAPI (``/openapi.json``) documents the API and the operations endpoints;
 
 from __future__ import annotations
 
+import hmac
 import json
-import math
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -35,13 +35,13 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import BaseConverter
 
-from ..broker import BrokerUnavailable
-from ..db import HistoryUnavailable
-from ..errors import APIError
-from ..jobs import JOB_ID_RE, charset_for
+from ..brokers import BrokerUnavailable
+from ..db import BadCursor, HistoryUnavailable
+from ..errors import APIError, NotFound
+from ..jobs import JOB_ID_RE
+from ..sessions import charset, ensure_session, identities, job_params, owner, selection
 from ..state import get_hub, get_jobs, get_state
-from .common import client_address
-from .generator import ensure_session, job_params, owner, selection
+from ..web import client_address
 
 PREFIX = "/api/v1"
 bp = Blueprint("api", __name__, url_prefix=PREFIX)
@@ -122,6 +122,11 @@ class JobInfo(BaseModel):
     duration_s: float | None = None
     events_url: str | None = None
     result_url: str | None = None
+    key: str | None = Field(
+        default=None,
+        description="Only when the job is created: its secret, the capability to watch, "
+        "download or cancel it without the creating session (send it as ?key= or X-Job-Key)",
+    )
     source: Literal["live", "history"] = Field(
         description="live: the job is known to the server (running or recently finished); "
         "history: from the database"
@@ -130,15 +135,30 @@ class JobInfo(BaseModel):
 
 class JobPage(BaseModel):
     items: list[JobInfo]
-    page: int
-    per_page: int
-    total: int
-    pages: int
+    limit: int = Field(description="The most items a page holds")
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next, older page; null on the last page"
+    )
+    scope: Literal["own", "all"] = Field(
+        description="own: the jobs this client may open (its session's, and those its "
+        "address started without a session); all: every owner's (operator token)"
+    )
 
 
 class JobsQuery(BaseModel):
-    page: Annotated[int, Field(ge=1, le=1_000_000)] = 1
-    per_page: Annotated[int, Field(ge=1, le=100)] = 20
+    cursor: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+        default=None, description="next_cursor of the previous page; absent: the newest jobs"
+    )
+    limit: Annotated[int, Field(ge=1, le=100)] | None = Field(
+        default=None, description="Items per page (default 20)"
+    )
+    per_page: Annotated[int, Field(ge=1, le=100)] | None = Field(
+        default=None, description="The same as limit (kept for older clients)"
+    )
+    page: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        default=None,
+        description="Only 1 (the first page) is accepted: follow next_cursor for the others",
+    )
     status: Literal["done", "cancelled", "failed"] | None = None
 
 
@@ -267,36 +287,98 @@ async def stats_stream() -> Response:
     minute). A new subscriber first gets the recent events (up to
     STATS_HISTORY). Not resumable: Last-Event-ID is ignored.
     """
-    stats = _stats()
-    return get_hub().response(
-        stats.subscribe(), client=client_address(), kind="stats", on_open=stats.joined
-    )
+    return get_hub().response(_stats().feed(), client=client_address())
+
+
+def _operator() -> bool:
+    """Whether the request carries the operator's token (``Authorization: Bearer``).
+
+    No bearer token: False (the requester's own jobs).  A wrong one: 401; one
+    sent while OPERATOR_TOKEN is unset: 403 that says how to turn it on.
+    """
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    token = current_app.config.get("OPERATOR_TOKEN")
+    if not token:
+        raise APIError(
+            403,
+            "the operator's listing is off: set QUART_OPERATOR_TOKEN and send "
+            "'Authorization: Bearer <token>' to turn it on",
+        )
+    if not hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogateescape"), str(token).encode()
+    ):
+        raise APIError(
+            401,
+            "a valid operator bearer token is required",
+            headers={"WWW-Authenticate": 'Bearer realm="operator"'},
+        )
+    return True
+
+
+def _history_owners(history: Any) -> list[str] | None:
+    """Owner hashes whose stored jobs this request may see (None: every owner's).
+
+    The same identities that open a live job (``sessions.identities``): the
+    session, and the client address for jobs started without one.
+    """
+    if _operator():
+        return None
+    return [history.owner_hash(identity) for identity in identities()]
+
+
+# History answers name private jobs: no shared cache may keep them.
+_PRIVATE = {"Cache-Control": "no-store"}
 
 
 @bp.get("/jobs")
 @validate_querystring(JobsQuery)
 @validate_response(Envelope[JobPage])
 @validate_response(ErrorEnvelope, 400)
+@validate_response(ErrorEnvelope, 401)
+@validate_response(ErrorEnvelope, 403)
 @validate_response(ErrorEnvelope, 503)
-async def job_history(query_args: JobsQuery) -> dict[str, Any]:
-    """Finished jobs from the history database, newest first, a page at a time."""
-    history = get_state().history
-    try:
-        items, total = await history.job_page(
-            page=query_args.page, per_page=query_args.per_page, status=query_args.status
+async def job_history(query_args: JobsQuery) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Your finished jobs from the history database, newest first, a page at a time.
+
+    Lists only the jobs this client may open: those of its session, and those
+    started without a session from its address. With the operator's bearer
+    token (OPERATOR_TOKEN), every owner's. Paged by cursor: follow
+    content.next_cursor with ?cursor= until it is null; pages stay exact while
+    new jobs finish (no duplicates, no gaps).
+    """
+    if query_args.page is not None and query_args.page > 1:
+        raise APIError(
+            400,
+            "page numbers are gone: the first page has no cursor, the next ones are "
+            "?cursor=<content.next_cursor>",
+            field="page",
         )
+    history = get_state().history
+    owners = _history_owners(history)
+    limit = query_args.limit or query_args.per_page or 20
+    try:
+        items, following = await history.job_page(
+            owners=owners,
+            limit=limit,
+            cursor=query_args.cursor,
+            status=query_args.status,
+        )
+    except BadCursor as error:
+        raise APIError(400, f"cursor: {error}", field="cursor") from None
     except HistoryUnavailable as error:
         raise _unavailable("the history database", error) from None
     for item in items:
         item["source"] = "history"
     content = {
         "items": items,
-        "page": query_args.page,
-        "per_page": query_args.per_page,
-        "total": total,
-        "pages": math.ceil(total / query_args.per_page),
+        "limit": limit,
+        "next_cursor": following,
+        "scope": "all" if owners is None else "own",
     }
-    return envelope(content, f"{len(items)} of {total} finished jobs")
+    more = ", more after next_cursor" if following else ""
+    return envelope(content, f"{len(items)} finished job(s){more}"), 200, _PRIVATE
 
 
 @bp.post("/jobs")
@@ -310,12 +392,14 @@ async def job_history(query_args: JobsQuery) -> dict[str, Any]:
 async def create_job(data: JobCreate) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Start a generation job (the session's character sets); watch it at events_url."""
     params = job_params(data.model_dump())
+    who = owner()  # before ensure_session: a client without a session is its address
     ensure_session()
-    job = await get_jobs().create(params, charset_for(selection()), owner())
+    job = await get_jobs().create(params, charset(selection()), who)
     state = await get_jobs().state(job.id)
     assert state is not None
     location = f"{PREFIX}/jobs/{job.id}"
-    return envelope(_live_job(state), "job started", 201), 201, {"Location": location}
+    content = {**_live_job(state), "key": job.key}
+    return envelope(content, "job started", 201), 201, {"Location": location}
 
 
 @bp.get("/jobs/<job_id:job_id>")
@@ -323,11 +407,18 @@ async def create_job(data: JobCreate) -> tuple[dict[str, Any], int, dict[str, st
 @validate_response(ErrorEnvelope, 404)
 async def job_detail(job_id: str) -> dict[str, Any]:
     """One job: live while the server knows it, then from the history."""
-    live = await get_jobs().state(job_id)
+    try:
+        live: dict[str, Any] | None = await get_jobs().lookup(
+            job_id, identities(), request.args.get("key") or request.headers.get("X-Job-Key")
+        )
+    except NotFound:
+        live = None
     if live is not None:
         return envelope(_live_job(live), f"job {live['status']}")
+    history = get_state().history
     try:
-        stored = await get_state().history.job(job_id)
+        # Another session's job is "no job": the answer says nothing of it.
+        stored = await history.job(job_id, owners=_history_owners(history))
     except HistoryUnavailable as error:
         raise _unavailable("the history database", error) from None
     if stored is None:
@@ -494,10 +585,7 @@ def init_app(app: Quart) -> None:
         },
         openapi_provider_class=APIDocumentation,
     )
-    from . import ops
-
     tag_blueprint(bp, ["api"])
-    tag_blueprint(ops.bp, ["operations"])
     # QuartSchema installs its own JSON provider: keep non-ASCII as UTF-8, not \\u escapes.
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.register_blueprint(bp)
