@@ -41,7 +41,12 @@ import resource
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' harness
+
+from tests.harness.processes import cpu_s, raise_nofile, rss_kib
 
 HOST = "127.0.0.1"  # the only host this client ever connects to
 MAX_STREAMS = 20_000
@@ -526,31 +531,6 @@ def summary_ms(values: list[float]) -> dict[str, float | None]:
     }
 
 
-def rss_kib(pid: int | None) -> int | None:
-    if not pid:
-        return None
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def proc_cpu_s(pid: int | None) -> float | None:
-    """utime + stime of a process, in seconds."""
-    if not pid:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def named_pid(text: str) -> tuple[str, int]:
     """``NAME=PID`` (``--cpu-pid``): a process whose CPU is measured over the window."""
     name, sep, pid = text.partition("=")
@@ -571,15 +551,15 @@ class CpuMeter:
     def start(self) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self._self0 = usage.ru_utime + usage.ru_stime
-        self._server0 = proc_cpu_s(self.server_pid)
-        self._named0 = {name: proc_cpu_s(pid) for name, pid in self.named}
+        self._server0 = cpu_s(self.server_pid)
+        self._named0 = {name: cpu_s(pid) for name, pid in self.named}
         self._wall0 = time.perf_counter()
 
     def stop(self) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         wall = time.perf_counter() - self._wall0
         cpu = usage.ru_utime + usage.ru_stime - self._self0
-        server1 = proc_cpu_s(self.server_pid)
+        server1 = cpu_s(self.server_pid)
         server = None if server1 is None or self._server0 is None else server1 - self._server0
         result: dict[str, Any] = {
             "wall_s": round(wall, 3),
@@ -591,7 +571,7 @@ class CpuMeter:
         if self.named:
             named: dict[str, float | None] = {}
             for name, pid in self.named:
-                before, after = self._named0[name], proc_cpu_s(pid)
+                before, after = self._named0[name], cpu_s(pid)
                 named[name] = None if before is None or after is None else round(after - before, 3)
             result["named_cpu_s"] = named
         return result
@@ -822,14 +802,6 @@ async def scenario_generate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 SCENARIOS = {"hold": scenario_hold, "fanout": scenario_fanout, "generate": scenario_generate}
-
-
-def raise_nofile(wanted: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,13 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import resource
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,73 +32,18 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the tests' harness
+
+from tests.harness import RedisServer, ServerProcess  # noqa: E402
+from tests.harness.processes import open_fds, raise_nofile, rss_kib  # noqa: E402
+from tests.polling import eventually  # noqa: E402
+
 TOKEN = "soak-token"
 STREAMS = ["/numbers", "/clock", "/stream", "/channels/soak/events", "/api/v1/stats/stream"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def proc_status(pid: int) -> dict[str, int]:
-    rss = 0
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-    return {"pid": pid, "rss_kib": rss, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
-
-
-def workers_of(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    children = [int(p) for p in out.stdout.split()]
-    return children or [pid]
-
-
-class Redis:
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
+    return {"pid": pid, "rss_kib": rss_kib(pid) or 0, "fds": open_fds(pid)}
 
 
 class Soak:
@@ -181,62 +120,36 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "soak.json"))
     args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    raise_nofile()
 
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
-    redis = Redis(workdir)
-    redis.start()
-    port = free_port()
-    env = {
-        **os.environ,
-        "QUART_BROKER_URL": f"redis://127.0.0.1:{redis.port}/0",
-        "QUART_PUBLISH_TOKEN": TOKEN,
-        "QUART_SECRET_KEY": "soak-secret-" + "s" * 32,
-        "QUART_INSTANCE_PATH": str(workdir / "instance"),
-        "QUART_SSE_MAX_AGE_S": "20",
-        "QUART_MAX_STREAMS_PER_CLIENT": "10000",
-        "QUART_MAX_JOBS_PER_SESSION": "1000",
-    }
-    # Set-up before the load starts: blocking calls are fine here.
-    log = open(workdir / "server.log", "wb")  # noqa: ASYNC230
-    server = subprocess.Popen(  # noqa: ASYNC220
-        [
-            sys.executable,
-            "-m",
-            "hypercorn",
-            "--config",
-            str(ROOT / "hypercorn.toml"),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(args.workers),
-            "--access-logfile",
-            "-",
-            "quart_app:create_app()",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    # Append-only, so a restart keeps what it accepted.
+    redis = RedisServer(workdir / "redis", durable=True)
+    server = ServerProcess(
+        workdir / "instance",
+        {
+            "QUART_BROKER_URL": redis.url,
+            "QUART_PUBLISH_TOKEN": TOKEN,
+            "QUART_SECRET_KEY": "soak-secret-" + "s" * 32,
+            "QUART_SSE_MAX_AGE_S": "20",
+            "QUART_MAX_STREAMS_PER_CLIENT": "10000",
+            "QUART_MAX_JOBS_PER_SESSION": "1000",
+        },
+        workers=args.workers,
+        args=["--access-logfile", "-"],
+        log_path=workdir / "server.log",
     )
-    url = f"http://127.0.0.1:{port}"
+    url = server.url
     duration = args.minutes * 60
     samples: list[dict[str, Any]] = []
     try:
+        await asyncio.to_thread(redis.start)
+        await asyncio.to_thread(server.start, 30.0)
         limits = httpx.Limits(
             max_connections=args.viewers + 50, max_keepalive_connections=args.viewers + 50
         )
         async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        if (await client.get("/healthz")).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    await asyncio.sleep(0.1)
-            workers = workers_of(server.pid)
+            workers = await asyncio.to_thread(server.worker_pids)
             start = {"workers": [proc_status(p) for p in workers], "stats": await stats(client)}
             began = time.monotonic()
             soak = Soak(url, began + duration, random.Random(7))
@@ -255,15 +168,18 @@ async def main() -> None:
                 samples.append(sample)
                 if not restarted and elapsed >= duration / 2:
                     restarted = True
-                    await asyncio.to_thread(redis.stop)
+                    await asyncio.to_thread(redis.kill)
                     await asyncio.sleep(3)
                     await asyncio.to_thread(redis.start)
                     soak.counts["redis_restarts"] += 1
             await asyncio.gather(*tasks, return_exceptions=True)
-            async with asyncio.timeout(60):
-                # Polls the server over HTTP: nothing local to wait on.
-                while (end_stats := await stats(client)).get("open_streams_total", 0):  # noqa: ASYNC110
-                    await asyncio.sleep(0.5)
+            # Polls the server over HTTP: nothing local to wait on.
+            end_stats = await eventually(
+                lambda: stats(client),
+                lambda s: not s.get("open_streams_total", 0),
+                timeout=60,
+                interval=0.5,
+            )
             await asyncio.sleep(2)
             end = {"workers": [proc_status(p) for p in workers], "stats": await stats(client)}
         warm = next((s for s in samples if s["t"] >= min(120, duration / 4)), samples[0])
@@ -292,13 +208,8 @@ async def main() -> None:
         summary = {k: v for k, v in report.items() if k != "samples"}
         print(json.dumps(summary, indent=2))
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
-        redis.stop()
+        await asyncio.to_thread(server.stop, 20.0)
+        await asyncio.to_thread(redis.kill)
 
 
 if __name__ == "__main__":

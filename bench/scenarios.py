@@ -1,0 +1,583 @@
+"""The benchmark scenarios: which servers run, pinned where, and what the client does to them.
+
+Every scenario runs the load client (``bench/client.py``, pinned to the client
+CPU) against a fresh server process (pinned to the server CPU) started by the
+tests' process harness, and returns the client's JSON result with the CPU that
+other processes used meanwhile.  ``run_all`` runs a :class:`Plan`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from redis import RedisError
+
+from tests.harness import HOST, PRODUCT_APP, RedisServer, ServerProcess, free_port
+from tests.harness.processes import cmdline, cpu_s, machine_busy_s
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+TOKEN = "bench-publish-token"
+SECRET = "bench-secret-key-not-for-production-0123456789abcdef"
+SERVER_CPU = "0"
+CLIENT_CPU = "1"
+BASELINE_APP = str(BENCH / "baseline_app.py") + ":app"
+KINDS = ("product", "baseline")
+SCENARIOS = ["hold", "fanout", "generate", "ceiling", "scaleout"]
+QUIET_WAIT_S = 15.0
+NICE = -10  # priority of servers and client (lower is more), when allowed; 0: leave it
+# Every benchmark client comes from one address (127.0.0.1) and one session: lift
+# the product's abuse limits (open streams per client address, jobs per session
+# and per process), which are not capacity.
+LIMITS_LIFTED = {
+    "QUART_MAX_STREAMS_PER_CLIENT": "100000",
+    "QUART_MAX_STREAMS": "100000",
+    "QUART_MAX_JOBS": "512",
+    "QUART_MAX_JOBS_PER_SESSION": "512",
+}
+
+
+@dataclass
+class Plan:
+    hold_ns: list[int]
+    hold_s: float
+    fan_n: int
+    publishes: int
+    gen_n: int
+    gen_amount: int
+    gen_length: int
+    scaleout_n: int
+    quick: bool = False
+    # Wait (at most this long) for a quiet machine before each run; 0: do not wait.
+    quiet_wait_s: float = QUIET_WAIT_S
+    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+
+
+FULL = Plan(
+    hold_ns=[1000, 5000, 10000],
+    hold_s=20.0,
+    fan_n=5000,
+    publishes=20,
+    gen_n=100,
+    gen_amount=2000,
+    gen_length=32,
+    scaleout_n=10000,
+)
+QUICK = Plan(
+    hold_ns=[200, 1000],
+    hold_s=5.0,
+    fan_n=500,
+    publishes=5,
+    gen_n=20,
+    gen_amount=500,
+    gen_length=32,
+    scaleout_n=1000,
+    quick=True,
+)
+# Every scenario at a tiny scale, without waiting for a quiet machine: proves the
+# whole run works (servers, client, Redis, report, chart), measures nothing.
+SMOKE = Plan(
+    hold_ns=[20],
+    hold_s=1.0,
+    fan_n=20,
+    publishes=2,
+    gen_n=2,
+    gen_amount=50,
+    gen_length=8,
+    scaleout_n=20,
+    quick=True,
+    quiet_wait_s=0.0,
+)
+
+
+@dataclass
+class Bench:
+    """Where a run works (``workdir``), and which product it serves: the working
+    tree, or an export of one revision (``serve_root``, ``bench/run --at REV``)."""
+
+    workdir: Path
+    serve_root: Path = ROOT
+    product_at: str = "working tree"
+
+    def revision(self) -> str:
+        """The commit the product was measured at, and whether its files had changes."""
+        if self.product_at != "working tree":
+            return self.product_at
+        try:
+            head = git("rev-parse", "--short", "HEAD")
+            dirty = git("status", "--porcelain", "--", "quart_app", "hypercorn.toml")
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown (not a git checkout)"
+        return f"{head} (with uncommitted changes to the product)" if dirty else head
+
+
+def git(*args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# The machine: pinning, priority, quiet
+# --------------------------------------------------------------------------
+
+
+def nice_prefix() -> list[str]:
+    """``nice -n NICE`` when this user may raise priority, so other processes on a
+    shared machine disturb the measurements less; nothing otherwise."""
+    if not NICE or shutil.which("nice") is None:
+        return []
+    probe = subprocess.run(["nice", "-n", str(NICE), "nice"], capture_output=True, text=True)
+    if probe.returncode != 0 or probe.stderr or probe.stdout.strip() != str(NICE):
+        return []
+    return ["nice", "-n", str(NICE)]
+
+
+_NICE_PREFIX: list[str] | None = None
+
+
+def pinned(cpu: str, argv: list[str] | None = None) -> list[str]:
+    """``argv`` pinned to ``cpu`` (``taskset``, when there are two cores or more)
+    at raised priority (``nice``) when allowed.  Both exec in place."""
+    global _NICE_PREFIX
+    if _NICE_PREFIX is None:
+        _NICE_PREFIX = nice_prefix()
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return [*_NICE_PREFIX, "taskset", "-c", cpu, *(argv or [])]
+    return [*_NICE_PREFIX, *(argv or [])]
+
+
+def wait_quiet(limit_s: float, threshold: float = 0.25) -> float:
+    """Wait (at most ``limit_s``) until other processes use under ``threshold`` of a
+    core; returns what they used in the last one-second sample."""
+    if limit_s <= 0:
+        return 0.0
+    deadline = time.monotonic() + limit_s
+    while True:
+        before = machine_busy_s()
+        time.sleep(1.0)
+        busy = machine_busy_s() - before
+        if busy < threshold or time.monotonic() >= deadline:
+            if busy >= threshold:
+                log(f"machine still busy ({busy:.2f} cores used by other processes): going on")
+            return busy
+        log(f"waiting for a quiet machine ({busy:.2f} cores busy elsewhere)")
+        time.sleep(2.0)
+
+
+# --------------------------------------------------------------------------
+# Servers and the client
+# --------------------------------------------------------------------------
+
+
+def server(
+    bench: Bench, kind: str, *, workers: int | None = None, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """A server of ``kind`` (product, baseline or ceiling) pinned to the server CPU."""
+    port = free_port()
+    command = None
+    if kind == "ceiling":
+        command = [
+            sys.executable,
+            str(BENCH / "ceiling_server.py"),
+            "--port",
+            str(port),
+            "--token",
+            TOKEN,
+        ]
+    return ServerProcess(
+        bench.workdir / f"instance-{port}",
+        {"QUART_PUBLISH_TOKEN": TOKEN, "QUART_SECRET_KEY": SECRET, **LIMITS_LIFTED, **(env or {})},
+        workers=workers,
+        port=port,
+        app=PRODUCT_APP if kind == "product" else BASELINE_APP,
+        root=bench.serve_root,
+        prefix=pinned(SERVER_CPU),
+        command=command,
+        log_path=bench.workdir / f"{kind}-{port}.log",
+    )
+
+
+@contextmanager
+def running(
+    bench: Bench, kind: str, *, workers: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """A started server of ``kind``, stopped (workers included) on the way out."""
+    srv = server(bench, kind, workers=workers, env=env)
+    srv.start(timeout=30.0)  # stops it again if it does not come up
+    try:
+        srv.worker_pids()
+        time.sleep(0.5)  # let start-up allocations settle before "RSS before"
+        yield srv
+    finally:
+        srv.stop(grace=20.0)
+
+
+def run_client(
+    scenario: str,
+    srv: ServerProcess,
+    label: str,
+    args: list[str],
+    budget: float,
+    measure: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Run one client scenario against ``srv``.  The client measures the CPU of
+    the first worker (``cpu.server_cpu_s``) and, when there are several, of every
+    worker (``cpu.named_cpu_s["worker-1"]``, ...), plus the ``measure`` processes
+    (name -> pid), over the same window."""
+    workers = srv.worker_pids()
+    named = dict(measure or {})
+    if len(workers) > 1:
+        for index, pid in enumerate(workers, 1):
+            named[f"worker-{index}"] = pid
+    argv = [
+        sys.executable,
+        str(BENCH / "client.py"),
+        scenario,
+        "--port",
+        str(srv.port),
+        "--label",
+        label,
+        "--rss-pid",
+        str(workers[0]),
+        "--budget",
+        str(budget),
+        *[arg for name, pid in named.items() for arg in ("--cpu-pid", f"{name}={pid}")],
+        *args,
+    ]
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+    log(f"{scenario} {label}: {' '.join(args)} (load {load})")
+    busy_before = machine_busy_s()
+    # The server's own processes: its workers and what it uses (redis-server).
+    own_pids = set(workers) | set(named.values())
+    server_before = sum(cpu_s(pid) or 0.0 for pid in own_pids)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall_before = time.monotonic()
+    try:
+        done = subprocess.run(
+            pinned(CLIENT_CPU, argv), cwd=ROOT, capture_output=True, timeout=budget + 30
+        )
+    except subprocess.TimeoutExpired:
+        return {"scenario": scenario, "label": label, "error": "client timed out"}
+    wall = time.monotonic() - wall_before
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (
+        sum(cpu_s(pid) or 0.0 for pid in own_pids)
+        - server_before
+        + children_after.ru_utime
+        + children_after.ru_stime
+        - children_before.ru_utime
+        - children_before.ru_stime
+    )
+    other = max(0.0, machine_busy_s() - busy_before - own)
+    lines = [line for line in done.stdout.decode().splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {
+            "scenario": scenario,
+            "label": label,
+            "error": f"client failed ({done.returncode}): {done.stderr.decode()[-2000:]}",
+        }
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["loadavg_before"] = load
+    # CPU that processes other than this server and client used meanwhile
+    # (in cores, averaged over the client's run): noise from a shared machine.
+    result["other_cpu_cores"] = round(other / wall, 3) if wall > 0 else None
+    result["server_workers"] = len(workers)
+    log(f"  -> {headline(result)}")
+    return result
+
+
+def headline(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return f"ERROR {r['error'][:200]}"
+    cpu = r.get("cpu", {})
+    if r["scenario"] == "hold":
+        return (
+            f"connected {r['connected']}/{r['n']} all-ticks {r['streams_all_ticks']} "
+            f"rss/stream {r['rss_per_stream_kib']} KiB p50 {r['latency']['p50_ms']} "
+            f"p99 {r['latency']['p99_ms']} ms client cpu {cpu.get('client_cpu_util')}"
+        )
+    if r["scenario"] in ("fanout", "scaleout"):
+        return (
+            f"deliveries {r['deliveries']}/{r['deliveries_expected']} p50 "
+            f"{r['latency']['p50_ms']} p99 {r['latency']['p99_ms']} makespan p50 "
+            f"{r['makespan']['p50_ms']} ms client cpu {cpu.get('client_cpu_util')}"
+        )
+    return (
+        f"complete {r['complete']}/{r['n']} {r['events_per_s']} events/s "
+        f"client cpu {cpu.get('client_cpu_util')}"
+    )
+
+
+# --------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------
+
+
+def hold_args(plan: Plan, n: int) -> list[str]:
+    return ["--n", str(n), "--duration", str(plan.hold_s)]
+
+
+def fanout_args(plan: Plan, n: int) -> list[str]:
+    return ["--n", str(n), "--publishes", str(plan.publishes), "--token", TOKEN]
+
+
+def generate_args(plan: Plan) -> list[str]:
+    return [
+        "--n",
+        str(plan.gen_n),
+        "--amount",
+        str(plan.gen_amount),
+        "--length",
+        str(plan.gen_length),
+    ]
+
+
+def budget_for(plan: Plan, scenario: str, n: int = 0) -> float:
+    if scenario == "hold":
+        return plan.hold_s + 120 + n / 100
+    if scenario in ("fanout", "scaleout"):
+        return 60 + plan.publishes * 12 + n / 100
+    return 240
+
+
+def run_pair(
+    bench: Bench,
+    plan: Plan,
+    scenario: str,
+    args: list[str],
+    budget: float,
+    kinds: tuple[str, ...] = KINDS,
+) -> dict[str, dict[str, Any]]:
+    """One scenario against each kind of server, each on a fresh process."""
+    out = {}
+    for kind in kinds:
+        wait_quiet(plan.quiet_wait_s)
+        try:
+            with running(bench, kind) as srv:
+                out[kind] = run_client(scenario, srv, kind, args, budget)
+        except RuntimeError as error:
+            out[kind] = {"scenario": scenario, "label": kind, "error": str(error)[-2000:]}
+            log(f"  -> {kind} server failed: {str(error)[:300]}")
+    return out
+
+
+def scaleout_available(bench: Bench) -> str | None:
+    """Why the Redis scale-out scenario cannot run, or None when it can."""
+    if shutil.which("redis-server") is None:
+        return "redis-server is not installed"
+    package = bench.serve_root / "quart_app"
+    if (
+        not (package / "brokers" / "redis.py").exists()
+        and not (package / "redis_broker.py").exists()
+    ):
+        return "the product has no Redis broker"
+    return None
+
+
+def commandstats(redis: RedisServer) -> dict[str, dict[str, float]]:
+    """``INFO commandstats`` since the last ``CONFIG RESETSTAT``: calls and µs per command."""
+    stats: dict[str, dict[str, float]] = {}
+    for key, values in redis.info("commandstats").items():
+        if not key.startswith("cmdstat_") or not isinstance(values, dict):
+            continue
+        try:
+            stats[key[len("cmdstat_") :]] = {
+                "calls": int(values["calls"]),
+                "usec": int(values["usec"]),
+                "usec_per_call": float(values["usec_per_call"]),
+            }
+        except (KeyError, ValueError):
+            continue
+    return stats
+
+
+def run_on_redis(
+    bench: Bench,
+    plan: Plan,
+    redis: RedisServer,
+    *,
+    workers: int | None,
+    n: int,
+    label: str,
+    scenario: str,
+) -> dict[str, Any]:
+    """The fan-out client against the product with ``QUART_BROKER_URL`` on the
+    shared redis-server, flushed first; redis-server's CPU over the client's
+    window (``cpu.named_cpu_s["redis-server"]``) and its command statistics over
+    the whole run (``redis_commandstats``) go into the result."""
+    wait_quiet(plan.quiet_wait_s)
+    try:
+        redis.flush()
+        with redis.client() as client:
+            client.config_resetstat()
+        env = {"QUART_BROKER_URL": f"redis://{HOST}:{redis.port}/0"}
+        with running(bench, "product", workers=workers, env=env) as srv:
+            result = run_client(
+                "fanout",
+                srv,
+                label,
+                fanout_args(plan, n),
+                budget_for(plan, scenario, n),
+                measure={"redis-server": redis.pid},
+            )
+        result["redis_commandstats"] = commandstats(redis)
+    except (RuntimeError, OSError, RedisError) as error:
+        log(f"  -> {label} failed: {str(error)[:300]}")
+        result = {"label": label, "error": str(error)[-2000:]}
+    result["scenario"] = scenario
+    return result
+
+
+def run_scaleout(bench: Bench, plan: Plan) -> dict[str, Any]:
+    """SCALE-OUT HOOK: product only (the baseline cannot fan out across processes),
+    against one ``redis-server`` pinned to the server CPU, flushed before each run:
+
+    * ``redis_1_worker``: the fan-out scenario (``fan_n`` subscribers, same
+      publishes, same client) on ONE worker with ``QUART_BROKER_URL=redis://...``,
+      to compare with the memory broker's fan-out of the same run;
+    * ``redis_2_workers``: ``scaleout_n`` subscribers over 2 Hypercorn workers
+      sharing the Redis broker.
+
+    Skipped cleanly while ``redis-server`` or the product's Redis broker is missing."""
+    missing = scaleout_available(bench)
+    if missing:
+        log(f"scaleout skipped: {missing}")
+        return {"skipped": missing}
+    redis = RedisServer(bench.workdir / "redis", prefix=pinned(SERVER_CPU))
+    out: dict[str, Any] = {}
+    try:
+        redis.start()
+        out["redis_server"] = {
+            "version": str(redis.info("server").get("redis_version", "?")),
+            "cpu": SERVER_CPU,
+            "cmdline": cmdline(redis.pid).strip(),
+        }
+        out["redis_1_worker"] = run_on_redis(
+            bench,
+            plan,
+            redis,
+            workers=None,
+            n=plan.fan_n,
+            label="product-1-worker-redis",
+            scenario="fanout",
+        )
+        out["redis_2_workers"] = run_on_redis(
+            bench,
+            plan,
+            redis,
+            workers=2,
+            n=plan.scaleout_n,
+            label="product-2-workers-redis",
+            scenario="scaleout",
+        )
+    except (RuntimeError, OSError, RedisError) as error:
+        log(f"  -> scaleout failed: {str(error)[:300]}")
+        for key, scenario in (("redis_1_worker", "fanout"), ("redis_2_workers", "scaleout")):
+            out.setdefault(key, {"scenario": scenario, "error": str(error)[-2000:]})
+    finally:
+        redis.stop()
+    return out
+
+
+def run_all(bench: Bench, plan: Plan) -> dict[str, Any]:
+    results: dict[str, Any] = {"hold": {}, "fanout": {}, "generate": {}, "ceiling": {}}
+    if "hold" in plan.scenarios:
+        for n in plan.hold_ns:
+            results["hold"][str(n)] = run_pair(
+                bench, plan, "hold", hold_args(plan, n), budget_for(plan, "hold", n)
+            )
+    fan_budget = budget_for(plan, "fanout", plan.fan_n)
+    if "fanout" in plan.scenarios:
+        results["fanout"] = run_pair(
+            bench, plan, "fanout", fanout_args(plan, plan.fan_n), fan_budget
+        )
+    if "generate" in plan.scenarios:
+        results["generate"] = run_pair(
+            bench, plan, "generate", generate_args(plan), budget_for(plan, "generate")
+        )
+    if "ceiling" in plan.scenarios:
+        n = max(plan.hold_ns)
+        ceiling = results["ceiling"]
+        only = ("ceiling",)
+        ceiling["hold"] = run_pair(
+            bench, plan, "hold", hold_args(plan, n), budget_for(plan, "hold", n), only
+        )["ceiling"]
+        ceiling["fanout"] = run_pair(
+            bench, plan, "fanout", fanout_args(plan, plan.fan_n), fan_budget, only
+        )["ceiling"]
+        ceiling["generate"] = run_pair(
+            bench, plan, "generate", generate_args(plan), budget_for(plan, "generate"), only
+        )["ceiling"]
+    if "scaleout" in plan.scenarios:
+        results["scaleout"] = run_scaleout(bench, plan)
+    return results
+
+
+def run_profiles(bench: Bench, plan: Plan, outdir: Path) -> None:
+    """Product only, one py-spy recording (speedscope + flame graph) per scenario."""
+    if shutil.which("py-spy") is None:
+        raise SystemExit("py-spy is not installed: pip install py-spy")
+    outdir.mkdir(parents=True, exist_ok=True)
+    top = max(plan.hold_ns)
+    jobs = [
+        ("hold", hold_args(plan, top), budget_for(plan, "hold", top)),
+        ("fanout", fanout_args(plan, plan.fan_n), budget_for(plan, "fanout", plan.fan_n)),
+        ("generate", generate_args(plan), budget_for(plan, "generate")),
+    ]
+    for scenario, args, budget in jobs:
+        if scenario not in plan.scenarios:
+            continue
+        with running(bench, "product") as srv:
+            worker = srv.worker_pids()[0]
+            recorders = []
+            for fmt, ext in (("speedscope", "json"), ("flamegraph", "svg")):
+                target = outdir / f"{scenario}-{fmt}.{ext}"
+                recorders.append(
+                    subprocess.Popen(
+                        pinned(
+                            CLIENT_CPU,
+                            [
+                                "py-spy",
+                                "record",
+                                "--pid",
+                                str(worker),
+                                "--rate",
+                                "200",
+                                "--nonblocking",
+                                "--format",
+                                fmt,
+                                "--output",
+                                str(target),
+                            ],
+                        ),
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            time.sleep(1.0)  # py-spy attaches
+            result = run_client(scenario, srv, "product-profiled", args, budget)
+            (outdir / f"{scenario}-result.json").write_text(json.dumps(result, indent=1))
+            for recorder in recorders:
+                recorder.send_signal(signal.SIGINT)
+            for recorder in recorders:
+                try:
+                    recorder.wait(30)
+                except subprocess.TimeoutExpired:
+                    recorder.kill()
+        log(f"profile of {scenario} written to {outdir}")
