@@ -38,7 +38,7 @@ from tests.harness import RedisServer, ServerProcess  # noqa: E402
 from tests.harness.processes import open_fds, raise_nofile, rss_kib  # noqa: E402
 from tests.polling import eventually  # noqa: E402
 
-TOKEN = "soak-token"
+TOKEN = "soak-publish-token"
 STREAMS = ["/numbers", "/clock", "/stream", "/channels/soak/events", "/api/v1/stats/stream"]
 
 
