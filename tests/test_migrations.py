@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -291,3 +294,70 @@ async def test_migrations_go_down_and_up_again(url: str) -> None:
     await engine.dispose()
     schema = await inspect_db(url, schema_of)
     assert schema["drift"] == []
+
+
+# -- real processes ------------------------------------------------------------------
+
+
+def run_cli(url: str, instance: Path, command: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "QUART_DATABASE_URL": url,
+        "QUART_INSTANCE_PATH": str(instance),
+        "QUART_SECRET_KEY": "test-" + "k" * 40,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "quart_app.migrations", command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_the_command_line_checks_and_upgrades(url: str, tmp_path: Path) -> None:
+    instance = tmp_path / "instance"
+    check = await asyncio.to_thread(run_cli, url, instance, "check")
+    assert check.returncode == 1 and f"revision (none), head {HEAD}" in check.stdout
+    upgrade = await asyncio.to_thread(run_cli, url, instance, "upgrade")
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert f"(empty) -> {HEAD}" in upgrade.stdout
+    assert "***" in upgrade.stdout or url.startswith("sqlite")  # no password printed
+    check = await asyncio.to_thread(run_cli, url, instance, "check")
+    assert check.returncode == 0 and f"revision {HEAD}, head {HEAD}" in check.stdout
+    assert (await inspect_db(url, migrations.current)) == HEAD
+
+    await execute(url, "UPDATE alembic_version SET version_num = '0099_from_the_future'")
+    refused = await asyncio.to_thread(run_cli, url, instance, "upgrade")
+    assert refused.returncode == 1 and "0099_from_the_future" in refused.stderr
+
+
+async def test_workers_of_one_server_start_together_on_a_fresh_database(
+    server_factory: Any, postgres: PostgresServer
+) -> None:
+    url = await postgres.create_database(f"w_{secrets.token_hex(6)}")
+    server = server_factory({"QUART_DATABASE_URL": url}, workers=3)
+    assert len(server.worker_pids()) == 3
+    schema = await inspect_db(url, schema_of)
+    assert schema["revision"] == HEAD and schema["drift"] == []
+    log = server.log(100_000)
+    assert log.count(f"schema upgraded from revision (empty) to {HEAD}") == 1, log
+    assert log.count(f"(schema revision {HEAD})") == 3, log
+
+
+async def test_a_server_refuses_to_start_on_an_unknown_revision(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    instance = tmp_path / "srv"
+    url = f"sqlite+aiosqlite:///{instance / 'history.sqlite3'}"
+    instance.mkdir()
+    first = history_for(url)
+    await first.start()
+    await first.close()
+    await execute(url, "UPDATE alembic_version SET version_num = '0099_from_the_future'")
+
+    with pytest.raises(RuntimeError) as refused:
+        server_factory({"QUART_DATABASE_URL": url}, instance=instance, workers=0)
+    assert "exited early" in str(refused.value)
+    assert "schema revision 0099_from_the_future" in str(refused.value)

@@ -1,0 +1,61 @@
+"""The history schema from the command line: ``python -m quart_app.migrations COMMAND``.
+
+It reads the application's configuration (``QUART_DATABASE_URL``,
+``QUART_INSTANCE_PATH``...), as the server does.
+
+* ``current`` prints the database's revision and this release's head;
+* ``check`` exits 1 unless the database is at the head (a deploy step);
+* ``upgrade`` upgrades to the head under the same lock as start-up, so a
+  release can migrate before its workers start (they then find the head).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from . import SchemaError, current, head, lock, migrate
+
+
+async def run(command: str) -> int:
+    from .. import create_app
+    from ..state import get_state
+
+    history = get_state(create_app()).history
+    engine = history._create_engine()
+    target = head()
+    try:
+        async with engine.connect() as conn:
+            if command == "upgrade":
+                await conn.run_sync(lock)
+                before, after = await conn.run_sync(
+                    lambda sync: migrate(sync, url=history.display_url)
+                )
+                await conn.commit()
+                print(f"{history.display_url}: {before or '(empty)'} -> {after}")
+                return 0
+            found = await conn.run_sync(current)
+    except SchemaError as error:
+        print(error, file=sys.stderr)
+        return 1
+    finally:
+        await engine.dispose()
+    print(f"{history.display_url}: revision {found or '(none)'}, head {target}")
+    if command == "check" and found != target:
+        print("the database is not at the head revision: run `upgrade`", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m quart_app.migrations",
+        description="Show, check or upgrade the history database's schema revision.",
+    )
+    parser.add_argument("command", choices=["current", "check", "upgrade"])
+    return asyncio.run(run(parser.parse_args(argv).command))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
