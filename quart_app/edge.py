@@ -5,7 +5,8 @@
   scheme come from ``X-Forwarded-For``/``-Proto`` (``PROXY_MODE = "legacy"``)
   or ``Forwarded`` (``"modern"``), counted from the right, so only values
   appended by the trusted proxies are believed.  With 0 (the default) no
-  forwarded header is believed at all.
+  forwarded header is believed at all.  In modern mode ``X-Forwarded-*`` is
+  dropped (Hypercorn would fall back to it when ``Forwarded`` is missing).
 * **Request framing.**  A request with both ``Content-Length`` and
   ``Transfer-Encoding`` is refused (``400``, connection closed): h11 quietly
   prefers the chunked framing, and a proxy in front that prefers the other one
@@ -16,9 +17,13 @@
 * **Sockets released at once.**  Hypercorn (0.17, 0.18) keeps a connection's
   socket until its keep-alive timer ends even after the client has closed it;
   :func:`release_closed_connections` stops that timer when the read side ends.
-* **Out of file descriptors.**  asyncio logs every failed ``accept()``, and on
-  CPython 3.11 it retries up to ``backlog`` times per wake-up: hundreds of
-  megabytes of identical tracebacks a minute.  :class:`ResourceErrorFilter`
+* **Out of file descriptors.**  asyncio's ``accept()`` loop does not stop at
+  ``EMFILE`` (CPython issue 151615): it goes on for ``backlog`` (4096) tries per
+  wake-up, logging a traceback and scheduling a retry for each, and the retries
+  multiply: hundreds of megabytes of log a minute, and a loop too busy to
+  close the connections that would free descriptors.
+  :func:`stop_accepting_when_out_of_files` makes it stop at the first such
+  error (one retry a second, as intended), and :class:`ResourceErrorFilter`
   lets one line through per ``EMFILE_LOG_INTERVAL_S`` with a count of the
   lines it held back.
 
@@ -32,7 +37,9 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import socket
 import time
+from asyncio import selector_events
 from collections import Counter
 from typing import Any
 
@@ -46,6 +53,8 @@ PROXY_MODES = ("legacy", "modern")
 # Loggers through which a server out of file descriptors speaks.
 RESOURCE_LOGGERS = ("asyncio", "hypercorn.error")
 _OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
+# What asyncio's accept loop treats as "out of resources, retry in a second".
+_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def init_app(app: Quart) -> None:
@@ -56,10 +65,32 @@ def init_app(app: Quart) -> None:
         app.asgi_app, max_per_client=config["MAX_CONNECTIONS_PER_CLIENT"], forwarded=hops > 0
     )
     if hops:
-        asgi = ProxyFixMiddleware(asgi, mode=config["PROXY_MODE"], trusted_hops=hops)
+        asgi = TrustedProxies(asgi, mode=config["PROXY_MODE"], trusted_hops=hops)
     app.asgi_app = asgi  # type: ignore[method-assign]
     install_resource_filter(config["EMFILE_LOG_INTERVAL_S"])
     release_closed_connections()
+    stop_accepting_when_out_of_files()
+
+
+class TrustedProxies(ProxyFixMiddleware):
+    """Hypercorn's ``ProxyFixMiddleware``, except that "modern" reads ``Forwarded`` only.
+
+    Hypercorn falls back to ``X-Forwarded-*`` in modern mode when a request has
+    no ``Forwarded`` header, so a client could name its own address through a
+    proxy that sets only ``Forwarded``.  Here those headers are dropped first.
+    """
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if self.mode == "modern" and scope["type"] in ("http", "websocket"):
+            headers = [
+                (name, value)
+                for name, value in scope["headers"]
+                if not name.lower().startswith(b"x-forwarded-")
+            ]
+            scope = {**scope, "headers": headers}  # type: ignore[assignment]
+        await super().__call__(scope, receive, send)
 
 
 def _forwarded_host(host: str) -> str:
@@ -231,4 +262,53 @@ def release_closed_connections() -> bool:
 
     _read_data.releases_closed_connections = True  # type: ignore[attr-defined]
     TCPServer._read_data = _read_data  # type: ignore[method-assign]
+    return True
+
+
+class _ListeningSocket:
+    """A listening socket as asyncio's accept loop sees it: after one
+    out-of-resources error, the rest of that loop finds nothing pending."""
+
+    __slots__ = ("exhausted", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.exhausted = False
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self.exhausted:
+            raise BlockingIOError(errno.EAGAIN, "stopped after running out of resources")
+        try:
+            return self.sock.accept()
+        except OSError as error:
+            if error.errno in _ACCEPT_RESOURCE_ERRORS:
+                self.exhausted = True
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def stop_accepting_when_out_of_files() -> bool:
+    """End asyncio's accept loop at the first ``EMFILE`` (idempotent).
+
+    ``BaseSelectorEventLoop._accept_connection`` reports the error, removes the
+    reader and schedules a retry, then tries again, up to ``backlog`` times.
+    Given a socket that answers "nothing pending" after the first such error,
+    it returns, and the one retry it scheduled comes a second later.
+    """
+    loop_class = selector_events.BaseSelectorEventLoop
+    accept = loop_class._accept_connection  # type: ignore[attr-defined]
+    if getattr(accept, "stops_when_out_of_files", False):
+        return True
+
+    def _accept_connection(
+        self: Any, protocol_factory: Any, sock: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        if isinstance(sock, _ListeningSocket):  # a retry scheduled with the wrapper
+            sock = sock.sock
+        return accept(self, protocol_factory, _ListeningSocket(sock), *args, **kwargs)
+
+    _accept_connection.stops_when_out_of_files = True  # type: ignore[attr-defined]
+    loop_class._accept_connection = _accept_connection  # type: ignore[attr-defined]
     return True
