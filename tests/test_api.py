@@ -307,6 +307,8 @@ async def test_errors_are_enveloped(
 
 
 async def test_too_many_jobs_is_a_429_with_retry_after(client: Client) -> None:
+    # A session first: a client without one is known by its address.
+    assert (await client.get("/")).status_code == 200
     for _ in range(2):
         response = await client.post(
             "/api/v1/jobs", json={"amount": 1000, "length": 1, "delay_ms": 1000}

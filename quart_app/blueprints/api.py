@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from functools import wraps
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, StrictInt
 from quart import Blueprint, Quart, Response, current_app, request
 from quart_schema import (
     QuartSchema,
@@ -30,7 +30,6 @@ from quart_schema import (
     validate_request,
     validate_response,
 )
-from quart_schema.openapi import OpenAPIProvider
 from werkzeug.datastructures import MultiDict
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import BaseConverter
@@ -39,6 +38,7 @@ from ..brokers import BrokerUnavailable
 from ..db import BadCursor, HistoryUnavailable
 from ..errors import APIError, NotFound
 from ..jobs import JOB_ID_RE
+from ..openapi import Documentation, config_bound, document_body, document_errors, document_stream
 from ..sessions import charset, ensure_session, identities, job_params, owner, selection
 from ..state import get_hub, get_jobs, get_state
 from ..web import client_address
@@ -72,12 +72,12 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorEnvelope(BaseModel):
-    """An /api/v1 error: ``success`` is false, ``message`` says what is wrong."""
+    """An /api/v1 error: `success` is false, `message` says what is wrong."""
 
     status: int
     success: Literal[False]
     message: str
-    content: ErrorDetail | None = None
+    content: ErrorDetail | None
 
 
 class HistoryStats(BaseModel):
@@ -106,6 +106,13 @@ class StatsContent(BaseModel):
     broker_reconnects: int
     tasks: int = Field(description="asyncio tasks alive in all workers (a leak check)")
     history: HistoryStats
+
+
+class StatsEvent(StatsContent):
+    """One event of /api/v1/stats/stream."""
+
+    events_per_s: float = Field(description="Events sent per second since the previous event")
+    jobs_per_min: int = Field(description="Jobs finished in the last minute")
 
 
 class JobInfo(BaseModel):
@@ -162,12 +169,29 @@ class JobsQuery(BaseModel):
     status: Literal["done", "cancelled", "failed"] | None = None
 
 
+def _integral(value: Any) -> Any:
+    """JSON's 3.0 is the integer 3 (JSON Schema says so too); 3.5, "3" and true are not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer however JSON spells it, never a string or a boolean.
+JSONInt = Annotated[StrictInt, BeforeValidator(_integral)]
+
+
 class JobCreate(BaseModel):
+    """A job to start. The bounds are the server's configuration (MAX_AMOUNT, ...)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    amount: StrictInt
-    length: StrictInt
-    delay_ms: StrictInt = 0
+    amount: JSONInt = config_bound(minimum=1, maximum="MAX_AMOUNT", description="Strings")
+    length: JSONInt = config_bound(
+        minimum=1, maximum="MAX_LENGTH", description="Characters per string"
+    )
+    delay_ms: JSONInt = config_bound(
+        default=0, minimum=0, maximum="MAX_DELAY_MS", description="Pause between strings"
+    )
 
 
 class TimeContent(BaseModel):
@@ -262,7 +286,7 @@ def _live_job(state: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/stats")
 @validate_response(Envelope[StatsContent])
-@validate_response(ErrorEnvelope, 503)
+@document_errors(ErrorEnvelope, 503)
 async def stats() -> dict[str, Any]:
     """Application-wide statistics.
 
@@ -279,6 +303,10 @@ async def stats() -> dict[str, Any]:
 
 
 @bp.get("/stats/stream")
+@document_stream(
+    "Each event's data: the /api/v1/stats content, events_per_s and jobs_per_min.", StatsEvent
+)
+@document_errors(ErrorEnvelope, 429, 503)
 async def stats_stream() -> Response:
     """Live statistics as Server-Sent Events.
 
@@ -385,10 +413,7 @@ async def job_history(query_args: JobsQuery) -> tuple[dict[str, Any], int, dict[
 @json_only
 @validate_request(JobCreate)
 @validate_response(Envelope[JobInfo], 201)
-@validate_response(ErrorEnvelope, 400)
-@validate_response(ErrorEnvelope, 415)
-@validate_response(ErrorEnvelope, 429)
-@validate_response(ErrorEnvelope, 503)
+@document_errors(ErrorEnvelope, 400, 403, 413, 415, 429, 503)
 async def create_job(data: JobCreate) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Start a generation job (the session's character sets); watch it at events_url."""
     params = job_params(data.model_dump())
@@ -404,7 +429,7 @@ async def create_job(data: JobCreate) -> tuple[dict[str, Any], int, dict[str, st
 
 @bp.get("/jobs/<job_id:job_id>")
 @validate_response(Envelope[JobInfo])
-@validate_response(ErrorEnvelope, 404)
+@document_errors(ErrorEnvelope, 404, 503)
 async def job_detail(job_id: str) -> dict[str, Any]:
     """One job: live while the server knows it, then from the history."""
     try:
@@ -451,14 +476,27 @@ _SECRET_HEADER = re.compile(
 REDACTED = "[redacted]"
 
 
-def _lists(values: MultiDict[str, Any]) -> dict[str, list[str]]:
-    return {key: [str(v) for v in values.getlist(key)] for key in values}
+def _lists(values: MultiDict[Any, Any], show: Callable[[Any], str] = str) -> dict[str, list[str]]:
+    lists: dict[str, list[str]] = {}
+    for key, value in values.items(multi=True):
+        # A multipart part without a name has the key None.
+        lists.setdefault("" if key is None else str(key), []).append(show(value))
+    return lists
+
+
+# Echo takes any body (none is refused for its shape); these are the ones it decodes.
+ECHO_BODY = {
+    "application/json": {"description": "Any JSON value"},
+    "application/x-www-form-urlencoded": {"description": "Any form"},
+    "multipart/form-data": {"description": "Any form, files included"},
+}
 
 
 @bp.route("/echo", methods=["GET", "POST"])
 @validate_response(Envelope[EchoContent])
-@validate_response(ErrorEnvelope, 400)
-@validate_response(ErrorEnvelope, 413)
+@document_errors(ErrorEnvelope, 400, 413)
+@document_errors(ErrorEnvelope, 403, methods=["POST"])
+@document_body(ECHO_BODY, methods=["POST"])
 async def echo() -> dict[str, Any]:
     """What the server saw of this request; credentials in headers are redacted.
 
@@ -477,8 +515,7 @@ async def echo() -> dict[str, Any]:
             raise APIError(400, "the request body is not valid JSON") from None
     elif mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         form = _lists(await request.form)
-        uploaded = await request.files
-        files = {key: [f.filename or "" for f in uploaded.getlist(key)] for key in uploaded}
+        files = _lists(await request.files, lambda file: file.filename or "")
     headers: dict[str, str] = {}
     for name, value in request.headers.items():
         shown = REDACTED if _SECRET_HEADER.search(name) else value
@@ -553,19 +590,14 @@ async def _envelope_errors(response: Response) -> Response:
 DOCUMENTED = ("/metrics", "/healthz")
 
 
-class APIDocumentation(OpenAPIProvider):
+class APIDocumentation(Documentation):
     """Documents /api/v1 and the operations endpoints, not the pages and streams of the app."""
 
-    def generate_rules(self) -> Any:
-        for rule in super().generate_rules():
-            if is_api_path(rule.rule) or rule.rule in DOCUMENTED:
-                yield rule
+    path_patterns = {JobIdConverter: JobIdConverter.regex}  # noqa: RUF012
+    error_models = frozenset({"AppError", ErrorEnvelope.__name__})
 
-    def build_path_parameter(self, name: str, converter: BaseConverter) -> dict[str, Any]:
-        parameter = super().build_path_parameter(name, converter)
-        if isinstance(converter, JobIdConverter):
-            parameter["schema"] = {"type": "string", "pattern": f"^{JobIdConverter.regex}$"}
-        return parameter
+    def include(self, path: str) -> bool:
+        return is_api_path(path) or path in DOCUMENTED
 
 
 def init_app(app: Quart) -> None:
