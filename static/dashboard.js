@@ -153,7 +153,8 @@ function showStatus({ state }) {
 
 // -- job history ------------------------------------------------------------------
 
-const history = { page: 1, pages: 0, total: 0, status: '', items: [], recent: [], loads: 0 };
+// Pages by cursor: cursors[i] opens page i + 1 (null: the newest); next opens the one after.
+const history = { page: 1, cursors: [null], next: null, status: '', items: [], recent: [], loads: 0 };
 let seenFinished = null;
 let historyTimer = 0;
 let historyBusy = false;
@@ -191,13 +192,15 @@ async function loadHistory() {
   historyBusy = true;
   lastHistoryLoad = performance.now();
   try {
-    const query = new URLSearchParams({ page: String(history.page), per_page: String(PER_PAGE) });
+    const query = new URLSearchParams({ limit: String(PER_PAGE) });
+    const cursor = history.cursors[history.page - 1];
+    if (cursor) query.set('cursor', cursor);
     if (history.status) query.set('status', history.status);
     const [page, recent] = await Promise.all([
       getContent(`${urls.jobsUrl}?${query}`),
-      getContent(`${urls.jobsUrl}?per_page=${HISTORY_CHART_JOBS}`),
+      getContent(`${urls.jobsUrl}?limit=${HISTORY_CHART_JOBS}`),
     ]);
-    Object.assign(history, { pages: page.pages, total: page.total, items: page.items, recent: recent.items });
+    Object.assign(history, { next: page.next_cursor, items: page.items, recent: recent.items });
     history.loads += 1;
     showHistoryError('');
     renderTable();
@@ -252,10 +255,9 @@ function renderTable() {
       }),
     );
   }
-  const pages = Math.max(1, history.pages);
-  $('page-info').textContent = `Page ${history.page} of ${pages} (${integer.format(history.total)} jobs)`;
+  $('page-info').textContent = `Page ${history.page}`;
   $('page-prev').disabled = history.page <= 1;
-  $('page-next').disabled = history.page >= pages;
+  $('page-next').disabled = !history.next;
 }
 
 function renderHistoryChart() {
@@ -268,12 +270,16 @@ function renderHistoryChart() {
 }
 
 function goToPage(page) {
+  if (page === 1) history.cursors = [null];
+  else if (page > history.cursors.length) history.cursors.push(history.next);
   history.page = page;
   loadHistory();
 }
 
 $('page-prev').addEventListener('click', () => goToPage(Math.max(1, history.page - 1)));
-$('page-next').addEventListener('click', () => goToPage(history.page + 1));
+$('page-next').addEventListener('click', () => {
+  if (history.next) goToPage(history.page + 1);
+});
 $('status-filter').addEventListener('change', (event) => {
   history.status = event.target.value;
   goToPage(1);
