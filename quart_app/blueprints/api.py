@@ -165,6 +165,8 @@ class JobsQuery(BaseModel):
     page: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
         default=None,
         description="Only 1 (the first page) is accepted: follow next_cursor for the others",
+        # Larger numbers get a 400 that says what to do instead (in the view).
+        json_schema_extra={"maximum": 1},
     )
     status: Literal["done", "cancelled", "failed"] | None = None
 
