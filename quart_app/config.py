@@ -109,9 +109,15 @@ class Defaults:
 
     # Tune the garbage collector for many long-lived streams (see state.tune_gc).
     GC_TUNE = True
+    # With GC_TUNE, a full collection runs this often (frees connection cycles).
+    GC_FULL_INTERVAL_S = 60.0
 
     # Instance folder (secret key, job results, database); default: Quart's.
     INSTANCE_PATH: str | None = None
+
+
+# Shortest bearer token accepted at start-up (PUBLISH_TOKEN, OPERATOR_TOKEN).
+MIN_TOKEN_CHARS = 16
 
 
 def default_config() -> dict[str, Any]:
@@ -153,6 +159,7 @@ _POSITIVE_FLOAT = (
     "JOB_ORPHAN_S",
     "JOB_TTL_S",
     "CHANNEL_TTL_S",
+    "GC_FULL_INTERVAL_S",
     "TICKER_INTERVAL_S",
     "CLOCK_INTERVAL_S",
     "STATS_INTERVAL_S",
@@ -241,10 +248,12 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     checked["PROXY_MODE"] = mode
     if config["LOG_FORMAT"] not in ("text", "json"):
         raise ValueError(f"LOG_FORMAT must be text or json, got {config['LOG_FORMAT']!r}")
-    operator_token = config["OPERATOR_TOKEN"]
-    if operator_token is not None and (
-        not isinstance(operator_token, str) or len(operator_token) < 16
-    ):
-        raise ValueError("OPERATOR_TOKEN must be a string of at least 16 characters")
-    checked["OPERATOR_TOKEN"] = operator_token or None
+    for key in ("PUBLISH_TOKEN", "OPERATOR_TOKEN"):
+        token = config[key]
+        if token is not None and token != "" and (
+            not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS
+        ):
+            # A short bearer token is guessable: refuse to start rather than serve with it.
+            raise ValueError(f"{key} must be a string of at least {MIN_TOKEN_CHARS} characters")
+        checked[key] = token or None
     return checked

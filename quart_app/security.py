@@ -31,14 +31,36 @@ PAGE_HEADERS = {
 HSTS = "max-age=31536000"
 
 
-def _same_site(origin: str, host: str) -> bool:
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_tuple(scheme: str, netloc: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) with the default port filled in; None if malformed."""
+    scheme = scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not netloc:
+        return None
+    try:
+        parts = urlsplit(f"{scheme}://{netloc}")
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.hostname is None or parts.username is not None or parts.path:
+        return None
+    return scheme, parts.hostname.lower(), port if port is not None else _DEFAULT_PORTS[scheme]
+
+
+def _same_origin(origin: str, scheme: str, host: str) -> bool:
+    """Whether ``Origin`` names this site: same scheme, host and port."""
     if origin == "null":
         return False
     try:
         parts = urlsplit(origin)
     except ValueError:
         return False
-    return bool(parts.scheme in ("http", "https") and parts.netloc) and parts.netloc == host
+    if parts.path or parts.query or parts.fragment:
+        return False
+    theirs = _origin_tuple(parts.scheme, parts.netloc)
+    return theirs is not None and theirs == _origin_tuple(scheme, host)
 
 
 def init_app(app: Quart) -> None:
@@ -49,13 +71,15 @@ def init_app(app: Quart) -> None:
         if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
             raise APIError(403, "cross-site requests may not change state")
         origin = request.headers.get("Origin")
-        if origin is not None and not _same_site(origin, request.host):
+        if origin is not None and not _same_origin(origin, request.scheme, request.host):
             raise APIError(403, "cross-site requests may not change state")
 
     @app.after_request
     async def cors(response: Response) -> Response:
         allowed = app.config["CORS_ORIGINS"]
-        if not allowed:
+        # Only streams are offered cross-origin (EventSource): nothing else is
+        # readable from another site, with or without credentials.
+        if not allowed or response.mimetype != "text/event-stream":
             return response
         origin = request.headers.get("Origin")
         response.vary.add("Origin")

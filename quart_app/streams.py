@@ -205,6 +205,13 @@ class StreamHub:
                         # A terminal event is always the last one its topic gets.
                         if messages[-1].event in terminal:
                             return
+                        if sub.pending():
+                            # Catching up: let the loop run between chunks.  Once a
+                            # client is gone the server's writes return at once
+                            # without suspending, so without this a departed
+                            # watcher's whole backlog would be encoded and thrown
+                            # away before its cancellation could land.
+                            await asyncio.sleep(0)
                         continue
                     if pending is not None:
                         yield pending
