@@ -154,13 +154,18 @@ def wants_html() -> bool:
     return bool(accept) and accept.best_match(["application/json", "text/html"]) == "text/html"
 
 
-async def answer(error: Exception) -> Response:
-    """The one place an error becomes a response (JSON, or HTML for a browser)."""
-    result = http_error(error)
+def log_error(error: Exception, result: HTTPAnswer) -> None:
+    """Log what an operator must see: the server's own failures, an unreachable broker."""
     if result.status >= 500 and not isinstance(error, (DomainError, BrokerUnavailable)):
         log.exception("unhandled error", exc_info=error)
     elif isinstance(error, BrokerUnavailable):
         log.warning("broker unavailable: %s", error)
+
+
+async def answer(error: Exception) -> Response:
+    """The one place an error becomes a response (JSON, or HTML for a browser)."""
+    result = http_error(error)
+    log_error(error, result)
     if wants_html():
         page = await render_template("error.html", status=result.status, message=result.message)
         response = Response(page, status=result.status, content_type="text/html; charset=utf-8")

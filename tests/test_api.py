@@ -71,7 +71,8 @@ async def answer(response: Any, status: int, model: type[BaseModel]) -> dict[str
 async def test_answers_are_enveloped(
     client: Client, method: str, path: str, model: type[BaseModel]
 ) -> None:
-    await answer(await client.open(path, method=method), 200, model)
+    no_body: dict[str, Any] = {}  # quart's typing asks for json=; the client's default is none
+    await answer(await client.open(path, method=method, **no_body), 200, model)
 
 
 async def test_time(client: Client) -> None:
@@ -148,6 +149,22 @@ async def test_echo_shows_the_request_with_credentials_redacted(client: Client) 
         assert secret.encode() not in raw
     # UTF-8 as it is, not \u escapes.
     assert "grüße".encode() in raw and b"\\u" not in raw
+
+
+async def test_echo_shows_nameless_multipart_parts(client: Client) -> None:
+    boundary = "XyZ"
+    payload = (
+        f"--{boundary}\r\nContent-Disposition: form-data\r\n\r\nhi\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; filename="a.txt"\r\n\r\nx\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
+    response = await client.post(
+        "/api/v1/echo",
+        data=payload,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    content = (await answer(response, 200, Envelope[EchoContent]))["content"]
+    assert content["form"] == {"": ["hi"]} and content["files"] == {"": ["a.txt"]}
 
 
 async def test_echo_decodes_forms_and_files(client: Client) -> None:
@@ -323,7 +340,7 @@ async def test_draining_is_a_503(app: Quart, client: Client) -> None:
     get_state(app).jobs.draining = True
     refused = await client.post("/api/v1/jobs", json={"amount": 1, "length": 1})
     body = await answer(refused, 503, ErrorEnvelope)
-    assert "shutting down" in body["message"]
+    assert "shutting down" in body["message"] and refused.headers["Retry-After"]
 
 
 async def test_broker_trouble_is_a_503_and_a_bug_a_500(
@@ -346,6 +363,36 @@ async def test_broker_trouble_is_a_503_and_a_bug_a_500(
     body = await answer(response, 500, ErrorEnvelope)
     assert body["message"] == "internal server error"
     assert b"secret" not in await response.get_data()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/api/v1/nope", 404), ("DELETE", "/api/v1/time", 405), ("GET", "/api/v1/jobs/x", 404)],
+)
+async def test_a_browser_gets_the_envelope_too(
+    client: Client, method: str, path: str, status: int
+) -> None:
+    """The API answers JSON even to a client that prefers HTML (not the pages' error page)."""
+    accept = {"Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"}
+    no_body: dict[str, Any] = {}
+    response = await client.open(path, method=method, headers=accept, **no_body)
+    await answer(response, status, ErrorEnvelope)
+
+
+async def test_a_routing_error_is_enveloped_before_any_other_hook(client: Client) -> None:
+    """A cross-site write to no route: the API's 404, not the cross-site refusal in bare JSON."""
+    response = await client.post(
+        "/api/v1/nope", json={}, headers={"Origin": "https://evil.example"}
+    )
+    await answer(response, 404, ErrorEnvelope)
+
+
+async def test_validation_errors_list_every_problem(client: Client) -> None:
+    response = await client.post("/api/v1/jobs", json={"amount": "x", "length": "y", "z": 1})
+    body = await answer(response, 400, ErrorEnvelope)
+    fields = {problem["field"] for problem in body["content"]["errors"]}
+    assert fields == {"amount", "length", "z"}
+    assert body["message"].startswith(body["content"]["field"] + ": ")
 
 
 @pytest.mark.parametrize("path", ["/nope", "/jobs/" + "A" * 22])

@@ -2,9 +2,11 @@
 
 Every answer, error or not, is
 ``{"status": <http status>, "success": <bool>, "message": "...", "content": ...}``.
-Errors anywhere under ``/api/v1`` (including routing's 404 and 405, and
-quart-schema's validation errors) are rewritten into that envelope after the
-app's own handlers ran; elsewhere the app keeps its ``{"error": ...}`` JSON.
+The blueprint's error handlers build the error envelope from the app's error
+map (``errors.http_error``), for quart-schema's validation errors, domain
+errors and HTTP errors alike; routing's own 404 and 405 under ``/api/v1``
+reach them through one app-level hook (``routing_error``, which says why).
+Elsewhere the app keeps its ``{"error": ...}`` JSON.
 
 OpenAPI (``/openapi.json``) documents the API and the operations endpoints;
 ``/docs`` renders it with a vendored Swagger UI (no CDN; ``pages.py``).
@@ -15,13 +17,13 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, StrictInt
-from quart import Blueprint, Quart, Response, current_app, request
+from quart import Blueprint, Quart, Response, current_app, jsonify, request
 from quart_schema import (
     QuartSchema,
     RequestSchemaValidationError,
@@ -31,12 +33,12 @@ from quart_schema import (
     validate_response,
 )
 from werkzeug.datastructures import MultiDict
-from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from ..brokers import BrokerUnavailable
 from ..db import BadCursor, HistoryUnavailable
-from ..errors import APIError, NotFound
+from ..errors import APIError, NotFound, http_error, log_error
 from ..jobs import JOB_ID_RE
 from ..openapi import Documentation, config_bound, document_body, document_errors, document_stream
 from ..sessions import charset, ensure_session, identities, job_params, owner, selection
@@ -539,15 +541,32 @@ async def echo() -> dict[str, Any]:
 
 
 # -- errors --------------------------------------------------------------------
+#
+# The blueprint's own handlers build the envelope from the app's one error map
+# (errors.http_error): whatever a view or a before_request hook raises under
+# /api/v1 (an APIError, a domain error, an HTTPException such as a body over
+# MAX_CONTENT_LENGTH, a bug) is answered here, never re-parsed afterwards.
+
+
+def _error_response(
+    status: int,
+    message: str,
+    content: dict[str, Any] | None,
+    headers: Iterable[tuple[str, str]] = (),
+) -> Response:
+    response = jsonify(envelope(content, message, status))
+    response.status_code = status
+    response.headers.update(dict(headers))
+    return response
 
 
 @bp.errorhandler(RequestSchemaValidationError)
-async def invalid_request(error: RequestSchemaValidationError) -> tuple[dict[str, Any], int]:
+async def invalid_request(error: RequestSchemaValidationError) -> Response:
+    """quart-schema refused the query or the body: every problem, the first one in the message."""
     problems = _problems(error.validation_error)
     first = problems[0] if problems else {"field": "", "message": "invalid request"}
     message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
-    content = {"field": first["field"] or None, "errors": problems}
-    return envelope(content, message, 400), 400
+    return _error_response(400, message, {"field": first["field"] or None, "errors": problems})
 
 
 def _problems(error: Exception) -> list[dict[str, str]]:
@@ -561,30 +580,30 @@ def _problems(error: Exception) -> list[dict[str, str]]:
     return problems
 
 
-async def _envelope_errors(response: Response) -> Response:
-    """Errors under /api/v1 leave in the envelope, whoever raised them."""
-    if response.status_code < 400 or not is_api_path(request.path):
-        return response
-    status = response.status_code
-    body: Any = None
-    if response.mimetype == "application/json":
-        try:
-            body = json.loads(await response.get_data(as_text=True))
-        except ValueError:
-            body = None
-    if isinstance(body, dict) and "success" in body:
-        return response  # already in the envelope
-    message = HTTP_STATUS_CODES.get(status, "error")
-    content: dict[str, Any] | None = None
-    if isinstance(body, dict):
-        message = str(body.get("error") or message)
-        if body.get("field") is not None:
-            content = {"field": body["field"]}
-    response.set_data(
-        current_app.json.dumps(envelope(content, message, status), separators=(",", ":"))
-    )
-    response.mimetype = "application/json"
-    return response
+@bp.errorhandler(Exception)
+async def api_error(error: Exception) -> Response:
+    """Any other error: status, message, field and headers from the error map (500 for a bug)."""
+    result = http_error(error)
+    log_error(error, result)
+    content = None if result.field is None else {"field": result.field}
+    return _error_response(result.status, result.message, content, result.headers)
+
+
+async def routing_error() -> Response | None:
+    """Routing's own 404 and 405 under /api/v1, in the envelope.
+
+    Quart picks error handlers by the blueprint of the endpoint that the request
+    matched. A path that matched no route (404), or no route for its method
+    (405), has no blueprint, so the handlers above never see those errors. This
+    app-level hook runs before any other one, when the failed match is known,
+    and answers from the same handler, keyed on the path. Nothing else passes here.
+    """
+    error = request.routing_exception
+    if not isinstance(error, HTTPException) or (error.code or 0) < 400:
+        return None  # matched, or a redirect
+    if not is_api_path(request.path):
+        return None
+    return await api_error(error)
 
 
 # -- OpenAPI -------------------------------------------------------------------
@@ -623,4 +642,5 @@ def init_app(app: Quart) -> None:
     # QuartSchema installs its own JSON provider: keep non-ASCII as UTF-8, not \\u escapes.
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.register_blueprint(bp)
-    app.after_request(_envelope_errors)
+    # First of all: no other hook should answer a request that matched nothing.
+    app.before_request_funcs.setdefault(None, []).insert(0, routing_error)
