@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
@@ -18,7 +20,8 @@ from quart.typing import TestClientProtocol as Client
     ],
 )
 async def test_http_errors_are_json(client: Client, method: str, path: str, status: int) -> None:
-    response = await client.open(path, method=method)
+    # quart.typing's open() leaves out the default of its json argument.
+    response = await client.open(path, method=method)  # type: ignore[call-arg]
     assert response.status_code == status
     body = await response.get_json()
     assert set(body) == {"error"} and body["error"]
@@ -92,8 +95,8 @@ async def test_secret_key_is_generated_once_and_kept(tmp_path) -> None:  # type:
     ],
 )
 def test_bad_configuration_stops_the_app_with_a_clear_message(
-    tmp_path, key, value, message
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, key: str, value: object, message: str
+) -> None:
     from quart_app import create_app
 
     with pytest.raises(ValueError, match=message):
@@ -119,3 +122,17 @@ def test_environment_overrides(tmp_path, monkeypatch) -> None:  # type: ignore[n
     app = create_app({"INSTANCE_PATH": str(tmp_path)})
     assert app.config["MAX_JOBS"] == 7
     assert app.config["CORS_ORIGINS"] == ("https://a.example", "https://b.example")
+
+
+async def test_pages_answer_html_errors_to_a_browser(client: Client) -> None:
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    missing = await client.get("/no-such-page", headers=browser)
+    assert missing.status_code == 404
+    assert missing.mimetype == "text/html"
+    page = await missing.get_data(as_text=True)
+    assert "<h1>404</h1>" in page and 'href="/live"' in page  # the site's frame, with its navigation
+    # A script (or curl: */*) still gets JSON, and the API its envelope.
+    scripted = await client.get("/no-such-page", headers={"Accept": "*/*"})
+    assert scripted.mimetype == "application/json" and "error" in await scripted.get_json()
+    api = await client.get("/api/v1/no-such-thing", headers=browser)
+    assert api.mimetype == "application/json"
