@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from quart_app.config import default_config
+from quart_app.config import default_config, validate
 
 from .conftest import FAST
 from .harness import ServerProcess
@@ -68,7 +68,7 @@ async def open_stream(
     """``GET /numbers``; yields once the first bytes arrived (the stream is counted)."""
     async with client.stream("GET", "/numbers", headers=headers or []) as response:
         if response.status_code == 200:
-            chunks = response.aiter_raw()
+            chunks: Any = response.aiter_raw()
             await anext(chunks)
             yield response
             await chunks.aclose()
@@ -98,6 +98,26 @@ def test_defaults_trust_no_proxy_and_cap_no_address() -> None:
     assert config["PROXY_TRUSTED_HOPS"] == 0
     assert config["MAX_STREAMS_PER_CLIENT"] == 0
     assert config["MAX_CONNECTIONS_PER_CLIENT"] == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("PROXY_TRUSTED_HOPS", -1, "PROXY_TRUSTED_HOPS must be an integer >= 0"),
+        ("PROXY_TRUSTED_HOPS", "one", "PROXY_TRUSTED_HOPS must be an integer"),
+        ("PROXY_MODE", "sideways", "PROXY_MODE must be legacy or modern"),
+        ("MAX_CONNECTIONS_PER_CLIENT", -5, "MAX_CONNECTIONS_PER_CLIENT must be an integer >= 0"),
+        ("EMFILE_LOG_INTERVAL_S", 0, "EMFILE_LOG_INTERVAL_S must be a number > 0"),
+    ],
+)
+def test_edge_settings_are_validated(key: str, value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate({**default_config(), key: value})
+
+
+def test_edge_settings_from_the_environment() -> None:
+    checked = validate({**default_config(), "PROXY_TRUSTED_HOPS": "2", "PROXY_MODE": " Modern "})
+    assert (checked["PROXY_TRUSTED_HOPS"], checked["PROXY_MODE"]) == (2, "modern")
 
 
 async def test_forwarded_headers_are_ignored_without_trusted_hops(servers: Any) -> None:
