@@ -10,6 +10,8 @@ const HISTORY_CHART_JOBS = 100;
 const PER_PAGE = 20;
 // Reload the history at most this often while jobs keep finishing.
 const HISTORY_RELOAD_MS = 2000;
+// How long after a job finishes the history keeps being reloaded.
+const HISTORY_CATCH_UP_MS = 5000;
 const KINDS = ['job', 'numbers', 'clock', 'chat', 'channel', 'stats'];
 const STATUSES = ['done', 'cancelled', 'failed'];
 
@@ -54,8 +56,11 @@ function addStats(stats) {
   scheduleDraw();
   if (stats.jobs_finished !== seenFinished) {
     seenFinished = stats.jobs_finished;
-    scheduleHistory();
+    historyFreshUntil = performance.now() + HISTORY_CATCH_UP_MS;
   }
+  // The history is written to the database a moment after a job finishes:
+  // keep reloading (at most every HISTORY_RELOAD_MS) for a while after.
+  if (performance.now() < historyFreshUntil) scheduleHistory();
 }
 
 // -- charts ---------------------------------------------------------------------
@@ -156,6 +161,7 @@ function showStatus({ state }) {
 // Pages by cursor: cursors[i] opens page i + 1 (null: the newest); next opens the one after.
 const history = { page: 1, cursors: [null], next: null, status: '', items: [], recent: [], loads: 0 };
 let seenFinished = null;
+let historyFreshUntil = 0;
 let historyTimer = 0;
 let historyBusy = false;
 let historyAgain = false;

@@ -63,7 +63,7 @@ async def test_dashboard_shows_live_statistics_and_the_job_history(
         await cancel_job(client)
 
         page, errors, requested = await open_page(browser, url, "/dashboard")
-        await page.wait_for_function("window.dashboard !== undefined")
+        await page.wait_for_function("() => window.dashboard !== undefined")
 
         # The job history: table and chart, from the API.
         await expect(page.locator("#history-rows tr")).to_have_count(4)
@@ -84,10 +84,12 @@ async def test_dashboard_shows_live_statistics_and_the_job_history(
         ticker = asyncio.create_task(listen())
         try:
             await page.wait_for_function(
-                "(() => { const s = window.dashboard.latest();"
-                " return s && s.open_streams.numbers === 1 && s.events_per_s > 5; })()"
+                "() => { const s = window.dashboard.latest();"
+                " return s && s.open_streams.numbers === 1 && s.events_per_s > 5; }"
             )
-            await page.wait_for_function("window.dashboard.charts.events.data[0].length >= 10")
+            await page.wait_for_function(
+                "() => window.dashboard.charts.events.data[0].length >= 10"
+            )
             await expect(page.locator("#status")).to_have_attribute("data-state", "open")
             await expect(page.locator('[data-stat="open_streams_total"]')).to_have_text(
                 "2"
@@ -100,7 +102,7 @@ async def test_dashboard_shows_live_statistics_and_the_job_history(
                 client.cookies.set(cookie["name"], cookie["value"])
             await finish_job(client, 2, 3)
             await expect(page.locator("#history-rows tr")).to_have_count(5)
-            await page.wait_for_function("window.dashboard.latest().jobs_per_min >= 1")
+            await page.wait_for_function("() => window.dashboard.latest().jobs_per_min >= 1")
             await expect(page.locator('[data-stat="jobs_finished"]')).to_have_text("5")
 
             chart = await page.evaluate(
@@ -112,7 +114,9 @@ async def test_dashboard_shows_live_statistics_and_the_job_history(
                             width: d.charts.events.width, canvas: d.charts.events.ctx.canvas.width};
                 }"""
             )
-            assert chart["t"] == sorted(chart["t"]) and max(chart["events"]) > 5
+            # A late stats event on a busy machine may put a break (null) in the line.
+            assert chart["t"] == sorted(chart["t"])
+            assert max(e for e in chart["events"] if e is not None) > 5
             assert chart["streams"] == 8  # time, all, and one line per kind
             assert chart["width"] > 200 and chart["canvas"] > 0
 
@@ -160,15 +164,17 @@ async def test_dashboard_stays_bounded_however_long_it_runs(
     dashboard_server: Any, browser: BrowserContext
 ) -> None:
     page, errors, _ = await open_page(browser, dashboard_server.url, "/dashboard")
-    await page.wait_for_function("window.dashboard && window.dashboard.latest() !== null")
+    await page.wait_for_function("() => window.dashboard && window.dashboard.latest() !== null")
     limit = await page.evaluate("window.dashboard.maxPoints")
-    # Two hours of events at once (the page cannot tell them from real ones).
+    # Two hours' worth of events at once (the page cannot tell them from real
+    # ones), as far apart as the server sends them, so that none is a gap.
     await page.evaluate(
         """(count) => {
             const d = window.dashboard;
             const base = d.latest();
+            const step = d.maxStep / 2.5;
             for (let i = 1; i <= count; i++) {
-                const time = base.time + 1000 + i;
+                const time = base.time + 1000 + i * step;
                 const data = JSON.stringify({...base, time, events_per_s: i % 50});
                 d.stream.dispatchEvent(new MessageEvent('message', {data}));
             }

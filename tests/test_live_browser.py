@@ -39,11 +39,14 @@ async def numbers_shown(page: Page) -> list[str]:
 
 
 async def wait_numbers_advance(page: Page) -> None:
-    """Until the newest number's id moves on: the list changes while we watch."""
+    """Until the newest number's id moves on: the list changes while we watch.
+
+    Ids are ``<seq>.<incarnation>``: the sequence number leads.
+    """
     before = await page.evaluate("window.live.streams.numbers.lastEventId")
     await page.wait_for_function(
         "(before) => window.live.streams.numbers.lastEventId !== before"
-        " && Number(window.live.streams.numbers.lastEventId) > Number(before)",
+        " && parseInt(window.live.streams.numbers.lastEventId, 10) > parseInt(before, 10)",
         arg=before,
     )
 
@@ -53,7 +56,8 @@ async def open_streams(client: httpx.AsyncClient, url: str) -> dict[str, int]:
     response.raise_for_status()
     body = response.json()
     assert body["success"] is True
-    return body["content"]["open_streams"]
+    streams: dict[str, int] = body["content"]["open_streams"]
+    return streams
 
 
 async def stable_open_streams(
@@ -237,8 +241,8 @@ async def test_tabs_share_one_ticker_connection(
                     const numbers = window.live.streams.numbers;
                     window.handoverIds = [];
                     numbers.addEventListener('newnumber',
-                        (e) => window.handoverIds.push(Number(e.lastEventId)));
-                    return numbers.lastEventId;
+                        (e) => window.handoverIds.push(parseInt(e.lastEventId, 10)));
+                    return parseInt(numbers.lastEventId, 10);
                 }"""
             )
         )
