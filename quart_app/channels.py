@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from quart import Quart, current_app
 
 from .brokers import Broker, Overflow
+from .brokers.base import parse_seq
 from .errors import InvalidInput, Overloaded, TooLarge
-from .sse import parse_seq_id
 from .state import AppState, get_state
 from .streams import Feed
 
@@ -93,8 +93,11 @@ async def publish(data: Any, *, type: str | None = None, channel: str = "sse") -
 
 
 def resume_after(last_event_id: str | None) -> int | None:
-    """The seq a channel stream resumes after (None: live, with the backlog first)."""
-    return None if last_event_id is None else parse_seq_id(last_event_id)
+    """The seq a channel stream resumes after (None: live, with the backlog first).
+
+    A :class:`~.brokers.base.Seq`: the broker checks its incarnation.
+    """
+    return None if last_event_id is None else parse_seq(last_event_id)
 
 
 def feed(name: str, after: int | None, *, kind: str = "channel", backlog: int = 0) -> Feed:

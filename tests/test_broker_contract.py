@@ -65,17 +65,21 @@ async def test_publish_reaches_live_subscribers_with_seq_ids(broker: Broker) -> 
         broker.subscribe("news", maxlen=100) as first,
         broker.subscribe("news", maxlen=100) as second,
     ):
-        assert await broker.publish("news", '{"a": 1}', event="greeting", maxlen=100) == 1
-        assert await broker.publish("news", "two\nlines", maxlen=100) == 2
+        one = await broker.publish("news", '{"a": 1}', event="greeting", maxlen=100)
+        two = await broker.publish("news", "two\nlines", maxlen=100)
+        assert (one, two) == (1, 2)
         for sub in (first, second):
             assert await receive(sub, 2) == [1, 2]
     async with broker.subscribe("news", after=0, maxlen=100) as again:
         frames = b"".join(m.frame for m in again.take()).decode()
     events = parse(frames).events
+    # Ids are ``<seq>.<incarnation>``, as publish returns them.
+    inc = one.incarnation  # type: ignore[attr-defined]
     assert [(e.type, e.data, e.last_event_id) for e in events] == [
-        ("greeting", '{"a": 1}', "1"),
-        ("message", "two\nlines", "2"),
+        ("greeting", '{"a": 1}', f"1.{inc}"),
+        ("message", "two\nlines", f"2.{inc}"),
     ]
+    assert (str(one), str(two)) == (f"1.{inc}", f"2.{inc}")
 
 
 async def test_publish_many_is_contiguous_and_keeps_explicit_ids(broker: Broker) -> None:

@@ -18,6 +18,16 @@ policies, chosen per topic:
 * ``DROP_OLDEST`` (the ticker): a subscriber that falls behind skips to the
   newest ``max_lag`` messages.
 
+Incarnations: a topic gets a short random token (its *incarnation*) when it
+is created: at the memory broker's first use of it in this process, or when
+Redis creates its stream again (after an expiry, a ``FLUSHALL``, a restart
+without persistence).  Seqs start at 1 in every incarnation, so the SSE ids of
+topics whose ids the broker makes are ``<seq>.<incarnation>`` (see
+:class:`Seq`); a resume id of another incarnation, or a plain integer from an
+older client, is treated like an id too old to replay: ``event: gap`` first,
+then everything the history holds, never a silent skip.  Job topics carry
+their own ids (the job id is their incarnation) and are not checked.
+
 The in-memory broker (``memory``) serves one process.  ``RedisBroker``
 (``redis``) feeds the same ``LocalTopic`` objects from Redis Streams, so
 subscribers and streams do not know which broker they run on.
@@ -27,11 +37,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import re
+import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from ..sse import encode
+from ..sse import LastEventIdError, encode
+
+_SEQ_ID_RE = re.compile(r"(\d{1,19})(?:\.([a-z0-9]{1,16}))?")
 
 
 class Overflow(enum.Enum):
@@ -55,10 +69,56 @@ class Message:
         return f"Message(seq={self.seq}, event={self.event!r}, frame={self.frame[:40]!r}...)"
 
 
-def make_message(seq: int, data: str, event: str | None, sse_id: str | None) -> Message:
-    return Message(
-        seq, encode(data, event=event, id=sse_id if sse_id is not None else str(seq)), event
-    )
+def new_incarnation() -> str:
+    """A topic's incarnation token: 8 hex characters (32 random bits)."""
+    return secrets.token_hex(4)
+
+
+class Seq(int):
+    """A seq that knows the incarnation of its topic; ``str()`` gives its SSE id.
+
+    ``Seq(5, "3fa9c2d1")`` is id ``5.3fa9c2d1``; ``Seq(5, "")`` is an id of
+    unknown incarnation (a plain ``5`` from a client of an older version).
+    Brokers check a ``Seq`` passed as ``after`` against the topic's
+    incarnation; a plain ``int`` is not checked (job topics).
+    """
+
+    incarnation: str  # (int subclasses cannot have __slots__)
+
+    def __new__(cls, value: int, incarnation: str) -> Seq:
+        seq = super().__new__(cls, value)
+        seq.incarnation = incarnation
+        return seq
+
+    def __str__(self) -> str:
+        number = int(self)
+        return f"{number}.{self.incarnation}" if self.incarnation else str(number)
+
+    def __format__(self, spec: str) -> str:
+        # Formatted, it is the number (keys, stream ids); only ``str`` is the SSE id.
+        return format(int(self), spec)
+
+    def __repr__(self) -> str:
+        return f"Seq({int(self)}, {self.incarnation!r})"
+
+    def __reduce__(self) -> Any:
+        return (Seq, (int(self), self.incarnation))
+
+
+def parse_seq(value: str) -> Seq:
+    """A channel/ticker/chat Last-Event-ID: ``<seq>.<incarnation>``, or a plain ``<seq>``."""
+    match = _SEQ_ID_RE.fullmatch(value)
+    if match is None or not value.isascii():
+        raise LastEventIdError(f"Last-Event-ID {value!r} is not an event id of this stream")
+    return Seq(int(match.group(1)), match.group(2) or "")
+
+
+def make_message(
+    seq: int, data: str, event: str | None, sse_id: str | None, incarnation: str = ""
+) -> Message:
+    if sse_id is None:
+        sse_id = f"{seq}.{incarnation}" if incarnation else str(seq)
+    return Message(seq, encode(data, event=event, id=sse_id), event)
 
 
 class TopicHistory:
@@ -211,13 +271,24 @@ class Subscription:
 class LocalTopic:
     """A topic as this process sees it: history plus local subscribers."""
 
-    __slots__ = ("expires_at", "history", "name", "subscribers")
+    __slots__ = ("expires_at", "history", "incarnation", "name", "subscribers")
 
-    def __init__(self, name: str, maxlen: int, first_seq: int = 1) -> None:
+    def __init__(
+        self, name: str, maxlen: int, first_seq: int = 1, incarnation: str | None = None
+    ) -> None:
         self.name = name
         self.history = TopicHistory(maxlen, first_seq)
         self.subscribers: set[Subscription] = set()
         self.expires_at: float | None = None
+        self.incarnation = new_incarnation() if incarnation is None else incarnation
+
+    def seq(self, value: int) -> Seq:
+        """``value`` as a seq of this incarnation (its ``str`` is the SSE id)."""
+        return Seq(value, self.incarnation)
+
+    def foreign(self, after: int | None) -> bool:
+        """Whether ``after`` is an id of another incarnation (or of an unknown one)."""
+        return isinstance(after, Seq) and after.incarnation != self.incarnation
 
     def add(self, messages: Iterable[Message]) -> None:
         for message in messages:
@@ -261,13 +332,14 @@ class LocalTopic:
         if after is None:
             cursor = max(history.first_seq - 1, history.last_seq - backlog)
         elif replay:
-            cursor = after
-        elif after > history.last_seq or after < history.first_seq - 1:
-            # Trimmed away, or from before a reset of the topic.
+            cursor = int(after)
+        elif after > history.last_seq or after < history.first_seq - 1 or self.foreign(after):
+            # Trimmed away, from before a reset, or of another incarnation.
             cursor = history.first_seq - 1
-            gap = (after, history.first_seq)
+            resumed = history.first_seq
+            gap = (after, self.seq(resumed) if isinstance(after, Seq) else resumed)
         else:
-            cursor = after
+            cursor = int(after)
         sub = Subscription(self, cursor, max_lag=max_lag, overflow=overflow, backlog=replay)
         sub.gap = gap
         self.subscribers.add(sub)

@@ -12,7 +12,11 @@ from .base import LocalTopic, Overflow, Subscription, make_message
 
 
 class MemoryBroker:
-    """One process, nothing to install.  Expiry is swept once a second."""
+    """One process, nothing to install.  Expiry is swept once a second.
+
+    A topic's incarnation is made with its ``LocalTopic``: a new process, or a
+    topic forgotten after its TTL and used again, starts a new incarnation.
+    """
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
@@ -71,9 +75,9 @@ class MemoryBroker:
         messages = []
         for data, event, sse_id in items:
             seq += 1
-            messages.append(make_message(seq, data, event, sse_id))
+            messages.append(make_message(seq, data, event, sse_id, local.incarnation))
         local.add(messages)
-        return seq
+        return local.seq(seq)
 
     @asynccontextmanager
     async def subscribe(

@@ -7,6 +7,13 @@ Keys (all under ``prefix``, default ``quart_app:``):
     the ``0-*`` id makes Redis number them ``0-1, 0-2, ...`` atomically, so an entry's
     sequence part *is* the broker seq and the SSE id, the same on every worker; a client
     resumes anywhere.  Fields: ``d`` data, ``e`` event, ``i`` explicit SSE id.
+``t:<topic>:inc``
+    The topic's incarnation (see ``brokers.base``), with the same TTL as its
+    stream, so the two are forgotten together.  A publish that creates the
+    stream (first use, after an expiry or a data loss) starts a new one,
+    unless a subscriber that came first reserved one (``?<token>``, never used
+    by an entry): the subscriber's ids then match what it will receive.  SSE
+    ids are ``<seq>.<incarnation>``.
 ``state:<key>``, ``n:<key>``, ``counters``
     Job state hashes (with TTL), shared integers, application-wide counters.
 ``lease:<name>``
@@ -63,9 +70,11 @@ from .base import (
     LocalTopic,
     Message,
     Overflow,
+    Seq,
     Subscription,
     TopicHistory,
     make_message,
+    new_incarnation,
 )
 
 log = logging.getLogger("quart_app.brokers.redis")
@@ -110,6 +119,62 @@ redis.call('ZADD', KEYS[1], leaves, ARGV[1])
 return 1
 """
 _NEVER_MS = 2**52
+# A subscriber's reserved incarnation, for a topic nobody has published to yet.
+RESERVE_MS = 86_400_000
+
+# Incarnations: see ``t:<topic>:inc`` in the module docstring.  Both scripts
+# touch the stream and its incarnation key, which hash alike when the stream's
+# key has a hash tag (the incarnation key is the stream key plus a suffix).
+_INCARNATION = """
+local function incarnation(fresh)
+  local inc = redis.call('GET', KEYS[2])
+  local exists = redis.call('EXISTS', KEYS[1]) == 1
+  if inc and string.sub(inc, 1, 1) == '?' then
+    return string.sub(inc, 2), true
+  end
+  if exists and inc then return inc, false end
+  return fresh, true
+end
+local function mirror_ttl()
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl > 0 then redis.call('PEXPIRE', KEYS[2], pttl) end
+end
+"""
+_PUBLISH = (
+    _INCARNATION
+    + """
+local inc, changed = incarnation(ARGV[3])
+local n = tonumber(ARGV[4])
+local id
+for k = 0, n - 1 do
+  local at = 5 + 3 * k
+  local fields = {'d', ARGV[at]}
+  if ARGV[at + 1] ~= '' then fields[#fields + 1] = 'e'; fields[#fields + 1] = ARGV[at + 1] end
+  if ARGV[at + 2] ~= '' then fields[#fields + 1] = 'i'; fields[#fields + 1] = ARGV[at + 2] end
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-*', unpack(fields))
+end
+if changed then redis.call('SET', KEYS[2], inc) end
+if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+mirror_ttl()
+return {id, inc}
+"""
+)
+# The newest entry and the incarnation of a topic; reserves one if the topic has none.
+_HEAD = (
+    _INCARNATION
+    + """
+local inc, changed = incarnation(ARGV[1])
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if changed then redis.call('SET', KEYS[2], inc); mirror_ttl() end
+elseif changed then
+  redis.call('SET', KEYS[2], '?' .. inc, 'PX', ARGV[2])
+end
+local id = ''
+if newest[1] then id = newest[1][1] end
+return {id, inc}
+"""
+)
 
 _ADJUST = """
 local value = redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -129,7 +194,7 @@ def _seq(entry_id: bytes | str) -> int:
     return int(text.partition("-")[2])
 
 
-def _message(entry_id: bytes, fields: dict[bytes, bytes]) -> Message | None:
+def _message(entry_id: bytes, fields: dict[bytes, bytes], incarnation: str) -> Message | None:
     try:
         event = fields.get(b"e")
         sse_id = fields.get(b"i")
@@ -138,6 +203,7 @@ def _message(entry_id: bytes, fields: dict[bytes, bytes]) -> Message | None:
             fields[b"d"].decode(),
             None if event is None else event.decode(),
             None if sse_id is None else sse_id.decode(),
+            incarnation,
         )
     except (KeyError, ValueError):
         # Not written by us (publish validates): skip it rather than stop the reader.
@@ -217,7 +283,9 @@ class CatchUpSubscription(Subscription):
             return
         upto = self.topic.history.first_seq - 1
         try:
-            page = await self._broker.fetch(self._key, self.cursor, upto)
+            page = await self._broker.fetch(
+                self._key, self.cursor, upto, incarnation=self.topic.incarnation
+            )
         except BrokerUnavailable:
             self.close("unavailable")
             return
@@ -293,6 +361,8 @@ class RedisBroker:
             ("release", _RELEASE),
             ("adjust", _ADJUST),
             ("add_member", _ADD_MEMBER),
+            ("publish", _PUBLISH),
+            ("head", _HEAD),
         ):
             self._scripts[name] = self._redis.register_script(source)
         self._reader = asyncio.create_task(self._read_forever(), name="redis-broker-reader")
@@ -364,32 +434,38 @@ class RedisBroker:
         if not items:
             return await self.last_seq(topic) or 0
         key = self._k("t", topic)
-        # MULTI/EXEC: a batch gets contiguous seqs even with other publishers.
-        pipe = self.redis.pipeline(transaction=True)
+        # One script: a batch gets contiguous seqs even with other publishers,
+        # and the incarnation it is published under.
+        args: list[str | int] = [
+            maxlen,
+            0 if ttl_s is None else max(1, int(ttl_s * 1000)),
+            new_incarnation(),
+            len(items),
+        ]
         for data, event, sse_id in items:
             _check_field("event", event)
             _check_field("id", sse_id)
-            fields = {"d": data}
-            if event is not None:
-                fields["e"] = event
-            if sse_id is not None:
-                fields["i"] = sse_id
-            pipe.xadd(key, fields, id="0-*", maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-        if ttl_s is not None:
-            pipe.pexpire(key, max(1, int(ttl_s * 1000)))
-        ids = await self._call(pipe.execute())
-        return _seq(ids[len(items) - 1])
+            args += (data, event or "", sse_id or "")
+        script = self._scripts["publish"]
+        last_id, inc = await self._call(script(keys=[key, self._inc_key(key)], args=args))
+        return Seq(_seq(last_id), inc.decode())
 
     async def last_seq(self, topic: str) -> int | None:
         entries = await self._call(self.redis.xrevrange(self._k("t", topic), "+", "-", count=1))
         return _seq(entries[0][0]) if entries else None
 
-    async def fetch(self, key: str, after: int, upto: int, count: int = PAGE) -> list[Message]:
+    @staticmethod
+    def _inc_key(stream_key: str) -> str:
+        return f"{stream_key}:inc"
+
+    async def fetch(
+        self, key: str, after: int, upto: int, count: int = PAGE, *, incarnation: str
+    ) -> list[Message]:
         """Up to ``count`` messages of stream ``key`` with ``after < seq <= upto``."""
         if upto <= after:
             return []
         entries = await self._call(self.redis.xrange(key, f"(0-{after}", f"0-{upto}", count=count))
-        messages = [_message(entry_id, fields) for entry_id, fields in entries]
+        messages = [_message(entry_id, fields, incarnation) for entry_id, fields in entries]
         return [m for m in messages if m is not None]
 
     @asynccontextmanager
@@ -442,7 +518,12 @@ class RedisBroker:
         entry = self._topics[name] = _Topic(name, self._k("t", name), maxlen)
         entry.users += 1
         try:
-            replies = await self._call(self.redis.xrevrange(entry.key, "+", "-", count=1))
+            head = self._scripts["head"]
+            newest_id, inc = await self._call(
+                head(
+                    keys=[entry.key, self._inc_key(entry.key)], args=[new_incarnation(), RESERVE_MS]
+                )
+            )
         except BaseException:
             entry.failed = True
             entry.users -= 1
@@ -450,11 +531,12 @@ class RedisBroker:
                 del self._topics[name]
             entry.ready.set()
             raise
-        newest = _seq(replies[0][0]) if replies else 0
+        newest = _seq(newest_id) if newest_id else 0
         # The local history starts where the reader starts: older messages are
         # paged from Redis by the subscribers that need them.
         entry.position = newest
         entry.local.history = TopicHistory(maxlen, first_seq=newest + 1)
+        entry.local.incarnation = inc.decode()
         entry.ready.set()
         self._nudge()
         return entry
@@ -473,8 +555,11 @@ class RedisBroker:
         overflow: Overflow,
     ) -> Subscription:
         history = entry.local.history
+        foreign = entry.local.foreign(after)
         if after is None:
             start = max(0, history.last_seq - backlog)
+        elif foreign:
+            start = 0  # of another incarnation: all there is, after a gap
         elif after > history.last_seq and after > (await self.last_seq(entry.name) or 0):
             # From before a reset of the topic (or never issued): all there is, after a gap.
             start = 0
@@ -485,7 +570,9 @@ class RedisBroker:
             start = max(start, history.last_seq - max_lag)
         page: list[Message] = []
         if start < history.first_seq - 1:
-            page = await self.fetch(entry.key, start, history.first_seq - 1)
+            page = await self.fetch(
+                entry.key, start, history.first_seq - 1, incarnation=entry.local.incarnation
+            )
         history = entry.local.history
         if page:
             first = page[0].seq
@@ -502,15 +589,20 @@ class RedisBroker:
             overflow=overflow,
             backlog=page,
         )
-        if after is not None and first != after + 1:
-            sub.gap = (after, first)
+        if after is not None and (first != after + 1 or foreign):
+            sub.gap = (after, entry.local.seq(first) if isinstance(after, Seq) else first)
         entry.local.subscribers.add(sub)
         if self._topics.get(entry.name) is not entry:
             sub.close("reset")  # lost while the catch-up was read
         return sub
 
     async def expire(self, topic: str, ttl_s: float) -> None:
-        await self._call(self.redis.pexpire(self._k("t", topic), max(1, int(ttl_s * 1000))))
+        key = self._k("t", topic)
+        ms = max(1, int(ttl_s * 1000))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.pexpire(key, ms)
+        pipe.pexpire(self._inc_key(key), ms)
+        await self._call(pipe.execute())
 
     def local_subscribers(self) -> dict[str, int]:
         return {
@@ -663,7 +755,7 @@ class RedisBroker:
                 if seq <= entry.position:
                     continue
                 entry.position = seq
-                message = _message(entry_id, fields)
+                message = _message(entry_id, fields, entry.local.incarnation)
                 if message is not None:
                     messages.append(message)
             if messages:
@@ -701,10 +793,18 @@ class RedisBroker:
             pipe = client.pipeline(transaction=False)
             for entry in entries:
                 pipe.xrevrange(entry.key, "+", "-", count=1)
+                pipe.get(self._inc_key(entry.key))
             replies = await pipe.execute()
-            for entry, position, newest in zip(entries, positions, replies, strict=True):
+            for entry, position, newest, inc in zip(
+                entries, positions, replies[::2], replies[1::2], strict=True
+            ):
                 if (_seq(newest[0][0]) if newest else 0) < position:
                     log.warning("topic %s went back in Redis: closing its subscribers", entry.name)
+                    self._reset(entry)
+                elif inc is not None and inc.decode().lstrip("?") != entry.local.incarnation:
+                    log.warning(
+                        "topic %s has a new incarnation: closing its subscribers", entry.name
+                    )
                     self._reset(entry)
         self._resync_needed = False
 
