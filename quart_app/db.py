@@ -64,6 +64,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.types import TypeDecorator
 
 from . import migrations
+from .jobs import progress
 from .migrations import SchemaError
 
 if TYPE_CHECKING:
@@ -237,7 +238,7 @@ def job_json(row: Mapping[Any, Any]) -> dict[str, Any]:
         "length": row["length"],
         "delay_ms": row["delay_ms"],
         "produced": row["produced"],
-        "progress": row["produced"] * 100 // amount if amount else 0,
+        "progress": progress(row["produced"], amount),
         "message": row["message"],
         "created_at": created,
         "finished_at": finished,
