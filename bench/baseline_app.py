@@ -34,8 +34,10 @@ import string
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 from quart import Quart, Response, jsonify, make_response, request
+from quart.typing import ResponseReturnValue
 
 app = Quart(__name__)
 
@@ -101,12 +103,12 @@ async def stop_ticker() -> None:
 
 
 async def stream_response(body: AsyncIterator[bytes]) -> Response:
-    response = await make_response(body, HEADERS)
+    response = cast(Response, await make_response(body, HEADERS))
     response.timeout = None
     return response
 
 
-async def next_or_keepalive(queue: asyncio.Queue):
+async def next_or_keepalive(queue: asyncio.Queue[Any]) -> Any:
     try:
         async with asyncio.timeout(HEARTBEAT_S):
             return await queue.get()
@@ -142,7 +144,7 @@ async def numbers() -> Response:
 
 
 @app.get("/channels/<name>/events")
-async def channel_events(name: str) -> Response:
+async def channel_events(name: str) -> ResponseReturnValue:
     if not CHANNEL_RE.match(name):
         return jsonify({"error": "bad channel name"}), 404
 
@@ -168,7 +170,7 @@ async def channel_events(name: str) -> Response:
 
 
 @app.post("/channels/<name>")
-async def channel_publish(name: str) -> Response:
+async def channel_publish(name: str) -> ResponseReturnValue:
     if not CHANNEL_RE.match(name):
         return jsonify({"error": "bad channel name"}), 404
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
@@ -200,7 +202,7 @@ def _int_arg(name: str, high: int) -> int | None:
 
 
 @app.get("/generate")
-async def generate() -> Response:
+async def generate() -> ResponseReturnValue:
     amount = _int_arg("amount", 100_000)
     length = _int_arg("length", 1024)
     if amount is None or length is None:

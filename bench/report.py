@@ -10,7 +10,7 @@ import platform
 import resource
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench.scenarios import NICE, SERVER_CPU, Plan, log, nice_prefix
 
@@ -333,7 +333,7 @@ def served(r: dict[str, Any] | None, n: int, plan: Plan) -> bool | None:
     """Every one of ``n`` subscribers connected and got every publish."""
     if r is None or "error" in r or get(r, "deliveries") is None:
         return None
-    return get(r, "connected") == n and get(r, "deliveries") == n * plan.publishes
+    return bool(get(r, "connected") == n and get(r, "deliveries") == n * plan.publishes)
 
 
 def workers_cpu_s(r: dict[str, Any] | None) -> float | None:
@@ -344,7 +344,7 @@ def workers_cpu_s(r: dict[str, Any] | None) -> float | None:
         return None if None in per_worker else float(sum(per_worker))
     if (get(r, "server_workers") or 1) > 1:
         return None  # an older result: only the first worker was measured
-    return get(r, "cpu", "server_cpu_s")
+    return cast(float | None, get(r, "cpu", "server_cpu_s"))
 
 
 def _pct(value: Any) -> float | None:
@@ -772,7 +772,7 @@ def scaleout_section(results: dict[str, Any], plan: Plan) -> list[str]:
     r2 = _ms_per(get(two, "cpu", "named_cpu_s", "redis-server"), get(two, "publishes"))
     xread = get(one, "redis_commandstats", "xread", "usec_per_call")
     xadd = get(one, "redis_commandstats", "xadd", "usec_per_call")
-    if None not in (c_mem, c_redis):
+    if c_mem is not None and c_redis is not None:
         extra_ms = (c_redis - c_mem) * plan.fan_n / 1000
         parts += [
             "*Per worker*: a publish costs a worker (its subscribers) x (server CPU per "

@@ -150,7 +150,10 @@ async def main() -> None:
         )
         async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
             workers = await asyncio.to_thread(server.worker_pids)
-            start = {"workers": [proc_status(p) for p in workers], "stats": await stats(client)}
+            start: dict[str, Any] = {
+                "workers": [proc_status(p) for p in workers],
+                "stats": await stats(client),
+            }
             began = time.monotonic()
             soak = Soak(url, began + duration, random.Random(7))
             tasks = [asyncio.create_task(soak.viewer(client)) for _ in range(args.viewers)]
@@ -181,7 +184,10 @@ async def main() -> None:
                 interval=0.5,
             )
             await asyncio.sleep(2)
-            end = {"workers": [proc_status(p) for p in workers], "stats": await stats(client)}
+            end: dict[str, Any] = {
+                "workers": [proc_status(p) for p in workers],
+                "stats": await stats(client),
+            }
         warm = next((s for s in samples if s["t"] >= min(120, duration / 4)), samples[0])
         fivexx = sum(
             n for status, n in soak.statuses.items() if status.startswith("5") and status != "503"

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ def client(app: Quart) -> Client:
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Any]:
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start real Hypercorn servers: ``server_factory(env={...}, workers=N)``."""
     started: list[ServerProcess] = []
 
@@ -58,7 +58,7 @@ def server_factory(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-def server(server_factory: Any) -> ServerProcess:
+def server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
     """One server with fast intervals."""
     env = {f"QUART_{k}": str(v) for k, v in FAST.items()}
     # Pages download results after the fact: keep finished jobs for longer than

@@ -23,7 +23,7 @@ def _truthy(value: object) -> bool:
 
 
 @overload
-async def eventually(  # type: ignore[overload-overlap]
+async def eventually(
     probe: Callable[[], Awaitable[T]],
     until: Callable[[T], object] = ...,
     *,

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from quart.testing.connections import TestHTTPConnection
 from quart.typing import TestClientProtocol as Client
 from werkzeug.datastructures import Headers
 
@@ -36,6 +37,7 @@ async def read_stream(
     ended = False
     scope = {"client": (client_addr, 40000)} if client_addr else None
     async with client.request(path, headers=headers, scope_base=scope) as conn:
+        assert isinstance(conn, TestHTTPConnection)  # its protocol type lacks the status
         await conn.send_complete()
         try:
             async with asyncio.timeout(timeout):

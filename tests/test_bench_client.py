@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -108,9 +109,9 @@ CASES = [
 ]
 
 
-def _feed(pieces: list[bytes]) -> tuple[list[client.Event], client.SSEParser]:
+def _feed(pieces: list[bytes]) -> tuple[list[Any], Any]:
     parser = client.SSEParser()
-    events: list[client.Event] = []
+    events: list[Any] = []
     for piece in pieces:
         events.extend(parser.feed(piece))
     return events, parser

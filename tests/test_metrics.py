@@ -187,7 +187,7 @@ def test_json_lines_and_the_secret_filter() -> None:
             ("the-secret-key-value", "the-publish-token"),
             exc_info=sys.exc_info(),
         )
-    record.http = {"path": "/x", "query": "q=the-publish-token"}  # type: ignore[attr-defined]
+    record.http = {"path": "/x", "query": "q=the-publish-token"}
     assert secret_filter.filter(record)
     line = formatter.format(record)
     entry = json.loads(line)

@@ -79,16 +79,18 @@ async def fill_form(
 
 
 async def sources_closed(page: Page) -> bool:
-    return await page.evaluate(
-        "window.__sources.length > 0"
-        " && window.__sources.every((s) => s.readyState === EventSource.CLOSED)"
+    return bool(
+        await page.evaluate(
+            "window.__sources.length > 0"
+            " && window.__sources.every((s) => s.readyState === EventSource.CLOSED)"
+        )
     )
 
 
 async def download_lines(page: Page) -> list[str]:
     href = await page.get_attribute("#download", "href")
     assert href and re.fullmatch(r"/jobs/[A-Za-z0-9_-]{22}/result", href), href
-    text = await page.evaluate("(url) => fetch(url).then((r) => r.text())", href)
+    text: str = await page.evaluate("(url) => fetch(url).then((r) => r.text())", href)
     return text.splitlines()
 
 

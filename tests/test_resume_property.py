@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,15 @@ from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from .conftest import FAST
+from .sse_parser import Parsed
 from .streaming import read_stream
 
 _names = itertools.count()
+
+
+def at_least(count: int) -> Callable[[Parsed], bool]:
+    """Until the stream has given ``count`` events."""
+    return lambda parsed: len(parsed.events) >= count
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -45,9 +52,7 @@ async def test_job_stream_resume_is_exact(client: Client, cuts: list[int], delay
     last: str | None = None
     for cut in cuts:
         headers = {"Last-Event-ID": last} if last else None
-        result = await read_stream(
-            client, url, headers=headers, until=lambda p, c=cut: len(p.events) >= c
-        )
+        result = await read_stream(client, url, headers=headers, until=at_least(cut))
         if result.status == 204:
             break
         for event in result.parsed.events:
@@ -92,7 +97,7 @@ async def test_channel_stream_resume_is_exact(
                 client,
                 f"/channels/{channel}/events",
                 headers={"Last-Event-ID": last},
-                until=lambda p, c=cut: len(p.events) >= c,
+                until=at_least(cut),
                 timeout=0.2,
             )
         except TimeoutError:

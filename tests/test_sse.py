@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -41,7 +43,8 @@ def test_encode_table(kwargs: dict, expected: bytes) -> None:
 @pytest.mark.parametrize("bad", ["a\nb", "a\rb", "a\x00b", "\n", "x\r\n"])
 def test_fields_refuse_line_breaks_and_nul(field: str, bad: str) -> None:
     with pytest.raises(FieldError):
-        encode("data", **{field: bad})
+        fields: dict[str, Any] = {field: bad}
+        encode("data", **fields)
 
 
 @pytest.mark.parametrize("retry", [-1, True, 1.5, "100"])
@@ -62,11 +65,11 @@ def test_comment() -> None:
 
 
 @given(
-    data=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200),
+    data=st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=200),
     event=st.text(
-        alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30
+        alphabet=st.characters(exclude_categories=["Cs"]), min_size=1, max_size=30
     ).filter(lambda s: not any(c in s for c in "\r\n\x00")),
-    event_id=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30).filter(
+    event_id=st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=30).filter(
         lambda s: not any(c in s for c in "\r\n\x00")
     ),
 )
