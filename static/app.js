@@ -196,6 +196,20 @@ function render() {
   list.update(received);
 }
 
+// On a narrow screen the results sit below the form, partly or wholly out of
+// sight, and a toast takes room at the bottom (see base.css): bring the result
+// box into view, whole, with its card if the card fits.
+function revealResults() {
+  const card = document.getElementById('results-card');
+  const page = card.closest('main');
+  const scrolls = getComputedStyle(page).overflowY === 'auto';
+  const view = scrolls ? page.getBoundingClientRect() : { top: 0, bottom: window.innerHeight };
+  if (results.getBoundingClientRect().bottom <= view.bottom + 1) return;
+  const still = matchMedia('(prefers-reduced-motion: reduce)').matches;
+  const whole = card.getBoundingClientRect().height <= view.bottom - view.top;
+  (whole ? card : results).scrollIntoView({ block: 'end', behavior: still ? 'auto' : 'smooth' });
+}
+
 function setRunning(value) {
   running = value;
   generateButton.disabled = value;
@@ -227,12 +241,7 @@ function start(params, resume = null) {
   setRunning(true);
   setStatus('running', 'Starting…');
   scheduleRender();
-  // On a narrow screen the results sit below the form, out of sight.
-  const card = document.getElementById('results-card');
-  if (card.getBoundingClientRect().top > window.innerHeight * 0.75) {
-    const still = matchMedia('(prefers-reduced-motion: reduce)').matches;
-    card.scrollIntoView({ block: 'start', behavior: still ? 'auto' : 'smooth' });
-  }
+  revealResults();
 
   stream = new GenerationStream(`${urls.generate}?${params}`, urls.jobs, {
     job(id) {
@@ -283,6 +292,7 @@ function start(params, resume = null) {
         percent = 100;
         setStatus('done', 'Done');
         toaster.show(data.message || 'Done.', { kind: 'success', title: 'Job done' });
+        revealResults();
       } else {
         const made = Number.isInteger(data.produced)
           ? ` ${formatNumber(data.produced)} of ${formatNumber(amount)} strings were made;` +

@@ -35,14 +35,7 @@ export class Toaster {
     close.addEventListener('click', () => this.dismiss(toast));
 
     toast.append(body, close);
-    // On a phone the toasts take a row of their own under the page (see
-    // base.css), which makes the page's box shorter: one scrolled to its end
-    // stays at its end, so the lines that were in view stay in view.
-    const page = this.region.previousElementSibling;
-    const scrolls = page && getComputedStyle(page).overflowY === 'auto';
-    const atEnd = scrolls && page.scrollHeight - page.scrollTop - page.clientHeight < 2;
     this.region.append(toast);
-    if (atEnd) page.scrollTop = page.scrollHeight;
     while (this.region.childElementCount > MAX_VISIBLE) {
       this.region.firstElementChild.remove();
     }

@@ -215,3 +215,37 @@ async def test_docs_page_renders_the_api_offline(
     outside = [r for r in requested if urlsplit(r).netloc != host and not r.startswith("data:")]
     assert outside == [], outside
     assert json.loads(json.dumps(spec))["info"]["title"] == "quart_app API"
+
+
+async def test_the_job_history_is_readable_on_a_phone(
+    dashboard_server: Any, browser: BrowserContext, tmp_path: Path
+) -> None:
+    page, errors, _ = await open_page(browser, dashboard_server.url, "/dashboard")
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.wait_for_function("() => window.dashboard && window.dashboard.latest() !== null")
+    # A job of the page's own session (the history shows a session its own jobs).
+    await page.evaluate("() => fetch('/generate?amount=3&length=8').then((r) => r.text())")
+
+    # Wider than the phone: a region that scrolls sideways, says so, and
+    # takes keyboard focus so that it scrolls without a pointer.
+    region = page.get_by_role("region", name="Finished jobs, newest first")
+    await expect(region.locator(".badge")).to_have_text(["done"])
+    assert await region.get_attribute("tabindex") == "0"
+    width = await region.evaluate("(el) => ({scroll: el.scrollWidth, client: el.clientWidth})")
+    assert width["scroll"] > width["client"], width
+    await expect(page.locator("#history-scroll-hint")).to_be_visible()
+    await region.focus()
+    for _ in range(3):
+        await page.keyboard.press("ArrowRight")
+    await page.wait_for_function("() => document.getElementById('history-scroll').scrollLeft > 0")
+    # Times stay on one line (they wrapped to three before).
+    lines = await region.locator("time").first.evaluate("(el) => el.getClientRects().length")
+    assert lines == 1
+    await region.screenshot(path=tmp_path / "history-phone.png")
+
+    # On a wide screen it fits: nothing to scroll, no hint.
+    await page.set_viewport_size({"width": 1280, "height": 800})
+    await expect(page.locator("#history-scroll-hint")).to_be_hidden()
+    width = await region.evaluate("(el) => ({scroll: el.scrollWidth, client: el.clientWidth})")
+    assert width["scroll"] <= width["client"] + 1, width
+    assert errors == []

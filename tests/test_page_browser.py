@@ -436,3 +436,56 @@ async def test_a_reload_watches_the_same_job_again(
     await expect(page.locator("#status")).to_have_text("Idle")
     assert await page.evaluate("window.__sources.length") == 0
     assert page.js_errors == []  # type: ignore[attr-defined]
+
+
+async def test_on_a_phone_the_toasts_cover_nothing(
+    server: Any, browser: BrowserContext, tmp_path: Path
+) -> None:
+    page = await open_page(browser, server.url)
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await fill_form(page, 30, 16)
+    await page.get_by_role("button", name="Generate").click()
+    await expect(toast(page, "success", "Generated 30 strings of length 16")).to_be_visible()
+    await expect(page.locator("#count")).to_have_text("30 of 30 strings")
+    # The page brings the result box up (smoothly, so this waits for it).
+    await page.wait_for_function(
+        "() => document.getElementById('results').getBoundingClientRect().bottom"
+        " <= document.querySelector('main').getBoundingClientRect().bottom + 0.5"
+    )
+
+    layout = await page.evaluate(
+        """() => {
+            const box = (el) => {
+                const r = el.getBoundingClientRect();
+                return {top: r.top, bottom: r.bottom, left: r.left, right: r.right};
+            };
+            const results = document.getElementById('results');
+            const r = results.getBoundingClientRect();
+            // What is on top at the last line the result box shows.
+            const hit = document.elementFromPoint(r.left + r.width / 2, r.bottom - 6);
+            return {
+                main: box(document.querySelector('main')),
+                toasts: box(document.getElementById('toasts')),
+                results: box(results),
+                hitInResults: results.contains(hit),
+                height: innerHeight,
+            };
+        }"""
+    )
+    # The toasts take a row of their own under the page, inside the screen;
+    # the page (and the result lines in it) ends above them, in full view.
+    assert layout["main"]["bottom"] <= layout["toasts"]["top"] + 0.5, layout
+    assert layout["toasts"]["bottom"] <= layout["height"] + 0.5, layout
+    assert layout["main"]["top"] <= layout["results"]["top"], layout
+    assert layout["results"]["bottom"] <= layout["toasts"]["top"] + 0.5, layout
+    assert layout["hitInResults"], layout
+    await page.screenshot(path=tmp_path / "phone-toast.png")
+
+    # The toast goes; the page has its room back.
+    await page.get_by_role("button", name="Dismiss").click()
+    await expect(page.locator("#toasts .toast")).to_have_count(0)
+    bottoms = await page.evaluate(
+        "() => [document.querySelector('main').getBoundingClientRect().bottom, innerHeight]"
+    )
+    assert abs(bottoms[0] - bottoms[1]) <= 1, bottoms
+    assert page.js_errors == []  # type: ignore[attr-defined]
