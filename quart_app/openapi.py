@@ -195,6 +195,8 @@ class Documentation(OpenAPIProvider):
                     key: self._complete(int(key), responses[key], components)
                     for key in sorted(responses)
                 }
+                if "description" in operation:  # quart-schema keeps the docstring's blank line
+                    operation["description"] = operation["description"].strip()
                 if body is not None and method.upper() in body_methods:
                     operation["requestBody"] = copy.deepcopy(body)
                 elif "requestBody" in operation:
