@@ -461,7 +461,9 @@ class History:
                     )
                 wait = max(0.0, next_prune - loop.time())
             try:
-                first = await asyncio.wait_for(self._queue.get(), wait)
+                # asyncio.timeout, not wait_for: no extra task per wait.
+                async with asyncio.timeout(wait):
+                    first = await self._queue.get()
             except TimeoutError:
                 continue
             batch = [] if first is None else [first]
