@@ -16,13 +16,9 @@ from quart_app import create_app
 
 from .conftest import FAST
 from .harness import RedisServer
+from .helpers import done
 from .polling import eventually
-from .sse_parser import Parsed
 from .streaming import read_stream
-
-
-def done(parsed: Parsed) -> bool:
-    return any(e.type in ("done", "cancelled", "failed") for e in parsed.events)
 
 
 def config(tmp_path: Path, name: str, url: str) -> dict[str, Any]:

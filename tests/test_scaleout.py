@@ -17,6 +17,7 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from .harness import RedisServer, ServerProcess
+from .helpers import seq_of
 from .sse_client import dispatched
 
 pytestmark = pytest.mark.e2e
@@ -84,11 +85,6 @@ class Collector:
     async def close(self) -> None:
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
-
-
-def seq_of(event_id: str) -> int:
-    """The seq part of a channel/ticker id ``<seq>.<incarnation>``."""
-    return int(event_id.partition(".")[0])
 
 
 async def publish(http: httpx.AsyncClient, server: ServerProcess, channel: str, data: Any) -> str:

@@ -1,17 +1,14 @@
-"""Unit tests of the local topic machinery shared by both brokers, and MemoryBroker."""
+"""Unit tests of the local topic machinery shared by both brokers (brokers/base.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
-from quart_app.brokers import MemoryBroker, Overflow
+from quart_app.brokers import Overflow
 from quart_app.brokers.base import LocalTopic, make_message
 from quart_app.brokers.base import TopicHistory as History
-
-from .sse_parser import parse
 
 
 def msgs(first: int, last: int) -> list:
@@ -143,41 +140,3 @@ async def test_overflow_cancels_a_consumer_stuck_outside_wait() -> None:
     topic.add(msgs(1, 5))
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 1)
-
-
-async def test_memory_broker_frames_ids_and_expiry() -> None:
-    broker = MemoryBroker()
-    await broker.start()
-    try:
-        seq = await broker.publish("news", '{"a": 1}', event="greeting", maxlen=10)
-        assert seq == 1
-        last = await broker.publish_many(
-            "job:x", [("d1", None, "x:1"), ("d2", None, "x:2")], maxlen=10
-        )
-        assert last == 2
-        async with broker.subscribe("job:x", after=0, maxlen=10) as sub:
-            text = b"".join(m.frame for m in sub.take()).decode()
-            assert [(e.data, e.last_event_id) for e in parse(text).events] == [
-                ("d1", "x:1"),
-                ("d2", "x:2"),
-            ]
-            assert broker.local_subscribers() == {"job:x": 1}
-        assert broker.local_subscribers() == {}
-        await broker.expire("job:x", 0.01)
-        broker.sweep(time.monotonic() + 1)
-        assert await broker.last_seq("job:x") is None
-        assert await broker.last_seq("news") == 1
-    finally:
-        await broker.close()
-
-
-async def test_memory_broker_state_and_counters() -> None:
-    broker = MemoryBroker()
-    await broker.set_state("k", {"a": "1"}, None)
-    await broker.set_state("k", {"b": "2"}, 0.05)
-    assert await broker.get_state("k") == {"a": "1", "b": "2"}
-    broker.sweep(time.monotonic() + 1)
-    assert await broker.get_state("k") is None
-    results = await asyncio.gather(*(broker.incr("views") for _ in range(1000)))
-    assert sorted(results) == list(range(1, 1001))
-    assert (await broker.counters())["views"] == 1000

@@ -1,0 +1,48 @@
+"""MemoryBroker: frames, ids, expiry, state and counters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from quart_app.brokers import MemoryBroker
+
+from .sse_parser import parse
+
+
+async def test_memory_broker_frames_ids_and_expiry() -> None:
+    broker = MemoryBroker()
+    await broker.start()
+    try:
+        seq = await broker.publish("news", '{"a": 1}', event="greeting", maxlen=10)
+        assert seq == 1
+        last = await broker.publish_many(
+            "job:x", [("d1", None, "x:1"), ("d2", None, "x:2")], maxlen=10
+        )
+        assert last == 2
+        async with broker.subscribe("job:x", after=0, maxlen=10) as sub:
+            text = b"".join(m.frame for m in sub.take()).decode()
+            assert [(e.data, e.last_event_id) for e in parse(text).events] == [
+                ("d1", "x:1"),
+                ("d2", "x:2"),
+            ]
+            assert broker.local_subscribers() == {"job:x": 1}
+        assert broker.local_subscribers() == {}
+        await broker.expire("job:x", 0.01)
+        broker.sweep(time.monotonic() + 1)
+        assert await broker.last_seq("job:x") is None
+        assert await broker.last_seq("news") == 1
+    finally:
+        await broker.close()
+
+
+async def test_memory_broker_state_and_counters() -> None:
+    broker = MemoryBroker()
+    await broker.set_state("k", {"a": "1"}, None)
+    await broker.set_state("k", {"b": "2"}, 0.05)
+    assert await broker.get_state("k") == {"a": "1", "b": "2"}
+    broker.sweep(time.monotonic() + 1)
+    assert await broker.get_state("k") is None
+    results = await asyncio.gather(*(broker.incr("views") for _ in range(1000)))
+    assert sorted(results) == list(range(1, 1001))
+    assert (await broker.counters())["views"] == 1000
