@@ -8,6 +8,12 @@ event (``done``, ``cancelled`` or ``failed``).  Streams are only subscribers.
 Event ids are ``<job_id>:<i>`` for string ``i`` (the topic's seq), and
 ``<job_id>:done`` for the ``done`` event, so a reconnect resumes the same job.
 
+Durable jobs (memory broker): a job writes a journal (``journal.py``) as it
+runs, and events older than a small window are replayed from its result file,
+not kept in memory.  A shutdown pauses running jobs instead of failing them;
+the next process (or this one, on a later scan) resumes each from its durable
+index, and watchers that reconnect get the rest exactly once.
+
 Several processes (Redis broker): the job's state records the process that
 runs it (``node``), so any process can answer ``GET /jobs/<id>`` (progress is
 the topic's newest seq) and pass a cancel on to the owner through the broker.
@@ -25,19 +31,21 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import aiofiles
 import aiofiles.os
 
-from .brokers import Broker, BrokerUnavailable
+from .brokers import Broker, BrokerUnavailable, MemoryBroker, Message, Subscription
+from .brokers.base import make_message
 from .errors import Draining, InvalidInput, LimitExceeded, NotFound, Overloaded
+from .journal import Found, Journal
 from .sessions import JobParams
 from .sse import LastEventIdError
 from .streams import Feed
@@ -53,6 +61,13 @@ CANCEL_WAIT_S = 3.0
 WATCHERS_TTL_S = 3600.0
 # How long a shutting-down process keeps trying to record its jobs' ends.
 CLOSING_GRACE_S = 3.0
+# Events of a running job kept in memory for replay (memory broker); older ones
+# are read back from its result file.
+JOB_WINDOW = 256
+# Strings per page read back from a result file for a watcher that is behind.
+REPLAY_PAGE = 512
+# How often a process looks for journals of jobs that nobody runs.
+RESUME_SCAN_S = 5.0
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{22}")
 
 
@@ -92,6 +107,14 @@ def progress(index: int, amount: int) -> int:
     return index * 100 // amount if amount else 0
 
 
+def item_data(job_id: str, index: int, amount: int, text: str) -> str:
+    """The ``data:`` of string ``index``: the same whether generated or replayed."""
+    return (
+        f'{{"job": "{job_id}", "index": {index}, "amount": {amount}, '
+        f'"progress": {progress(index, amount)}, "generated_string": {json.dumps(text)}}}'
+    )
+
+
 def replay_bound(amount: int) -> int:
     """Events a job's topic keeps: every string, the terminal event, and one spare."""
     return amount + 2
@@ -107,7 +130,8 @@ async def _open_result(path: Path) -> Any:
     The open runs in a thread; cancelling the await would lose the file object
     it creates, so let it finish and close it before passing the cancel on.
     """
-    opening = asyncio.ensure_future(aiofiles.open(path, "w", encoding="utf-8"))
+    # Appending: a job resumed from its journal goes on where the file ends.
+    opening = asyncio.ensure_future(aiofiles.open(path, "a", encoding="utf-8"))
     try:
         return await asyncio.shield(opening)
     except asyncio.CancelledError:
@@ -128,6 +152,8 @@ class Job:
         "finished_at",
         "id",
         "key",
+        "key_hash",
+        "lock",
         "message",
         "orphan_timer",
         "owner",
@@ -144,8 +170,12 @@ class Job:
         self.params = params
         self.charset = charset
         self.owner = owner
-        # The capability to watch, download or cancel without the owner's session.
+        # The capability to watch, download or cancel without the owner's session
+        # (only its digest is kept on disk: a resumed job knows only that).
         self.key = secrets.token_urlsafe(16)
+        self.key_hash = key_digest(self.key)
+        # The journal lock (memory broker): held while this process owns the job.
+        self.lock: int | None = None
         self.result_path = path
         self.status = "running"
         self.produced = 0
@@ -170,8 +200,38 @@ class Job:
             "finished_at": "" if self.finished_at is None else repr(self.finished_at),
             "message": self.message,
             "owner": self.owner,
-            "key": key_digest(self.key),
+            "key": self.key_hash,
         }
+
+    def journal_meta(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "amount": self.params.amount,
+            "length": self.params.length,
+            "delay_ms": self.params.delay_ms,
+            "charset": self.charset,
+            "owner": self.owner,
+            "key": self.key_hash,
+            "status": self.status,
+            "produced": self.produced,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_journal(cls, meta: Mapping[str, Any], path: Path) -> Job:
+        params = JobParams(int(meta["amount"]), int(meta["length"]), int(meta["delay_ms"]))
+        job = cls(str(meta["id"]), params, str(meta["charset"]), str(meta["owner"]), path)
+        job.key = ""  # unknown here: only its digest was kept
+        job.key_hash = str(meta["key"])
+        job.status = str(meta["status"])
+        job.produced = int(meta.get("produced") or 0)
+        job.created_at = float(meta["created_at"])
+        finished = meta.get("finished_at")
+        job.finished_at = float(finished) if finished else None
+        job.message = str(meta.get("message") or "")
+        return job
 
 
 def may_access(state: Mapping[str, str], identities: Sequence[str], key: str | None) -> bool:
@@ -226,23 +286,35 @@ class JobRegistry:
         self._tasks = TaskSet("jobs")
         # Watchers here of jobs that run elsewhere, as counted in the broker.
         self._remote_watches: dict[str, int] = {}
+        self.journal = Journal(results_dir)
+        # One process, one broker: the journal is the job's storage, and a
+        # shutdown pauses jobs for the next process to resume.
+        self.durable = isinstance(broker, MemoryBroker)
+        self._scanner: asyncio.Task[None] | None = None
+
+    async def _open_journal(self, job: Job) -> None:
+        job.lock = self.journal.lock(job.id)
+        await self.journal.write_meta(job.id, job.journal_meta())
+
+    def _maxlen(self, amount: int) -> int:
+        """Events a job's topic keeps in the broker."""
+        if self.durable:
+            return min(replay_bound(amount), JOB_WINDOW)
+        return replay_bound(amount)
 
     async def start(self) -> None:
         self.broker.on_message(self._on_message)
         await aiofiles.os.makedirs(self.results_dir, exist_ok=True)
-        # Result files outlive their jobs only until JOB_TTL_S.  Only files past
-        # their TTL are removed: another live process on this host (a rolling
-        # restart) may own the others.
-        cutoff = time.time() - self.ttl_s
-        for name in await aiofiles.os.listdir(self.results_dir):
-            if name.startswith("job-") and name.endswith(".txt"):
-                path = self.results_dir / name
-                with contextlib.suppress(FileNotFoundError):
-                    if (await aiofiles.os.stat(path)).st_mtime < cutoff:
-                        await aiofiles.os.remove(path)
+        # Files outlive their jobs only until JOB_TTL_S, and a process removes
+        # only files that no other live process holds (a rolling restart).
+        await asyncio.to_thread(self.journal.sweep_orphan_results, self.ttl_s)
+        if self.durable:
+            await self._resume_journals()
+            self._scanner = asyncio.create_task(self._scan_forever(), name="jobs-resume-scan")
 
     async def close(self) -> None:
         self._closing = True
+        await cancel_and_wait(self._scanner)
         self._give_up_at = asyncio.get_running_loop().time() + CLOSING_GRACE_S
         running = [job.task for job in self.jobs.values() if job.task and not job.task.done()]
         for job in self.jobs.values():
@@ -254,29 +326,165 @@ class JobRegistry:
         self._timers.clear()
         self._forget_timers.clear()
         await self._tasks.close()
+        for job in self.jobs.values():
+            self.journal.release(job.lock)
+            job.lock = None
 
-    def running(self, owner: str | None = None) -> int:
+    # -- the journal: resume, replay -----------------------------------------------------
+
+    async def _scan_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RESUME_SCAN_S)
+            if self.draining:
+                return
+            try:
+                await self._resume_journals()
+            except Exception:
+                log.exception("looking for jobs to resume failed")
+
+    async def _resume_journals(self) -> None:
+        """Take over the journals nobody holds: resume running jobs, serve finished ones."""
+        found = await asyncio.to_thread(self.journal.scan, self.ttl_s)
+        for entry in found:
+            if entry.job_id in self.jobs or not is_job_id(entry.job_id):
+                self.journal.release(entry.lock)
+                continue
+            try:
+                await self._adopt(entry)
+            except Exception:
+                self.journal.release(entry.lock)
+                log.exception("job %s: its journal could not be read", entry.job_id)
+
+    async def _adopt(self, entry: Found) -> None:
+        job = Job.from_journal(entry.meta, self.journal.result_path(entry.job_id))
+        job.lock = entry.lock
+        length = job.params.length
+        topic = topic_for(job.id)
+        maxlen = self._maxlen(job.params.amount)
+        if entry.lost:
+            # Its result file is gone: what watchers saw cannot be replayed or continued.
+            job.produced = 0
+            if job.status == "running" or job.status not in TERMINAL_EVENTS:
+                job.status = "failed"
+                job.message = "Job failed: its saved results were lost."
+                job.finished_at = time.time()
+                await self.journal.write_meta(job.id, job.journal_meta())
+        else:
+            lines = await asyncio.to_thread(
+                self.journal.durable_lines, job.id, length, truncate=job.status == "running"
+            )
+            job.produced = min(lines, job.params.amount)
+        job.committed = job.produced * (length + 1)
+        self.jobs[job.id] = job
+        await self.broker.set_state(
+            self._key(job.id), {**job.state(), "node": self.broker.node}, None
+        )
+        if job.status == "running":
+            log.info(
+                "job %s: resuming after string %d of %d", job.id, job.produced, job.params.amount
+            )
+            if job.produced:
+                # The topic starts at the durable index: older events come from the file.
+                last = await self._items(job, job.produced - 1, 1)
+                await self._publish_at(topic, last, maxlen, job.produced)
+            job.task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+            self._arm_orphan(job)
+            return
+        # Finished before: its terminal event again, at the seq it had.
+        final = self._final(job)
+        remaining = max(1.0, (job.finished_at or time.time()) + self.ttl_s - time.time())
+        await self._publish_at(topic, [final], maxlen, job.produced + 1, ttl_s=remaining)
+        self.journal.release(job.lock)
+        job.lock = None
+        self._forget_timers[job.id] = asyncio.get_running_loop().call_later(
+            remaining, self._forget, job.id
+        )
+
+    async def _publish_at(
+        self,
+        topic: str,
+        items: Sequence[tuple[str, str | None, str | None]],
+        maxlen: int,
+        first_seq: int,
+        ttl_s: float | None = None,
+    ) -> None:
+        """Publish items whose seqs start at ``first_seq`` (memory broker: fenced)."""
+        broker = self.broker
+        assert isinstance(broker, MemoryBroker)
+        await broker.publish_many(topic, items, maxlen=maxlen, ttl_s=ttl_s, first_seq=first_seq)
+
+    async def _items(
+        self, job: Job, after: int, count: int
+    ) -> list[tuple[str, str | None, str | None]]:
+        """Events ``after + 1 ..`` of a job as published, read back from its result file."""
+        count = max(0, min(count, job.produced - after))
+        if count == 0:
+            return []
+        texts = await self.journal.read_lines(job.id, job.params.length, after, count)
+        amount = job.params.amount
+        return [
+            (item_data(job.id, index, amount, text), None, event_id(job.id, index))
+            for index, text in enumerate(texts, start=after + 1)
+        ]
+
+    async def _replayed(self, job: Job, after: int, count: int) -> list[Message]:
+        items = await self._items(job, after, count)
+        return [
+            make_message(index, data, event, sse_id)
+            for index, (data, event, sse_id) in enumerate(items, start=after + 1)
+        ]
+
+    def _final(self, job: Job) -> tuple[str, str | None, str | None]:
+        """A finished job's terminal event, with its id."""
+        if job.status == "done":
+            data = {
+                "job": job.id,
+                "amount": job.params.amount,
+                "length": job.params.length,
+                "message": job.message,
+            }
+            return json.dumps(data), "done", event_id(job.id, "done")
+        data2 = {"job": job.id, "produced": job.produced, "message": job.message}
+        return json.dumps(data2), job.status, event_id(job.id, job.produced + 1)
+
+    def _source(self, job: Job) -> Callable[[int, int], Awaitable[list[Message]]]:
+        async def page(after: int, upto: int) -> list[Message]:
+            return await self._replayed(job, after, min(upto - after, REPLAY_PAGE))
+
+        return page
+
+    def running(self, owner: str | Sequence[str] | None = None) -> int:
+        """Running jobs here, of ``owner`` (one name, or any of several) or of everyone."""
+        owners = (owner,) if isinstance(owner, str) else owner
         return sum(
             1
             for job in self.jobs.values()
-            if job.status == "running" and (owner is None or job.owner == owner)
+            if job.status == "running" and (owners is None or job.owner in owners)
         )
 
-    async def create(self, params: JobParams, charset: str, owner: str) -> Job:
-        """Start a job; raises Draining, Overloaded or LimitExceeded past the limits."""
+    async def create(
+        self, params: JobParams, charset: str, owner: str, also: Sequence[str] = ()
+    ) -> Job:
+        """Start a job; raises Draining, Overloaded or LimitExceeded past the limits.
+
+        ``also``: the requester's other owner names (its address beside its
+        session), whose running jobs count against the same limit.
+        """
         if self._closing or self.draining:
             raise Draining("the server is shutting down")
         if not charset:
             raise InvalidInput("no character set is selected")
         if self.running() >= self.max_jobs:
             raise Overloaded("too many jobs are running on this server; try again shortly")
-        if self.running(owner) >= self.max_per_owner:
+        if self.running((owner, *also)) >= self.max_per_owner:
             raise LimitExceeded(
                 f"at most {self.max_per_owner} jobs may run at once per session; "
                 "wait for one to finish or cancel one"
             )
         job_id = new_job_id()
         job = Job(job_id, params, charset, owner, self.result_path(job_id))
+        if self.durable:
+            await self._open_journal(job)
         await self.broker.set_state(
             self._key(job_id), {**job.state(), "node": self.broker.node}, None
         )
@@ -339,11 +547,19 @@ class JobRegistry:
         state = await self.state(job_id) if is_job_id(job_id) else None
         if state is None or after is None:
             return None
-        if state["status"] != "running" and after >= await self.last_seq(job_id):
-            return None
+        if state["status"] != "running":
+            last = await self.last_seq(job_id)
+            if after == last or last == 0:
+                return None  # it has the terminal event already, or nothing is left
+            if after > last:
+                # Ahead of what is known (a job that lost its results): its terminal event.
+                after = last - 1
         subscription = self.broker.subscribe(
-            topic_for(job_id), after=after, max_lag=None, maxlen=replay_bound(state["amount"])
+            topic_for(job_id), after=after, max_lag=None, maxlen=self._maxlen(state["amount"])
         )
+        job = self.jobs.get(job_id)
+        if self.durable and job is not None:
+            subscription = self._journaled(subscription, job, after)
         return Feed(
             subscription,
             kind="job",
@@ -352,6 +568,20 @@ class JobRegistry:
             on_open=lambda _sub: self.watch(job_id),
             on_close=lambda _sub, grace_s: self.unwatch(job_id, grace_s),
         )
+
+    @contextlib.asynccontextmanager
+    async def _journaled(
+        self, inner: AbstractAsyncContextManager[Subscription], job: Job, after: int
+    ) -> AsyncIterator[Subscription]:
+        """A job subscription that replays from the journal what the topic no longer holds."""
+        async with inner as sub:
+            sub.source = self._source(job)
+            history = sub.topic.history
+            if sub.gap is not None and 0 <= after <= max(job.produced, history.last_seq):
+                # Behind the topic's window: exact, paged from the result file.
+                sub.cursor = after
+                sub.gap = None
+            yield sub
 
     async def _cancel_elsewhere(self, job_id: str) -> dict[str, Any] | None:
         """Ask the process that runs the job to cancel it, and wait a little for its end."""
@@ -491,13 +721,14 @@ class JobRegistry:
     async def _run(self, job: Job) -> None:
         params = job.params
         topic = topic_for(job.id)
-        maxlen = replay_bound(params.amount)
+        maxlen = self._maxlen(params.amount)
         length = params.length
         amount = params.amount
         final: tuple[str, str | None, str | None]
         # Everything, set-up included, runs under this supervision: any failure
         # ends the job as ``failed`` with a logged reason, never as "running" for good.
         try:
+            # As item_data() (which replay uses), without a call per string.
             prefix = f'{{"job": "{job.id}", "index": '
             tail = f', "amount": {amount}, "progress": '
             maker = StringMaker(job.charset)
@@ -505,7 +736,7 @@ class JobRegistry:
             batch = 1 if params.delay_ms else max(1, min(self.batch, 65536 // length))
             out = await _open_result(job.result_path)
             try:
-                index = 0
+                index = job.produced  # a resumed job goes on after its durable index
                 while index < amount:
                     count = min(batch, amount - index)
                     strings = maker.make(count, length)
@@ -521,11 +752,16 @@ class JobRegistry:
                     await out.write(text)
                     await out.flush()
                     job.committed += len(text)  # ASCII only: characters are bytes
-                    await self._persist(
-                        topic,
-                        functools.partial(self.broker.publish_many, topic, items, maxlen=maxlen),
-                        self._published(topic, index),
-                    )
+                    write: Callable[[], Awaitable[object]]
+                    if self.durable:
+                        write = functools.partial(
+                            self._publish_at, topic, items, maxlen, job.produced + 1
+                        )
+                    else:
+                        write = functools.partial(
+                            self.broker.publish_many, topic, items, maxlen=maxlen
+                        )
+                    await self._persist(topic, write, self._published(topic, index))
                     job.produced = index
                     await asyncio.sleep(params.delay_ms / 1000 if params.delay_ms else 0)
             finally:
@@ -547,6 +783,9 @@ class JobRegistry:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # handled: the job ends with its terminal event
+            if reason == "shutdown" and self.durable:
+                await self._pause(job)
+                return
             job.status = "cancelled" if reason != "shutdown" else "failed"
             job.message = {
                 "cancelled": "Job cancelled.",
@@ -560,6 +799,16 @@ class JobRegistry:
             job.message = f"Job failed: {type(error).__name__}"
             final = self._terminal(job, "failed")
         await self._finish(job, topic, maxlen, final)
+
+    async def _pause(self, job: Job) -> None:
+        """A shutdown: the job stays ``running`` in its journal, for the next process."""
+        log.info("job %s: paused after string %d (shutdown)", job.id, job.produced)
+        self.journal.sync(job.lock)
+        try:
+            await asyncio.shield(self.journal.write_meta(job.id, job.journal_meta()))
+        finally:
+            self.journal.release(job.lock)
+            job.lock = None
 
     async def _persist(
         self,
@@ -615,13 +864,22 @@ class JobRegistry:
         data, event, sse_id = final
         if sse_id is None:
             sse_id = event_id(job.id, job.produced + 1)
-        try:
-            await self._persist(
-                topic,
-                lambda: self.broker.publish(topic, data, event=event, sse_id=sse_id, maxlen=maxlen),
-                self._published(topic, job.produced + 1),
+        if self.durable:
+            write: Callable[[], Awaitable[object]] = functools.partial(
+                self._publish_at, topic, [(data, event, sse_id)], maxlen, job.produced + 1
             )
+        else:
+            write = functools.partial(
+                self.broker.publish, topic, data, event=event, sse_id=sse_id, maxlen=maxlen
+            )
+        try:
+            await self._persist(topic, write, self._published(topic, job.produced + 1))
+            if self.durable:
+                self.journal.sync(job.lock)
+                await self.journal.write_meta(job.id, job.journal_meta())
         finally:
+            self.journal.release(job.lock)
+            job.lock = None
             await self._persist(
                 topic, lambda: self.broker.set_state(self._key(job.id), job.state(), self.ttl_s)
             )
@@ -645,7 +903,5 @@ class JobRegistry:
         self._forget_timers.pop(job_id, None)
         job = self.jobs.pop(job_id, None)
         if job is not None:
-            try:
-                os.unlink(job.result_path)
-            except FileNotFoundError:
-                pass
+            # Only a job of this process: its journal (result file and metadata).
+            self.journal.remove(job_id)

@@ -119,6 +119,11 @@ async def test_cookieless_clients_are_limited_by_address(server_factory: Any) ->
             if answer.status_code == 429:
                 assert "Retry-After" in answer.headers
     assert statuses == [201] * 4 + [429] * 8
+    # Taking a session does not add a share: the address's jobs still count.
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as browser:
+        assert (await browser.get("/")).status_code == 200
+        answer = await browser.post("/jobs", json={"amount": 10, "length": 8, "delay_ms": 1000})
+        assert answer.status_code == 429
 
 
 async def test_anonymous_subscribes_do_not_use_up_channels(server_factory: Any) -> None:

@@ -423,7 +423,7 @@ async def create_job(data: JobCreate) -> tuple[dict[str, Any], int, dict[str, st
     params = job_params(data.model_dump())
     who = owner()  # before ensure_session: a client without a session is its address
     ensure_session()
-    job = await get_jobs().create(params, charset(selection()), who)
+    job = await get_jobs().create(params, charset(selection()), who, identities())
     state = await get_jobs().state(job.id)
     assert state is not None
     location = f"{PREFIX}/jobs/{job.id}"

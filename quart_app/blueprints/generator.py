@@ -86,7 +86,7 @@ async def generate() -> Response:
     if hub.draining:
         return hub.drain_response()
     hub.admit(client_address())  # refuse before starting a job nobody could watch
-    job = await get_jobs().create(params, charset(selection()), owner())
+    job = await get_jobs().create(params, charset(selection()), owner(), identities())
     return await _job_stream(job.id, 0)
 
 
@@ -95,7 +95,7 @@ async def create_job() -> tuple[Response, int, dict[str, str]]:
     params = job_params(await read_body())
     who = owner()  # before ensure_session: a client without a session is its address
     ensure_session()
-    job = await get_jobs().create(params, charset(selection()), who)
+    job = await get_jobs().create(params, charset(selection()), who, identities())
     location = f"/jobs/{job.id}"
     body = {
         "id": job.id,
