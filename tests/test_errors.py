@@ -77,7 +77,9 @@ async def test_pages_answer_html_errors_to_a_browser(client: Client) -> None:
     assert missing.status_code == 404
     assert missing.mimetype == "text/html"
     page = await missing.get_data(as_text=True)
-    assert "<h1>404</h1>" in page and 'href="/live"' in page  # the site's frame, with its navigation
+    assert (
+        "<h1>404</h1>" in page and 'href="/live"' in page
+    )  # the site's frame, with its navigation
     # A script (or curl: */*) still gets JSON, and the API its envelope.
     scripted = await client.get("/no-such-page", headers={"Accept": "*/*"})
     assert scripted.mimetype == "application/json" and "error" in await scripted.get_json()

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from quart_app.jobs import parse_event_id as parse_job_id
 from quart_app.sse import (
     FieldError,
     LastEventIdError,
@@ -15,7 +16,6 @@ from quart_app.sse import (
     last_event_id,
     parse_seq_id,
 )
-from quart_app.jobs import parse_event_id as parse_job_id
 
 from .sse_parser import parse
 
