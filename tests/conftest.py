@@ -9,6 +9,7 @@ from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from quart_app import create_app
+from quart_app.brokers import Broker, create_broker
 
 from .harness import ServerProcess
 
@@ -91,6 +92,18 @@ def redis_url(redis_session: Any) -> str:
     """The session's Redis, emptied for this test."""
     redis_session.flush()
     return str(redis_session.url)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    """A started broker of each kind: the memory broker, and Redis on the session's server."""
+    url = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+    broker = create_broker(url)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.close()
 
 
 @pytest.fixture

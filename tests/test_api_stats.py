@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,7 +13,7 @@ from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from quart_app.blueprints.api import StatsContent
-from quart_app.brokers import Broker, create_broker
+from quart_app.brokers import Broker
 from quart_app.state import get_state
 
 from .conftest import FAST
@@ -36,17 +35,6 @@ async def stats(client: Client) -> dict[str, Any]:
 
 
 # -- counters --------------------------------------------------------------------
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
-    url = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
-    broker = create_broker(url)
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.close()
 
 
 async def test_a_thousand_concurrent_increments_give_a_thousand(broker: Broker) -> None:

@@ -8,26 +8,14 @@ at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
-from quart_app.brokers import Broker, BrokerUnavailable, Overflow, Subscription, create_broker
+from quart_app.brokers import Broker, BrokerUnavailable, Overflow, Subscription
 from quart_app.sse import FieldError
 
 from .polling import eventually
 from .sse_parser import parse
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
-    url = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
-    broker = create_broker(url)
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.close()
 
 
 async def settle(sub: Subscription, seq: int) -> None:
