@@ -40,7 +40,7 @@ import enum
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from ..sse import LastEventIdError, encode
@@ -55,6 +55,10 @@ class Overflow(enum.Enum):
 
 class BrokerUnavailable(RuntimeError):
     """The broker cannot accept the operation right now (e.g. Redis is down)."""
+
+
+class Fenced(RuntimeError):
+    """A publish at explicit seqs that the topic already has: another writer got there first."""
 
 
 class Message:
@@ -166,8 +170,17 @@ class TopicHistory:
         return chunk
 
 
+# Pages older messages than a topic's history holds: ``(after, upto) -> messages``
+# with ``after < seq <= upto``, in order, from ``after + 1`` (e.g. a job's journal).
+PageSource = Callable[[int, int], Awaitable[list["Message"]]]
+
+
 class Subscription:
-    """A cursor into a topic, consumed by one stream."""
+    """A cursor into a topic, consumed by one stream.
+
+    With a ``source``, a subscriber behind the topic's history is not closed:
+    it pages what it needs from the source (storage), then goes on live.
+    """
 
     __slots__ = (
         "_waiter",
@@ -183,6 +196,7 @@ class Subscription:
         "max_lag",
         "overflow",
         "reason",
+        "source",
         "task",
         "topic",
     )
@@ -211,6 +225,14 @@ class Subscription:
         self.deadline = float("inf")
         self.task: asyncio.Task[Any] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self.source: PageSource | None = None
+
+    def _paging(self) -> bool:
+        return (
+            self.source is not None
+            and not self.backlog
+            and self.cursor < self.topic.history.first_seq - 1
+        )
 
     def pending(self) -> bool:
         return bool(self.backlog) or self.topic.history.last_seq > self.cursor
@@ -224,7 +246,7 @@ class Subscription:
                 self.cursor = max(self.cursor, chunk[-1].seq)
             return chunk
         history = self.topic.history
-        if self.cursor >= history.last_seq:
+        if self.cursor >= history.last_seq or self._paging():
             return []
         if self.overflow is Overflow.DROP_OLDEST and self.max_lag is not None:
             self.cursor = max(self.cursor, history.last_seq - self.max_lag)
@@ -239,7 +261,12 @@ class Subscription:
 
     async def wait(self) -> None:
         """Until there is something to take, a heartbeat is due, or it closed."""
-        if self.closed or self.heartbeat_due or self.pending():
+        if self.closed or self.heartbeat_due:
+            return
+        if self._paging():
+            await self._page()
+            return
+        if self.pending():
             return
         if self.task is None:
             self.task = asyncio.current_task()
@@ -249,6 +276,15 @@ class Subscription:
             await waiter
         finally:
             self._waiter = None
+
+    async def _page(self) -> None:
+        assert self.source is not None
+        upto = self.topic.history.first_seq - 1
+        page = await self.source(self.cursor, upto)
+        if not page or page[0].seq != self.cursor + 1:
+            self.close("trimmed")  # the storage lost it too: the client is told (gap)
+            return
+        self.backlog.extend(m for m in page if m.seq <= upto)
 
     def wake(self) -> None:
         waiter = self._waiter

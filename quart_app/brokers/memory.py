@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from ..tasks import cancel_and_wait
-from .base import LocalTopic, Overflow, Subscription, make_message
+from .base import Fenced, LocalTopic, Overflow, Subscription, TopicHistory, make_message
 
 
 class MemoryBroker:
@@ -68,8 +68,19 @@ class MemoryBroker:
         *,
         maxlen: int,
         ttl_s: float | None = None,
+        first_seq: int | None = None,
     ) -> int:
+        """As :meth:`Broker.publish_many`; ``first_seq``: the items' seqs start there.
+
+        An empty topic starts at ``first_seq`` (a job resumed from its journal);
+        a topic whose newest seq is not ``first_seq - 1`` refuses with
+        :class:`Fenced`, so no seq is ever published twice.
+        """
         local = self._topic(topic, maxlen)
+        if first_seq is not None and local.history.last_seq != first_seq - 1:
+            if len(local.history) or local.history.last_seq >= first_seq:
+                raise Fenced(f"{topic}: seq {first_seq} follows {local.history.last_seq}")
+            local.history = TopicHistory(local.history.maxlen, first_seq)
         local.expires_at = None if ttl_s is None else time.monotonic() + ttl_s
         seq = local.history.last_seq
         messages = []
