@@ -26,9 +26,11 @@ function textWidth(text) {
 function timeAxis({ fine = false, incrs = undefined } = {}) {
   // A wide sample (two-digit everything, an AM/PM marker where the locale has one).
   const sample = new Date(2000, 0, 1, 22, 58, 58, 888);
-  const space = textWidth((fine ? formatTimeFine : formatTime)(sample)) + LABEL_GAP_PX;
+  const width = textWidth((fine ? formatTimeFine : formatTime)(sample));
   return {
-    space,
+    space: width + LABEL_GAP_PX,
+    // Room on the right for half a label: the last one is centred on its tick.
+    edge: Math.ceil(width / 2) + 4,
     ...(incrs ? { incrs } : {}),
     values: (_u, splits, _axis, _space, increment) => {
       const format = fine && increment < 1 ? formatTimeFine : formatTime;
@@ -60,15 +62,18 @@ export function makeChart(box, series, {
   const ink = cssVar('--muted');
   const grid = cssVar('--grid');
   const axis = { stroke: ink, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+  const { edge, ...xAxis } = timeAxis({ fine, incrs });
   return new uPlot(
     {
       width: Math.max(box.clientWidth, 200),
       height,
+      // null: uPlot's own padding on that side.
+      padding: [null, edge, null, null],
       legend: { show: legend, live: false },
       cursor: cursor ? { points: { show: cursorPoints } } : { show: false },
       scales: { x: { time: true, ...x }, y },
       axes: [
-        { ...axis, ...timeAxis({ fine, incrs }) },
+        { ...axis, ...xAxis },
         { ...axis, size: ySize, ...(yValues ? { values: yValues } : {}) },
       ],
       series: [{}, ...series],
