@@ -190,7 +190,8 @@ async def test_redis_subscribers_are_closed_when_the_incarnation_changes(redis_u
             client = Redis.from_url(redis_url)
             # The stream and its incarnation deleted, then written again by
             # someone else, up to the same seq: only the incarnation tells.
-            await client.delete("quart_app:t:news", "quart_app:t:news:inc")
+            key = broker._k("t", "news")  # type: ignore[attr-defined]
+            await client.delete(key, f"{key}:inc")
             await client.aclose()
             other = create_broker(redis_url)
             await other.start()

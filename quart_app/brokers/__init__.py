@@ -26,8 +26,11 @@ def create_broker(url: str) -> Broker:
     scheme = url.split("://", 1)[0].lower()
     if scheme == "memory":
         return MemoryBroker(url)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         from .redis import RedisBroker
 
         return RedisBroker(url)
-    raise ValueError(f"unsupported BROKER_URL scheme {scheme!r}: use memory:// or redis://")
+    raise ValueError(
+        f"unsupported BROKER_URL scheme {scheme!r}: "
+        "use memory://, redis:// or redis+cluster://host:port[,host:port...]"
+    )

@@ -56,7 +56,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -67,15 +68,15 @@ from ..sse import FieldError
 from ..tasks import TaskSet, cancel_and_wait
 from .base import (
     BrokerUnavailable,
-    LocalTopic,
     Message,
     Overflow,
     Seq,
     Subscription,
-    TopicHistory,
     make_message,
     new_incarnation,
 )
+from .redis_cluster import cluster_client, is_cluster_url, node_url
+from .redis_follow import JOIN_WINDOW, FollowedTopic, Follower
 
 log = logging.getLogger("quart_app.brokers.redis")
 
@@ -146,16 +147,24 @@ _PUBLISH = (
 local inc, changed = incarnation(ARGV[3])
 local n = tonumber(ARGV[4])
 local id
+local first
+local parts = {}
 for k = 0, n - 1 do
   local at = 5 + 3 * k
   local fields = {'d', ARGV[at]}
   if ARGV[at + 1] ~= '' then fields[#fields + 1] = 'e'; fields[#fields + 1] = ARGV[at + 1] end
   if ARGV[at + 2] ~= '' then fields[#fields + 1] = 'i'; fields[#fields + 1] = ARGV[at + 2] end
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-*', unpack(fields))
+  if first == nil then first = string.match(id, '%-(%d+)$') end
+  local d = ARGV[at]
+  parts[#parts + 1] = ARGV[at + 1] .. '\\0' .. ARGV[at + 2] .. '\\0' .. #d .. '\\0' .. d
 end
 if changed then redis.call('SET', KEYS[2], inc) end
 if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 mirror_ttl()
+-- The followers' notification (see redis_follow.py), on the topic's channel (last ARGV).
+local head = first .. '\\0' .. inc .. '\\0' .. n .. '\\0'
+redis.call('SPUBLISH', ARGV[5 + 3 * n], head .. table.concat(parts))
 return {id, inc}
 """
 )
@@ -173,6 +182,21 @@ end
 local id = ''
 if newest[1] then id = newest[1][1] end
 return {id, inc}
+"""
+)
+# What a process reads when it starts following a topic: the incarnation (as
+# ``_HEAD``) and the newest ARGV[3] entries, newest first.
+_JOIN = (
+    _INCARNATION
+    + """
+local inc, changed = incarnation(ARGV[1])
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if changed then redis.call('SET', KEYS[2], inc); mirror_ttl() end
+elseif changed then
+  redis.call('SET', KEYS[2], '?' .. inc, 'PX', ARGV[2])
+end
+return {inc, newest}
 """
 )
 
@@ -217,41 +241,44 @@ def _check_field(name: str, value: str | None) -> None:
         raise FieldError(f"SSE {name} must not contain CR, LF or NUL: {value!r}")
 
 
-class _Topic:
-    """A topic this process reads, shared by its local subscribers."""
-
-    __slots__ = ("failed", "key", "local", "name", "position", "ready", "users")
-
-    def __init__(self, name: str, key: str, maxlen: int) -> None:
-        self.name = name
-        self.key = key
-        self.local = LocalTopic(name, maxlen)
-        # The newest seq read from Redis (the reader XREADs after it).
-        self.position = 0
-        self.ready = asyncio.Event()
-        self.failed = False
-        self.users = 0
-
-
 class CatchUpSubscription(Subscription):
-    """A subscriber that may start behind the local history and pages up to it from Redis."""
+    """A subscriber that may start behind the local history and pages up to it from Redis.
 
-    __slots__ = ("_broker", "_key")
+    One opened while its topic was not ready yet (Redis slow or down) is
+    *placed* later, in :meth:`wait`: until then it has nothing to take and
+    sleeps on heartbeats, so its stream stays open and heals when Redis returns.
+    """
+
+    __slots__ = ("_broker", "_entry", "_key", "_unplaced")
 
     def __init__(
         self,
         broker: RedisBroker,
-        key: str,
-        topic: LocalTopic,
+        entry: FollowedTopic,
         cursor: int,
         *,
         max_lag: int | None,
         overflow: Overflow,
         backlog: Sequence[Message] = (),
+        unplaced: tuple[int | None, int] | None = None,
     ) -> None:
-        super().__init__(topic, cursor, max_lag=max_lag, overflow=overflow, backlog=backlog)
+        super().__init__(entry.local, cursor, max_lag=max_lag, overflow=overflow, backlog=backlog)
         self._broker = broker
-        self._key = key
+        self._entry = entry
+        self._key = entry.key
+        # (after, backlog) of a subscriber still waiting for its topic.
+        self._unplaced = unplaced
+
+    def place(self, first: int, page: list[Message], gap: tuple[int, int] | None) -> None:
+        self.cursor = first - 1
+        self.backlog = page
+        self.gap = gap
+        self.live_from = self.topic.history.last_seq
+        self._unplaced = None
+        self.topic.subscribers.add(self)
+
+    def pending(self) -> bool:
+        return self._unplaced is None and super().pending()
 
     def _behind(self) -> bool:
         return (
@@ -261,7 +288,7 @@ class CatchUpSubscription(Subscription):
         )
 
     def take(self, max_count: int = 4096, max_bytes: int = 256 * 1024) -> list[Message]:
-        if self._behind():
+        if self._unplaced is not None or self._behind():
             return []
         if not self.backlog:
             return super().take(max_count, max_bytes)
@@ -278,6 +305,9 @@ class CatchUpSubscription(Subscription):
         return chunk
 
     async def wait(self) -> None:
+        if self._unplaced is not None:
+            await self._wait_unplaced()
+            return
         if self.closed or self.heartbeat_due or not self._behind():
             await super().wait()
             return
@@ -296,6 +326,30 @@ class CatchUpSubscription(Subscription):
             return
         self.backlog.extend(page)
 
+    async def _wait_unplaced(self) -> None:
+        entry = self._entry
+        if not (self.closed or self.heartbeat_due or entry.ready.is_set()):
+            entry.waiting.add(self)
+            try:
+                await super().wait()
+            finally:
+                entry.waiting.discard(self)
+        if self.closed or not entry.ready.is_set() or self._unplaced is None:
+            return
+        after, backlog = self._unplaced
+        try:
+            first, page, gap = await self._broker._position(
+                entry, after, backlog, self.max_lag, self.overflow, live_from=-1
+            )
+        except BrokerUnavailable:
+            return  # tried again at the next heartbeat
+        if not self.closed:
+            self.place(first, page, None)
+            if gap is not None:
+                # The stream's head went out without the gap: the client
+                # reconnects and is told of it then.
+                self.close("reset")
+
 
 class RedisBroker:
     """Topics on Redis Streams, state and counters in Redis; see the module docstring."""
@@ -308,7 +362,9 @@ class RedisBroker:
         timeout_s: float = 1.0,
         block_s: float = 2.0,
         resync_s: float = 5.0,
-        max_connections: int = 32,
+        max_connections: int = 64,
+        wait_s: float = 10.0,
+        linger_s: float = 10.0,
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -319,15 +375,32 @@ class RedisBroker:
         self.block_s = block_s
         self.resync_s = resync_s
         self.max_connections = max_connections
-        self._redis: Redis | None = None
-        self._reader_redis: Redis | None = None
+        # How long a burst of subscribes may wait for Redis (bounded) before a
+        # stream opens without its topic and is placed when Redis answers.
+        self.wait_s = wait_s
+        self.cluster = is_cluster_url(url)
+        self._redis: Any = None
+        self._reader_redis: Any = None
         self._reader: asyncio.Task[None] | None = None
-        self._topics: dict[str, _Topic] = {}
+        self._follower = Follower(
+            key=lambda name: self._k("t", name),
+            channel=self._channel,
+            shard_for=self._shard_for,
+            command=lambda: self.redis,
+            heads=self._heads,
+            inc_key=self._inc_key,
+            call=self._call,
+            spawn=self._tasks_spawn,
+            timeout_s=timeout_s,
+            wait_s=wait_s,
+            linger_s=linger_s,
+        )
+        self._pubsub_pools: dict[str, ConnectionPool] = {}
+        self._fetches: dict[tuple[str, int, int, int], asyncio.Future[list[Message]]] = {}
         self._handlers: list[Callable[[str], None]] = []
         self._tasks = TaskSet("redis-broker")
         self._epoch: bytes | None = None
         self._resync_needed = True
-        self._nudge_pending = False
         self._inbox = self._k("inbox", self.node)
         self._inbox_pos = "0-0"
         self._up = True
@@ -335,7 +408,7 @@ class RedisBroker:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def _client(self) -> Redis:
+    def _client(self) -> Any:
         # No retries: a retried XADD 0-* could publish twice, and callers
         # want to hear at once that Redis is gone, not after a backoff.
         # No socket_timeout either: redis-py enforces it on writes with
@@ -343,6 +416,12 @@ class RedisBroker:
         # cancellation; every command runs under asyncio.timeout instead.
         # A blocking pool: a burst of commands waits for a connection (within
         # the command's timeout) instead of failing with "too many connections".
+        if self.cluster:
+            return cluster_client(
+                self.url,
+                max_connections=self.max_connections,
+                socket_connect_timeout=self.timeout_s,
+            )
         pool = BlockingConnectionPool.from_url(
             self.url,
             max_connections=self.max_connections,
@@ -356,6 +435,8 @@ class RedisBroker:
     async def start(self) -> None:
         self._redis = self._client()
         self._reader_redis = self._client()
+        if self.cluster:
+            await self._redis.initialize()
         for name, source in (
             ("renew", _RENEW),
             ("release", _RELEASE),
@@ -363,22 +444,30 @@ class RedisBroker:
             ("add_member", _ADD_MEMBER),
             ("publish", _PUBLISH),
             ("head", _HEAD),
+            ("join", _JOIN),
         ):
             self._scripts[name] = self._redis.register_script(source)
+        self._follower.start()
         self._reader = asyncio.create_task(self._read_forever(), name="redis-broker-reader")
 
     async def close(self) -> None:
         await cancel_and_wait(self._reader)
+        await self._follower.close()
         await self._tasks.close()
         self._reader = None
-        for entry in list(self._topics.values()):
-            for sub in list(entry.local.subscribers):
-                sub.close("closed")
-        self._topics.clear()
         for client in (self._redis, self._reader_redis):
             if client is not None:
-                await client.aclose(close_connection_pool=True)
+                if self.cluster:
+                    await client.aclose()
+                else:
+                    await client.aclose(close_connection_pool=True)
+        for pool in self._pubsub_pools.values():
+            await pool.disconnect()
+        self._pubsub_pools.clear()
         self._redis = self._reader_redis = None
+
+    def _tasks_spawn(self, awaitable: Awaitable[Any], name: str) -> Any:
+        return self._tasks.spawn(awaitable, name)  # type: ignore[arg-type]
 
     async def healthy(self) -> bool:
         try:
@@ -387,17 +476,22 @@ class RedisBroker:
             return False
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> Any:
         if self._redis is None:
             raise BrokerUnavailable("the Redis broker is not started")
         return self._redis
 
     def _k(self, kind: str, name: str) -> str:
-        return f"{self.prefix}{kind}:{name}"
+        # The name is the hash tag: on a cluster, every key of one name (a
+        # topic's stream, its incarnation, its channel) lives on one shard.
+        return f"{self.prefix}{kind}:{{{name}}}"
 
-    async def _call(self, awaitable: Awaitable[Any]) -> Any:
+    def _channel(self, topic: str) -> str:
+        return self._k("n", topic)
+
+    async def _call(self, awaitable: Awaitable[Any], limit_s: float | None = None) -> Any:
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(limit_s or self.timeout_s):
                 return await awaitable
         except _DOWN as error:
             await self._drop_idle_connections()
@@ -406,7 +500,7 @@ class RedisBroker:
     async def _drop_idle_connections(self) -> None:
         # After a Redis restart every pooled connection is dead; without
         # this each would fail one more command before being replaced.
-        if self._redis is not None:
+        if self._redis is not None and not self.cluster:
             with contextlib.suppress(Exception):
                 await self._redis.connection_pool.disconnect(inuse_connections=False)
 
@@ -446,6 +540,7 @@ class RedisBroker:
             _check_field("event", event)
             _check_field("id", sse_id)
             args += (data, event or "", sse_id or "")
+        args.append(self._channel(topic))
         script = self._scripts["publish"]
         last_id, inc = await self._call(script(keys=[key, self._inc_key(key)], args=args))
         return Seq(_seq(last_id), inc.decode())
@@ -464,7 +559,21 @@ class RedisBroker:
         """Up to ``count`` messages of stream ``key`` with ``after < seq <= upto``."""
         if upto <= after:
             return []
-        entries = await self._call(self.redis.xrange(key, f"(0-{after}", f"0-{upto}", count=count))
+        # Single flight: resumers from one point of one topic share one read.
+        ident = (key, after, upto, count)
+        flight = self._fetches.get(ident)
+        if flight is None:
+            flight = asyncio.ensure_future(self._fetch(key, after, upto, count, incarnation))
+            self._fetches[ident] = flight
+            flight.add_done_callback(lambda _f: self._fetches.pop(ident, None))
+        return list(await asyncio.shield(flight))
+
+    async def _fetch(
+        self, key: str, after: int, upto: int, count: int, incarnation: str
+    ) -> list[Message]:
+        entries = await self._call(
+            self.redis.xrange(key, f"(0-{after}", f"0-{upto}", count=count), limit_s=self.wait_s
+        )
         messages = [_message(entry_id, fields, incarnation) for entry_id, fields in entries]
         return [m for m in messages if m is not None]
 
@@ -479,92 +588,73 @@ class RedisBroker:
         overflow: Overflow = Overflow.DISCONNECT,
         maxlen: int,
     ) -> AsyncIterator[Subscription]:
-        entry: _Topic | None = None
-        sub: Subscription
+        # A followed topic costs no round trip; a new one joins in a batch.
+        entry = self._follower.acquire(topic, maxlen)
+        sub: CatchUpSubscription | None = None
+        # A live subscriber that waits for its topic's join gets what was published meanwhile.
+        live_from = None if entry.ready.is_set() else -1
         try:
-            entry = await self._acquire(topic, maxlen)
-            sub = await self._attach(entry, after, backlog, max_lag, overflow)
-        except BaseException as error:
-            if entry is not None:
-                self._release(entry)
-                entry = None
-            if not isinstance(error, BrokerUnavailable):
-                raise
-            # A closed subscription: the stream ends at once (after its
-            # ``retry:``) and the client comes back when Redis may be up.
-            sub = Subscription(LocalTopic(topic, 1), 0, max_lag=None, overflow=overflow)
-            sub.close("unavailable")
-        try:
+            if not entry.ready.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.wait_s):
+                        await entry.ready.wait()
+            if entry.ready.is_set() and self._follower.followed(entry):
+                with contextlib.suppress(BrokerUnavailable):
+                    first, page, gap = await self._position(
+                        entry, after, backlog, max_lag, overflow, live_from
+                    )
+                    sub = CatchUpSubscription(
+                        self, entry, first - 1, max_lag=max_lag, overflow=overflow
+                    )
+                    sub.place(first, page, gap)
+                    if not self._follower.followed(entry):
+                        sub.close("reset")  # lost while the catch-up was read
+            if sub is None:
+                # Redis is slow or down: the stream opens now (heartbeats) and
+                # the subscriber is placed when the topic is ready.
+                sub = CatchUpSubscription(
+                    self,
+                    entry,
+                    0,
+                    max_lag=max_lag,
+                    overflow=overflow,
+                    unplaced=(after, backlog),
+                )
+                if not self._follower.followed(entry):
+                    sub.close("reset")
             yield sub
         finally:
-            sub.close("unsubscribed")
-            if entry is not None:
-                self._release(entry)
+            if sub is not None:
+                sub.close("unsubscribed")
+            self._follower.release(entry)
 
-    async def _acquire(self, name: str, maxlen: int) -> _Topic:
-        entry = self._topics.get(name)
-        if entry is not None:
-            entry.users += 1
-            try:
-                await entry.ready.wait()
-            except BaseException:
-                entry.users -= 1
-                raise
-            if entry.failed:
-                # Its creator failed (or gave up): try once more as the creator.
-                entry.users -= 1
-                return await self._acquire(name, maxlen)
-            return entry
-        entry = self._topics[name] = _Topic(name, self._k("t", name), maxlen)
-        entry.users += 1
-        try:
-            head = self._scripts["head"]
-            newest_id, inc = await self._call(
-                head(
-                    keys=[entry.key, self._inc_key(entry.key)], args=[new_incarnation(), RESERVE_MS]
-                )
-            )
-        except BaseException:
-            entry.failed = True
-            entry.users -= 1
-            if self._topics.get(name) is entry:
-                del self._topics[name]
-            entry.ready.set()
-            raise
-        newest = _seq(newest_id) if newest_id else 0
-        # The local history starts where the reader starts: older messages are
-        # paged from Redis by the subscribers that need them.
-        entry.position = newest
-        entry.local.history = TopicHistory(maxlen, first_seq=newest + 1)
-        entry.local.incarnation = inc.decode()
-        entry.ready.set()
-        self._nudge()
-        return entry
-
-    def _release(self, entry: _Topic) -> None:
-        entry.users -= 1
-        if entry.users <= 0 and self._topics.get(entry.name) is entry:
-            del self._topics[entry.name]
-
-    async def _attach(
+    async def _position(
         self,
-        entry: _Topic,
+        entry: FollowedTopic,
         after: int | None,
         backlog: int,
         max_lag: int | None,
         overflow: Overflow,
-    ) -> Subscription:
+        live_from: int | None = None,
+    ) -> tuple[int, list[Message], tuple[int, int] | None]:
+        """Where a subscriber starts: its first seq, a catch-up page, and any gap.
+
+        ``live_from`` (not None): the subscriber came before its topic was
+        joined, and starts live from where the join began (``entry.start``).
+        """
         history = entry.local.history
         foreign = entry.local.foreign(after)
         if after is None:
             start = max(0, history.last_seq - backlog)
+            if live_from is not None:
+                start = min(start, entry.start)
         elif foreign:
             start = 0  # of another incarnation: all there is, after a gap
-        elif after > history.last_seq and after > (await self.last_seq(entry.name) or 0):
+        elif after > history.last_seq and after > (await self._newest(entry)):
             # From before a reset of the topic (or never issued): all there is, after a gap.
             start = 0
         else:
-            # Possibly ahead of the local history: the reader has not caught up yet.
+            # Possibly ahead of the local history: a notification is on its way.
             start = after
         if overflow is Overflow.DROP_OLDEST and max_lag is not None:
             start = max(start, history.last_seq - max_lag)
@@ -580,21 +670,67 @@ class RedisBroker:
             first = history.first_seq  # trimmed away in Redis too
         else:
             first = start + 1
-        sub = CatchUpSubscription(
-            self,
-            entry.key,
-            entry.local,
-            first - 1,
-            max_lag=max_lag,
-            overflow=overflow,
-            backlog=page,
-        )
+        gap = None
         if after is not None and (first != after + 1 or foreign):
-            sub.gap = (after, entry.local.seq(first) if isinstance(after, Seq) else first)
-        entry.local.subscribers.add(sub)
-        if self._topics.get(entry.name) is not entry:
-            sub.close("reset")  # lost while the catch-up was read
-        return sub
+            gap = (after, entry.local.seq(first) if isinstance(after, Seq) else first)
+        return first, page, gap
+
+    async def _newest(self, entry: FollowedTopic) -> int:
+        reply = await self._call(
+            self.redis.xrevrange(entry.key, "+", "-", count=1), limit_s=self.wait_s
+        )
+        return _seq(reply[0][0]) if reply else 0
+
+    async def _heads(self, entries: Sequence[FollowedTopic]) -> list[tuple[str, list[Any]]]:
+        """Each topic's incarnation and newest entries, for topics a process starts following."""
+        script = self._scripts["join"]
+
+        def args(entry: FollowedTopic) -> list[Any]:
+            window = max(1, min(JOIN_WINDOW, entry.local.history.maxlen))
+            return [new_incarnation(), RESERVE_MS, window]
+
+        replies: list[Any]
+        if self.cluster:
+            # Scripts cannot be pipelined on a cluster: concurrent calls, bounded by the pool.
+            replies = await self._call(
+                asyncio.gather(
+                    *(
+                        script(keys=[e.key, self._inc_key(e.key)], args=args(e))
+                        for e in entries
+                    )
+                ),
+                limit_s=self.wait_s,
+            )
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for entry in entries:
+                keys = [entry.key, self._inc_key(entry.key)]
+                await script(keys=keys, args=args(entry), client=pipe)
+            replies = await self._call(pipe.execute(), limit_s=self.wait_s)
+        # A script's XREVRANGE comes back raw: [id, [field, value, ...]].
+        return [
+            (inc.decode(), [(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in newest])
+            for inc, newest in replies
+        ]
+
+    async def _shard_for(self, key: str) -> tuple[str, Callable[[], AbstractConnection]]:
+        """The shard that owns ``key``'s slot, and how to open a pub/sub connection to it."""
+        if self.cluster:
+            node = self.redis.get_node_from_key(key)
+            name = str(node.name)
+            url = node_url(self.url, node.host, int(node.port))
+        else:
+            name, url = "redis", self.url
+        pool = self._pubsub_pools.get(name)
+        if pool is None:
+            pool = self._pubsub_pools[name] = ConnectionPool.from_url(
+                url,
+                protocol=2,
+                socket_timeout=None,
+                socket_connect_timeout=self.timeout_s,
+                retry=Retry(NoBackoff(), 0),
+            )
+        return name, pool.make_connection
 
     async def expire(self, topic: str, ttl_s: float) -> None:
         key = self._k("t", topic)
@@ -605,11 +741,7 @@ class RedisBroker:
         await self._call(pipe.execute())
 
     def local_subscribers(self) -> dict[str, int]:
-        return {
-            name: len(entry.local.subscribers)
-            for name, entry in self._topics.items()
-            if entry.local.subscribers
-        }
+        return self._follower.counts()
 
     # -- state, counters, leases, messages ---------------------------------------------
 
@@ -674,21 +806,6 @@ class RedisBroker:
         pipe.pexpire(key, INBOX_TTL_MS)
         await self._call(pipe.execute())
 
-    def _nudge(self) -> None:
-        """Wake this process's reader so that its next XREAD includes a new topic."""
-        if self._nudge_pending:
-            return
-        self._nudge_pending = True
-
-        async def nudge() -> None:
-            # Cleared before sending: a topic added after this point needs its own nudge.
-            self._nudge_pending = False
-            # If Redis is down the reader is reconnecting and re-reads its topics anyway.
-            with contextlib.suppress(BrokerUnavailable):
-                await self._post(self.node, {"n": ""})
-
-        self._tasks.spawn(nudge(), "redis-broker-nudge")
-
     # -- the reader ------------------------------------------------------------------
 
     async def _read_forever(self) -> None:
@@ -705,10 +822,8 @@ class RedisBroker:
                         self._up = True
                         self.reconnects += 1
                         log.warning("Redis connection restored")
+                # Only this process's inbox: topics come through their shards' pub/sub.
                 streams: dict[str, str] = {self._inbox: self._inbox_pos}
-                for entry in self._topics.values():
-                    if entry.ready.is_set() and not entry.failed:
-                        streams[entry.key] = f"0-{entry.position}"
                 assert self._reader_redis is not None
                 reply: Any
                 async with asyncio.timeout(self.block_s + self.timeout_s):
@@ -737,29 +852,13 @@ class RedisBroker:
 
     def _dispatch(self, reply: list[Any]) -> None:
         inbox = self._inbox.encode()
-        topic_prefix = self._k("t", "")
         for key, entries in reply:
-            if key == inbox:
+            if key == inbox and entries:
                 self._inbox_pos = entries[-1][0].decode()
                 for _entry_id, fields in entries:
                     message = fields.get(b"m")
                     if message is not None:
                         self._deliver(message.decode())
-                continue
-            entry = self._topics.get(key.decode()[len(topic_prefix) :])
-            if entry is None or not entry.ready.is_set():
-                continue
-            messages = []
-            for entry_id, fields in entries:
-                seq = _seq(entry_id)
-                if seq <= entry.position:
-                    continue
-                entry.position = seq
-                message = _message(entry_id, fields, entry.local.incarnation)
-                if message is not None:
-                    messages.append(message)
-            if messages:
-                entry.local.add(messages)
 
     def _deliver(self, message: str) -> None:
         for handler in self._handlers:
@@ -773,7 +872,7 @@ class RedisBroker:
             await self._check_epoch_and_topics()
 
     async def _check_epoch_and_topics(self) -> None:
-        """Notice lost data: a new epoch, or a topic whose seqs went backwards."""
+        """Notice lost data (a new epoch); a topic reset alone shows in its notifications."""
         client = self._reader_redis
         assert client is not None
         key = f"{self.prefix}epoch"
@@ -783,33 +882,6 @@ class RedisBroker:
             epoch = await client.get(key)
         if self._epoch is not None and epoch != self._epoch:
             log.warning("Redis lost its data: closing local subscribers so clients resume")
-            for entry in list(self._topics.values()):
-                self._reset(entry)
+            self._follower.reset_all()
         self._epoch = epoch
-        entries = [e for e in self._topics.values() if e.ready.is_set() and not e.failed]
-        if entries:
-            # Compared with positions taken before asking: the reader cannot get ahead of them.
-            positions = [e.position for e in entries]
-            pipe = client.pipeline(transaction=False)
-            for entry in entries:
-                pipe.xrevrange(entry.key, "+", "-", count=1)
-                pipe.get(self._inc_key(entry.key))
-            replies = await pipe.execute()
-            for entry, position, newest, inc in zip(
-                entries, positions, replies[::2], replies[1::2], strict=True
-            ):
-                if (_seq(newest[0][0]) if newest else 0) < position:
-                    log.warning("topic %s went back in Redis: closing its subscribers", entry.name)
-                    self._reset(entry)
-                elif inc is not None and inc.decode().lstrip("?") != entry.local.incarnation:
-                    log.warning(
-                        "topic %s has a new incarnation: closing its subscribers", entry.name
-                    )
-                    self._reset(entry)
         self._resync_needed = False
-
-    def _reset(self, entry: _Topic) -> None:
-        if self._topics.get(entry.name) is entry:
-            del self._topics[entry.name]
-        for sub in list(entry.local.subscribers):
-            sub.close("reset")

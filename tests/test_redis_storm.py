@@ -1,0 +1,171 @@
+"""Reconnect storms on the Redis broker: a real Hypercorn process and a real redis-server.
+
+A crowd reconnects all at once (after a deploy, a drain, a blip): thousands of
+``GET`` of streams in one unpaced burst from one asyncio client.  While Redis
+is up, none may get a ``5xx`` and every one must get what is published next;
+when Redis restarts in the middle, the streams opened meanwhile wait on their
+heartbeats and are served once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from quart_app.brokers.redis import RedisBroker
+
+from .harness import HOST, RedisServer, ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+DISTINCT = 1000  # streams, each on its own channel
+CROWD = 1000  # streams on one channel
+MAXLEN = 1000
+
+
+@pytest.fixture(autouse=True)
+def open_files() -> Iterator[None]:
+    """Room for a few thousand sockets in this process (up to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 4 * (DISTINCT + CROWD) + 512
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"needs {wanted} open files, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class Stream:
+    """One raw HTTP/1.1 SSE request: its status, then bytes until a marker shows up."""
+
+    def __init__(self, port: int, path: str) -> None:
+        self.port = port
+        self.path = path
+        self.status = 0
+        self.buffer = b""
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> int:
+        self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
+        request = f"GET {self.path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: text/event-stream\r\n\r\n"
+        self.writer.write(request.encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        self.status = int(head.split(b" ", 2)[1])
+        return self.status
+
+    async def until(self, marker: bytes) -> None:
+        assert self.reader is not None
+        while marker not in self.buffer:
+            chunk = await self.reader.read(65536)
+            if not chunk:
+                raise AssertionError(f"{self.path} ended before {marker!r}: {self.buffer[-300:]!r}")
+            self.buffer += chunk
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def crowd_paths() -> list[str]:
+    return [f"/channels/c{i}/events" for i in range(DISTINCT)] + ["/channels/crowd/events"] * CROWD
+
+
+async def open_all(streams: list[Stream]) -> dict[int, int]:
+    """Open every stream at once (no pacing); statuses by count."""
+    statuses = await asyncio.gather(*(s.open() for s in streams), return_exceptions=True)
+    counts: dict[int, int] = {}
+    for status in statuses:
+        key = status if isinstance(status, int) else -1
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+async def subscribed(server: ServerProcess, expected: int, timeout: float = 60) -> None:
+    """Until the server reports ``expected`` channel subscribers (placed, following Redis)."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        async with asyncio.timeout(timeout):
+            while True:
+                answer = await client.get("/api/v1/stats")
+                if answer.status_code == 200:
+                    counts = answer.json()["content"]["subscribers"]
+                    got = sum(v for k, v in counts.items() if k.startswith("channel:"))
+                    if got >= expected:
+                        return
+                await asyncio.sleep(0.1)
+
+
+async def publish_to_all(url: str) -> None:
+    broker = RedisBroker(url)
+    await broker.start()
+    try:
+        for i in range(DISTINCT):
+            await broker.publish(f"channel:c{i}", json.dumps(f"for c{i}"), maxlen=MAXLEN)
+        await broker.publish("channel:crowd", json.dumps("for the crowd"), maxlen=MAXLEN)
+    finally:
+        await broker.close()
+
+
+async def delivered(streams: list[Stream]) -> None:
+    markers = [
+        f'data: "for {s.path.split("/")[2]}"'.encode()
+        if s.path != "/channels/crowd/events"
+        else b'data: "for the crowd"'
+        for s in streams
+    ]
+    async with asyncio.timeout(60):
+        await asyncio.gather(*(s.until(m) for s, m in zip(streams, markers, strict=True)))
+
+
+@pytest.fixture
+async def streams() -> AsyncIterator[list[Stream]]:
+    opened: list[Stream] = []
+    yield opened
+    for stream in opened:
+        stream.close()
+
+
+def env(url: str) -> dict[str, str]:
+    return {"QUART_BROKER_URL": url, "QUART_SSE_HEARTBEAT_S": "1"}
+
+
+async def test_a_storm_of_subscribes_is_served_without_a_5xx(
+    server_factory: Any, redis_url: str, streams: list[Stream]
+) -> None:
+    server = server_factory(env(redis_url), workers=0)
+    streams.extend(Stream(server.port, path) for path in crowd_paths())
+    counts = await open_all(streams)
+    assert counts == {200: DISTINCT + CROWD}, counts
+    async with asyncio.timeout(60):
+        await asyncio.gather(*(s.until(b"retry:") for s in streams))
+    await subscribed(server, DISTINCT + CROWD)
+    await publish_to_all(redis_url)
+    await delivered(streams)
+
+
+async def test_redis_restarting_during_a_storm(
+    server_factory: Any, durable_redis: RedisServer, streams: list[Stream]
+) -> None:
+    server = server_factory(env(durable_redis.url), workers=0)
+    paths = crowd_paths()
+    first = [Stream(server.port, path) for path in paths[::2]]
+    second = [Stream(server.port, path) for path in paths[1::2]]
+    streams.extend(first + second)
+    # Half the crowd arrives while Redis is up, the other half while it is down.
+    assert await open_all(first) == {200: len(first)}
+    durable_redis.kill()
+    opening = asyncio.create_task(open_all(second))
+    await asyncio.sleep(1.0)  # the second half is subscribing into an outage
+    durable_redis.start()
+    assert await opening == {200: len(second)}
+    async with asyncio.timeout(60):
+        await asyncio.gather(*(s.until(b"retry:") for s in streams))
+    await subscribed(server, DISTINCT + CROWD)
+    await publish_to_all(durable_redis.url)
+    await delivered(streams)
