@@ -1,46 +1,52 @@
 """Redis as the broker, so that several workers and hosts share topics, jobs and counters.
 
-Keys (all under ``prefix``, default ``quart_app:``):
+Keys (all under ``prefix``, default ``quart_app:``; the name in braces is the hash
+tag, so on a Redis Cluster every key of one topic, and its channel, share a slot):
 
-``t:<topic>``
+``t:{<topic>}``
     The topic's Redis Stream.  Entries are added with ``XADD <key> MAXLEN ~ <maxlen> 0-*``:
     the ``0-*`` id makes Redis number them ``0-1, 0-2, ...`` atomically, so an entry's
     sequence part *is* the broker seq and the SSE id, the same on every worker; a client
     resumes anywhere.  Fields: ``d`` data, ``e`` event, ``i`` explicit SSE id.
-``t:<topic>:inc``
+``t:{<topic>}:inc``
     The topic's incarnation (see ``brokers.base``), with the same TTL as its
     stream, so the two are forgotten together.  A publish that creates the
     stream (first use, after an expiry or a data loss) starts a new one,
     unless a subscriber that came first reserved one (``?<token>``, never used
     by an entry): the subscriber's ids then match what it will receive.  SSE
     ids are ``<seq>.<incarnation>``.
-``state:<key>``, ``n:<key>``, ``counters``
+``n:{<topic>}`` (a sharded pub/sub channel, not a key)
+    Every publish's notification: its first seq, incarnation and entries.
+``state:{<key>}``, ``n:{<key>}``, ``counters``
     Job state hashes (with TTL), shared integers, application-wide counters.
-``lease:<name>``
+``lease:{<name>}``
     Leases (``SET NX PX`` plus a compare-and-renew script): the ticker runs once.
-``inbox:<node>``
-    Each process's inbox stream: messages to that process (job cancels) and the
-    wake-ups that make its reader re-read its list of topics.
+``inbox:{<node>}``
+    Each process's inbox stream: messages to that process (job cancels).
 ``epoch``
     A random token set once per Redis dataset: if it changes, Redis lost its data.
 
-One reader task per process XREADs (``BLOCK``) the inbox plus every topic that has
-local subscribers and appends what it gets to the same :class:`LocalTopic` objects
-the memory broker uses, so each frame is encoded once per process and subscribers
-are cursors into one shared history, not a Redis connection each.
+Topics are followed through pub/sub (``redis_follow``): a publish adds to the
+stream and publishes a notification (``SPUBLISH``) in one script; each process keeps one
+pub/sub connection per shard and appends what is notified to the same
+:class:`LocalTopic` objects the memory broker uses, so each frame is encoded once
+per process, subscribers are cursors into one shared history, and a publish costs
+the same with 10 or 10,000 topics.  One reader task per process XREADs (``BLOCK``)
+only its inbox.
 
 A subscriber that starts behind the local history (a resume, a backlog) pages
 through the stream with ``XRANGE`` until it reaches the local history, so nothing
 is lost or repeated: seqs are integers, and the local history starts exactly where
 the reader started reading.
 
-Redis going away: commands fail fast (short socket timeouts, no retries) with
-:class:`BrokerUnavailable`; open streams stay open on their heartbeats; the reader
-reconnects with backoff and resumes XREAD from the last id it saw, so a connected
-subscriber misses nothing Redis accepted.  After a reconnect (and every few seconds)
-the reader checks the epoch and each topic's newest seq: a topic whose seqs went
-backwards was lost, and its local subscribers are closed (``reset``) so that their
-clients reconnect and get an ``event: gap``.
+Redis going away: writes fail fast (no retries) with :class:`BrokerUnavailable`
+(a ``503``); open streams stay open on their heartbeats, and a stream opened
+meanwhile opens too and is placed when its topic can be joined.  A shard's pub/sub
+connection reconnects with backoff, subscribes again and catches every topic up
+from its stream, so a connected subscriber misses nothing Redis accepted.  The
+inbox reader checks the epoch every few seconds; a notification of another
+incarnation, or a topic whose seqs went backwards, closes the topic's local
+subscribers (``reset``) so that their clients reconnect and get an ``event: gap``.
 """
 
 from __future__ import annotations
@@ -123,7 +129,7 @@ _NEVER_MS = 2**52
 # A subscriber's reserved incarnation, for a topic nobody has published to yet.
 RESERVE_MS = 86_400_000
 
-# Incarnations: see ``t:<topic>:inc`` in the module docstring.  Both scripts
+# Incarnations: see ``t:{<topic>}:inc`` in the module docstring.  Both scripts
 # touch the stream and its incarnation key, which hash alike when the stream's
 # key has a hash tag (the incarnation key is the stream key plus a suffix).
 _INCARNATION = """
