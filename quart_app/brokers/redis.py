@@ -402,6 +402,7 @@ class RedisBroker:
             linger_s=linger_s,
         )
         self._pubsub_pools: dict[str, ConnectionPool] = {}
+        self._slots = asyncio.Semaphore(max_connections) if self.cluster else None
         self._fetches: dict[tuple[str, int, int, int], asyncio.Future[list[Message]]] = {}
         self._handlers: list[Callable[[str], None]] = []
         self._tasks = TaskSet("redis-broker")
@@ -425,7 +426,7 @@ class RedisBroker:
         if self.cluster:
             return cluster_client(
                 self.url,
-                max_connections=self.max_connections,
+                max_connections=2 * self.max_connections,
                 socket_connect_timeout=self.timeout_s,
             )
         pool = BlockingConnectionPool.from_url(
@@ -498,7 +499,11 @@ class RedisBroker:
     async def _call(self, awaitable: Awaitable[Any], limit_s: float | None = None) -> Any:
         try:
             async with asyncio.timeout(limit_s or self.timeout_s):
-                return await awaitable
+                if self._slots is None:
+                    return await awaitable
+                # A cluster client's pools refuse past their size: a burst waits here instead.
+                async with self._slots:
+                    return await awaitable
         except _DOWN as error:
             await self._drop_idle_connections()
             raise BrokerUnavailable(f"Redis is unavailable: {error!r}") from error

@@ -1,0 +1,64 @@
+"""The broker contract on a local 3-master Redis Cluster (``redis+cluster://``).
+
+The same tests as ``test_brokers`` (imported, so they run here again) with the
+broker on a cluster: every topic's keys and channel hash to one slot, one
+pub/sub connection per shard per process, scripts on hash-tagged keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from quart_app.brokers import Broker, create_broker
+from quart_app.brokers.redis import RedisBroker
+
+from .harness import RedisCluster
+from .test_brokers import *  # noqa: F403  (the contract, run again on the cluster)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+def cluster_url(cluster: RedisCluster) -> str:
+    return "redis+cluster://" + ",".join(cluster.addresses)
+
+
+@pytest.fixture
+async def broker(redis_cluster: RedisCluster) -> AsyncIterator[Broker]:
+    redis_cluster.flush()
+    broker = create_broker(cluster_url(redis_cluster))
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+async def test_topics_spread_over_the_shards_with_one_connection_each(
+    redis_cluster: RedisCluster,
+) -> None:
+    redis_cluster.flush()
+    broker = RedisBroker(cluster_url(redis_cluster))
+    await broker.start()
+    try:
+        contexts = [broker.subscribe(f"t{i}", maxlen=10) for i in range(60)]
+        subs = [await context.__aenter__() for context in contexts]
+        try:
+            for i in range(60):
+                await broker.publish(f"t{i}", f"m{i}", maxlen=10)
+            for sub in subs:
+                await receive(sub, 1)  # noqa: F405
+            # Sixty topics over three masters: one pub/sub connection per shard.
+            assert len(broker._follower.shards) == 3
+            assert sum(len(s.channels) for s in broker._follower.shards.values()) == 60
+        finally:
+            for context in contexts:
+                await context.__aexit__(None, None, None)
+    finally:
+        await broker.close()
