@@ -124,9 +124,29 @@ export class GenerationStream {
       else await this.whatBecameOfJob();
     } catch (error) {
       if (this.ended) return;
+      if (this.job !== null && this.reattached < MAX_REATTACH) {
+        // A server restarting, say: jobs outlive restarts, so come back and resume.
+        this.reattach();
+        return;
+      }
       this.stop();
-      this.on.lost('The server cannot be reached.');
+      this.on.lost(
+        this.job === null
+          ? 'The server cannot be reached.'
+          : 'The server cannot be reached; the job goes on there and resumes when you reconnect.',
+      );
     }
+  }
+
+  reattach() {
+    // Come back after a while and resume after the last string received.
+    this.reattached += 1;
+    this.on.status?.('reconnecting');
+    const resume = this.lastId || `${this.job}:0`;
+    this.timer = setTimeout(
+      () => this.open(withParam(this.url, 'last_event_id', resume)),
+      1000 * this.reattached,
+    );
   }
 
   async whyRefused() {
@@ -178,15 +198,8 @@ export class GenerationStream {
     } else if (ENDINGS.includes(body.status)) {
       this.finish(body.status, body);
     } else if (this.reattached < MAX_REATTACH) {
-      // Still running but this stream was refused (a server restarting, say):
-      // come back after a while and resume after the last string received.
-      this.reattached += 1;
-      this.on.status?.('reconnecting');
-      const resume = this.lastId || `${this.job}:0`;
-      this.timer = setTimeout(
-        () => this.open(withParam(this.url, 'last_event_id', resume)),
-        1000 * this.reattached,
-      );
+      // Still running but this stream was refused (a server restarting, say).
+      this.reattach();
     } else {
       this.stop();
       this.on.lost('Lost the connection to the job; it is still running on the server.');
