@@ -108,7 +108,8 @@ async def with_content(context: BrowserContext, url: str) -> None:
     response = await context.request.get(f"{url}/generate?amount=5&length=8")
     assert response.ok and "event: done" in await response.text()
     response = await context.request.post(
-        f"{url}/chat", data=json.dumps({"message": "Hello, world", "user": "Ada"}),
+        f"{url}/chat",
+        data=json.dumps({"message": "Hello, world", "user": "Ada"}),
         headers={"Content-Type": "application/json"},
     )
     assert response.status == 202
@@ -120,9 +121,11 @@ async def open_shown(context: BrowserContext, url: str, name: str) -> tuple[Page
     page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
     page.on(
         "console",
-        lambda message: problems.append(f"console: {message.text}")
-        if message.type == "error" and "Content Security Policy" in message.text
-        else None,
+        lambda message: (
+            problems.append(f"console: {message.text}")
+            if message.type == "error" and "Content Security Policy" in message.text
+            else None
+        ),
     )
     await page.add_init_script(RECORD_CSP_VIOLATIONS)
     await page.goto(f"{url}{PAGES[name]}")
@@ -142,7 +145,7 @@ async def test_page_works_under_the_policy_and_passes_axe(
         page, problems = await open_shown(strict, server.url, name)
         # A frame for charts and late layout to settle before the picture.
         await page.evaluate("() => new Promise((r) => requestAnimationFrame(() => r()))")
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a local folder, once
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=SCREENSHOTS / f"{name}-{size}.png", full_page=True)
         problems += await page.evaluate("() => window.__csp")
         assert problems == [], problems
@@ -199,7 +202,11 @@ async def test_every_page_links_to_every_other(server: Any) -> None:
 
 @pytest.mark.parametrize(
     ("locale", "pattern"),
-    [("en-US", r"\d\d:\d\d:\d\d [AP]M"), ("en-GB", r"\d\d:\d\d:\d\d"), ("de-DE", r"\d\d:\d\d:\d\d")],
+    [
+        ("en-US", r"\d\d:\d\d:\d\d [AP]M"),
+        ("en-GB", r"\d\d:\d\d:\d\d"),
+        ("de-DE", r"\d\d:\d\d:\d\d"),
+    ],
 )
 async def test_one_time_format_on_every_page(server: Any, locale: str, pattern: str) -> None:
     time = re.compile(rf"^{pattern}$")

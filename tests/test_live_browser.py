@@ -167,7 +167,9 @@ async def test_chat_message_reaches_another_page(
 
     # A page opened later gets the chat history.
     late = await open_live(browser, server.url)
-    await expect(late.locator("#messages .message .text").last).to_have_text("hello from the first tab")
+    await expect(late.locator("#messages .message .text").last).to_have_text(
+        "hello from the first tab"
+    )
     await reader.screenshot(path=tmp_path / "chat.png", full_page=True)
 
 
@@ -310,9 +312,7 @@ async def test_the_chart_breaks_its_line_where_no_numbers_came(
             return {from: last, to: last + 30};
         }"""
     )
-    await page.wait_for_function(
-        "(to) => window.live.chart.data[0].at(-1) > to", arg=gap["to"]
-    )
+    await page.wait_for_function("(to) => window.live.chart.data[0].at(-1) > to", arg=gap["to"])
     chart = await page.evaluate(
         """([from, to]) => {
             const u = window.live.chart;
