@@ -134,6 +134,7 @@ class FollowedTopic:
         "position",
         "ready",
         "shard",
+        "start",
         "subscribed",
         "users",
         "verifying",
@@ -156,6 +157,9 @@ class FollowedTopic:
         self.shard: Shard | None = None
         # SSUBSCRIBE confirmed on ``shard``.
         self.subscribed = False
+        # The seq after which everything was published once this process
+        # subscribed: where subscribers that waited for the join start live.
+        self.start = 0
         # Subscribers that opened before the topic was ready (woken when it is).
         self.waiting: set[Subscription] = set()
 
@@ -483,6 +487,9 @@ class Follower:
             if messages:
                 entry.local.add(messages)
             entry.position = newest
+            # Notified while joining: published after the subscribers came.
+            held = [first for first, _, _ in entry.held or ()]
+            entry.start = max(first - 1, min([newest, *(f - 1 for f in held)]))
             self._go_live(entry)
             entry.ready.set()
             for sub in list(entry.waiting):
