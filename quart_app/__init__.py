@@ -20,7 +20,7 @@ __all__ = ["create_app", "sse"]
 
 # Flask-SSE's spelling, ``await sse.publish(data, type=..., channel=...)``: the
 # encoder module carries the publish function that lives with the channels.
-sse.publish = channels.publish  # type: ignore[attr-defined]
+sse.publish = channels.publish
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("quart_app")

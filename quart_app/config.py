@@ -250,8 +250,10 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"LOG_FORMAT must be text or json, got {config['LOG_FORMAT']!r}")
     for key in ("PUBLISH_TOKEN", "OPERATOR_TOKEN"):
         token = config[key]
-        if token is not None and token != "" and (
-            not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS
+        if (
+            token is not None
+            and token != ""
+            and (not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS)
         ):
             # A short bearer token is guessable: refuse to start rather than serve with it.
             raise ValueError(f"{key} must be a string of at least {MIN_TOKEN_CHARS} characters")

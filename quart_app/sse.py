@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+# Flask-SSE's ``await sse.publish(data, type=..., channel=...)``: the package sets it
+# to ``channels.publish`` (publishing lives with the channels, not in the encoder).
+publish: Callable[..., Awaitable[str]]
 
 _FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\x00]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")

@@ -36,7 +36,8 @@ def signed_session_cookie(secret: str, values: dict[str, Any]) -> str:
     """A session cookie the server will accept as its own (validly signed), holding ``values``."""
     signer = Quart(__name__)
     signer.secret_key = secret
-    serializer = signer.session_interface.get_signing_serializer(signer)  # type: ignore[attr-defined]
+    serializer = signer.session_interface.get_signing_serializer(signer)
+    assert serializer is not None
     return str(serializer.dumps(values))
 
 
@@ -55,13 +56,14 @@ async def _wait_done(client: httpx.AsyncClient, job: str, key: str | None = None
     params = {"key": key} if key else None
 
     async def status() -> dict[str, Any]:
-        return (await client.get(f"/jobs/{job}", params=params)).json()
+        answer: dict[str, Any] = (await client.get(f"/jobs/{job}", params=params)).json()
+        return answer
 
     result: dict[str, Any] = {}
 
     async def finished() -> bool:
         result.update(await status())
-        return result["status"] != "running"
+        return bool(result["status"] != "running")
 
     await eventually(finished, timeout=60)
     return result
@@ -216,7 +218,7 @@ async def test_names_and_types_match_whole_strings(server_factory: Any) -> None:
             assert published.status_code == 404
 
 
-ODD_SESSIONS = [
+ODD_SESSIONS: list[dict[str, Any]] = [
     {"lowercase": "1", "uppercase": 1, "digits": 1, "symbols": 0},
     {"lowercase": 0, "uppercase": 0, "digits": 0, "symbols": 0},
     {"lowercase": [1], "uppercase": {"a": 1}, "digits": None, "symbols": 2.5},

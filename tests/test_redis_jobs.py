@@ -38,6 +38,17 @@ async def workers(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[Quart, 
         yield one, two
 
 
+def one_user(workers: tuple[Quart, Quart]) -> tuple[Client, Client]:
+    """One user's browser on two workers (behind a load balancer): one cookie jar.
+
+    Jobs are private to the session that started them, so "two" must be the
+    same user as "one" to watch one's jobs.
+    """
+    one, two = (app.test_client() for app in workers)
+    two.cookie_jar = one.cookie_jar
+    return one, two
+
+
 async def start_job(client: Client, **body: int) -> str:
     response = await client.post("/jobs", json=body)
     assert response.status_code == 201, await response.get_data(as_text=True)
@@ -53,7 +64,7 @@ async def status(client: Client, job: str) -> dict[str, Any]:
 async def test_a_job_started_on_one_worker_is_watched_and_resumed_on_another(
     workers: tuple[Quart, Quart],
 ) -> None:
-    one, two = (app.test_client() for app in workers)
+    one, two = one_user(workers)
     job = await start_job(one, amount=50, length=8, delay_ms=10)
     first = await read_stream(
         two, f"/jobs/{job}/events", until=lambda p: len(p.events) >= 20, timeout=10
@@ -75,7 +86,7 @@ async def test_a_job_started_on_one_worker_is_watched_and_resumed_on_another(
 
 
 async def test_status_shows_progress_from_another_worker(workers: tuple[Quart, Quart]) -> None:
-    one, two = (app.test_client() for app in workers)
+    one, two = one_user(workers)
     job = await start_job(one, amount=200, length=4, delay_ms=10)
     watching = asyncio.create_task(read_stream(one, f"/jobs/{job}/events", timeout=10))
     await eventually(lambda: status(two, job), lambda s: s["produced"] >= 5, interval=0.02)
@@ -87,7 +98,7 @@ async def test_status_shows_progress_from_another_worker(workers: tuple[Quart, Q
 async def test_delete_on_another_worker_cancels_the_job_where_it_runs(
     workers: tuple[Quart, Quart],
 ) -> None:
-    one, two = (app.test_client() for app in workers)
+    one, two = one_user(workers)
     job = await start_job(one, amount=1000, length=4, delay_ms=20)
     watching = asyncio.create_task(read_stream(one, f"/jobs/{job}/events", timeout=10))
     await eventually(lambda: status(two, job), lambda s: s["produced"] >= 3, interval=0.02)
@@ -102,7 +113,7 @@ async def test_delete_on_another_worker_cancels_the_job_where_it_runs(
 async def test_a_watcher_on_another_worker_keeps_a_job_from_being_orphaned(
     workers: tuple[Quart, Quart],
 ) -> None:
-    one, two = (app.test_client() for app in workers)
+    one, two = one_user(workers)
     # JOB_ORPHAN_S is 0.5 s in tests; the job takes about 1.5 s, watched only on "two".
     job = await start_job(one, amount=30, length=4, delay_ms=50)
     result = await read_stream(two, f"/jobs/{job}/events", until=done, timeout=10)
