@@ -14,6 +14,16 @@ not kept in memory.  A shutdown pauses running jobs instead of failing them;
 the next process (or this one, on a later scan) resumes each from its durable
 index, and watchers that reconnect get the rest exactly once.
 
+Jobs survive their worker (Redis broker): the process that runs a job holds
+its lease (``job:<id>``, renewed every second, gone three seconds after its
+holder died) and lists it in the shared set of running jobs.  Every process
+looks at that set every second; a running job whose lease is free is taken
+over: the new owner copies its strings from the job's stream into a result
+file of its own and goes on after the stream's last index.  Its events are
+published at explicit stream ids ``0-<index>``, so a former owner that was
+only slow is refused by Redis (``Fenced``) and stops, never repeating an
+index.  A draining process releases its leases at once.
+
 Several processes (Redis broker): the job's state records the process that
 runs it (``node``), so any process can answer ``GET /jobs/<id>`` (progress is
 the topic's newest seq) and pass a cancel on to the owner through the broker.
@@ -43,7 +53,7 @@ import aiofiles
 import aiofiles.os
 
 from .brokers import Broker, BrokerUnavailable, MemoryBroker, Message, Subscription
-from .brokers.base import make_message
+from .brokers.base import Fenced, make_message
 from .errors import Draining, InvalidInput, LimitExceeded, NotFound, Overloaded
 from .journal import Found, Journal
 from .sessions import JobParams
@@ -68,6 +78,13 @@ JOB_WINDOW = 256
 REPLAY_PAGE = 512
 # How often a process looks for journals of jobs that nobody runs.
 RESUME_SCAN_S = 5.0
+# Several processes: a job's lease, how often its owner renews it, and how
+# often every process looks for running jobs whose owner is gone.
+LEASE_S = 3.0
+HEARTBEAT_S = 1.0
+TAKEOVER_SCAN_S = 1.0
+# The shared set of running jobs (Redis).
+RUNNING_SET = "running-jobs"
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{22}")
 
 
@@ -201,7 +218,17 @@ class Job:
             "message": self.message,
             "owner": self.owner,
             "key": self.key_hash,
+            "charset": self.charset,
         }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, str], path: Path) -> Job:
+        """A job as another process recorded it in the broker (a takeover)."""
+        meta = {
+            **state,
+            "finished_at": state.get("finished_at") or None,
+        }
+        return cls.from_journal(meta, path)
 
     def journal_meta(self) -> dict[str, Any]:
         return {
@@ -291,10 +318,135 @@ class JobRegistry:
         # shutdown pauses jobs for the next process to resume.
         self.durable = isinstance(broker, MemoryBroker)
         self._scanner: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
 
-    async def _open_journal(self, job: Job) -> None:
+    async def _own(self, job: Job) -> None:
+        if not self.durable:
+            await self._claim(job)
+            return
         job.lock = self.journal.lock(job.id)
         await self.journal.write_meta(job.id, job.journal_meta())
+
+    # -- several processes: leases, heartbeats, takeover ---------------------------------
+
+    @staticmethod
+    def _lease(job_id: str) -> str:
+        return f"job:{job_id}"
+
+    async def _claim(self, job: Job) -> None:
+        await self.broker.lease(self._lease(job.id), self.broker.node, LEASE_S)
+        await self.broker.track(RUNNING_SET, job.id)
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            for job in list(self.jobs.values()):
+                if job.task is None or job.task.done():
+                    continue
+                try:
+                    if not await self.broker.lease(self._lease(job.id), self.broker.node, LEASE_S):
+                        log.warning("job %s: another process took it over; stopping", job.id)
+                        job.cancel_reason = "fenced"
+                        job.task.cancel()
+                        continue
+                    # Rewritten each beat: it comes back if Redis lost its data.
+                    await self.broker.set_state(
+                        self._key(job.id), {**job.state(), "node": self.broker.node}, None
+                    )
+                    await self.broker.track(RUNNING_SET, job.id)
+                except BrokerUnavailable:
+                    pass  # the lease may lapse; the job stops when it learns so
+
+    async def _takeover_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TAKEOVER_SCAN_S)
+            if self.draining or self._closing:
+                return
+            try:
+                await self.take_over()
+            except BrokerUnavailable:
+                pass
+            except Exception:
+                log.exception("looking for jobs to take over failed")
+
+    async def take_over(self) -> list[str]:
+        """Take over the running jobs whose owner is gone; their ids."""
+        taken = []
+        for job_id in await self.broker.tracked(RUNNING_SET):
+            if job_id in self.jobs or not is_job_id(job_id) or self.draining:
+                continue
+            if not await self.broker.lease(self._lease(job_id), self.broker.node, LEASE_S):
+                continue  # its owner is alive, or someone else got there first
+            try:
+                if await self._adopt_shared(job_id):
+                    taken.append(job_id)
+            except BaseException:
+                self.jobs.pop(job_id, None)
+                with contextlib.suppress(BrokerUnavailable):
+                    await self.broker.release(self._lease(job_id), self.broker.node)
+                raise
+        return taken
+
+    async def _adopt_shared(self, job_id: str) -> bool:
+        state = await self.broker.get_state(self._key(job_id))
+        topic = topic_for(job_id)
+        if state is None or state.get("status") != "running" or "charset" not in state:
+            await self.broker.track(RUNNING_SET, job_id, present=False)
+            await self.broker.release(self._lease(job_id), self.broker.node)
+            return False
+        job = Job.from_state(state, self.result_path(job_id))
+        last = await self.broker.entries(topic, max(0, (await self.last_seq(job_id)) - 1), 2)
+        if last and last[-1][2] in TERMINAL_EVENTS:
+            # It had ended; only its state was not written: write it now.
+            seq, data, event = last[-1]
+            job.status = str(event)
+            job.produced = seq - 1
+            job.message = str(json.loads(data).get("message", ""))
+            job.finished_at = time.time()
+            await self.broker.set_state(self._key(job_id), job.state(), self.ttl_s)
+            await self.broker.track(RUNNING_SET, job_id, present=False)
+            await self.broker.release(self._lease(job_id), self.broker.node)
+            return False
+        job.produced = last[-1][0] if last else 0
+        self.jobs[job_id] = job
+        # This process's result file: what the stream holds, then what it makes.
+        lines = 0
+        async with aiofiles.open(job.result_path, "w", encoding="utf-8") as out:
+            async for chunk, count in self._stream_lines(job_id, job.produced):
+                await out.write(chunk)
+                lines += count
+        job.committed = lines * (job.params.length + 1)
+        log.warning(
+            "job %s: taken over after string %d of %d", job_id, job.produced, job.params.amount
+        )
+        await self.broker.set_state(
+            self._key(job_id), {**job.state(), "node": self.broker.node}, None
+        )
+        job.task = asyncio.create_task(self._run(job), name=f"job-{job_id}")
+        self._arm_orphan(job)
+        return True
+
+    async def _stream_lines(self, job_id: str, upto: int) -> AsyncIterator[tuple[str, int]]:
+        """A job's strings as result-file text, from its stream (Redis), in pages."""
+        after = 0
+        topic = topic_for(job_id)
+        while after < upto:
+            page = await self.broker.entries(topic, after, REPLAY_PAGE)
+            texts = []
+            for seq, data, event in page:
+                if seq > upto or event is not None:
+                    break
+                texts.append(json.loads(data)["generated_string"])
+                after = seq
+            if not texts:
+                return
+            yield "\n".join(texts) + "\n", len(texts)
+
+    async def result_from_stream(self, job_id: str) -> AsyncIterator[bytes]:
+        """``/jobs/<id>/result`` where the file is not local: the strings in the job's stream."""
+        upto = await self.last_seq(job_id)
+        async for chunk, _count in self._stream_lines(job_id, upto):
+            yield chunk.encode()
 
     def _maxlen(self, amount: int) -> int:
         """Events a job's topic keeps in the broker."""
@@ -311,10 +463,14 @@ class JobRegistry:
         if self.durable:
             await self._resume_journals()
             self._scanner = asyncio.create_task(self._scan_forever(), name="jobs-resume-scan")
+        else:
+            self._heartbeat = asyncio.create_task(self._heartbeat_forever(), name="jobs-heartbeat")
+            self._scanner = asyncio.create_task(self._takeover_forever(), name="jobs-takeover")
 
     async def close(self) -> None:
         self._closing = True
         await cancel_and_wait(self._scanner)
+        await cancel_and_wait(self._heartbeat)
         self._give_up_at = asyncio.get_running_loop().time() + CLOSING_GRACE_S
         running = [job.task for job in self.jobs.values() if job.task and not job.task.done()]
         for job in self.jobs.values():
@@ -483,8 +639,7 @@ class JobRegistry:
             )
         job_id = new_job_id()
         job = Job(job_id, params, charset, owner, self.result_path(job_id))
-        if self.durable:
-            await self._open_journal(job)
+        await self._own(job)  # its journal, or its lease (several processes)
         await self.broker.set_state(
             self._key(job_id), {**job.state(), "node": self.broker.node}, None
         )
@@ -759,7 +914,7 @@ class JobRegistry:
                         )
                     else:
                         write = functools.partial(
-                            self.broker.publish_many, topic, items, maxlen=maxlen
+                            self._publish_fenced, job, topic, items, maxlen, job.produced + 1
                         )
                     await self._persist(topic, write, self._published(topic, index))
                     job.produced = index
@@ -783,8 +938,11 @@ class JobRegistry:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # handled: the job ends with its terminal event
-            if reason == "shutdown" and self.durable:
-                await self._pause(job)
+            if reason == "shutdown":
+                await (self._pause(job) if self.durable else self._hand_off(job))
+                return
+            if reason == "fenced":
+                self._lose(job)
                 return
             job.status = "cancelled" if reason != "shutdown" else "failed"
             job.message = {
@@ -793,12 +951,50 @@ class JobRegistry:
                 "shutdown": "Job interrupted: the server shut down.",
             }[reason]
             final = self._terminal(job, job.status)
+        except Fenced:
+            log.warning("job %s: another process publishes it now; stopping", job.id)
+            self._lose(job)
+            return
         except Exception as error:
             log.exception("job %s failed", job.id)
             job.status = "failed"
             job.message = f"Job failed: {type(error).__name__}"
             final = self._terminal(job, "failed")
         await self._finish(job, topic, maxlen, final)
+
+    async def _publish_fenced(
+        self,
+        job: Job,
+        topic: str,
+        items: Sequence[tuple[str, str | None, str | None]],
+        maxlen: int,
+        first_seq: int,
+    ) -> None:
+        try:
+            await self.broker.publish_many(topic, items, maxlen=maxlen, first_seq=first_seq)
+        except Fenced:
+            # Our own earlier try whose answer was lost, if the job is still ours.
+            if not await self.broker.lease(self._lease(job.id), self.broker.node, LEASE_S):
+                raise
+            if (await self.last_seq(job.id)) < first_seq + len(items) - 1:
+                raise
+
+    async def _hand_off(self, job: Job) -> None:
+        """A shutdown (several processes): another process takes the job over at once."""
+        log.info("job %s: handed off after string %d (shutdown)", job.id, job.produced)
+        with contextlib.suppress(BrokerUnavailable):  # else the lease lapses by itself
+            await self.broker.release(self._lease(job.id), self.broker.node)
+
+    def _lose(self, job: Job) -> None:
+        """Another process owns the job now: forget it here (its file too)."""
+        if job.orphan_timer is not None:
+            job.orphan_timer.cancel()
+            self._timers.discard(job.orphan_timer)
+            job.orphan_timer = None
+        if self.jobs.get(job.id) is job:
+            del self.jobs[job.id]
+        with contextlib.suppress(FileNotFoundError):
+            job.result_path.unlink()
 
     async def _pause(self, job: Job) -> None:
         """A shutdown: the job stays ``running`` in its journal, for the next process."""
@@ -870,10 +1066,15 @@ class JobRegistry:
             )
         else:
             write = functools.partial(
-                self.broker.publish, topic, data, event=event, sse_id=sse_id, maxlen=maxlen
+                self._publish_fenced, job, topic, [(data, event, sse_id)], maxlen, job.produced + 1
             )
         try:
-            await self._persist(topic, write, self._published(topic, job.produced + 1))
+            try:
+                await self._persist(topic, write, self._published(topic, job.produced + 1))
+            except Fenced:
+                log.warning("job %s: another process publishes it now; stopping", job.id)
+                self._lose(job)
+                return
             if self.durable:
                 self.journal.sync(job.lock)
                 await self.journal.write_meta(job.id, job.journal_meta())
@@ -884,6 +1085,12 @@ class JobRegistry:
                 topic, lambda: self.broker.set_state(self._key(job.id), job.state(), self.ttl_s)
             )
             await self._persist(topic, lambda: self.broker.expire(topic, self.ttl_s))
+            if not self.durable:
+                await self._persist(
+                    topic, lambda: self.broker.track(RUNNING_SET, job.id, present=False)
+                )
+                with contextlib.suppress(BrokerUnavailable):  # else it lapses by itself
+                    await self.broker.release(self._lease(job.id), self.broker.node)
             if job.orphan_timer is not None:
                 job.orphan_timer.cancel()
                 self._timers.discard(job.orphan_timer)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import aiofiles
 import aiofiles.os
 from quart import Blueprint, Response, current_app, jsonify, render_template, request
@@ -140,7 +142,10 @@ async def job_result(job_id: str) -> Response:
     try:
         size = (await aiofiles.os.stat(path)).st_size
     except FileNotFoundError:
-        raise NotFound("this job's result file is kept by the server that ran it") from None
+        if jobs.durable:
+            raise NotFound("this job's result file is gone") from None
+        # Not run here (several workers or hosts): the strings from the job's stream.
+        return _attachment(job_id, jobs.result_from_stream(job_id), None)
     committed = jobs.committed_bytes(job_id)
     if committed is not None:
         size = min(size, committed)
@@ -156,15 +161,18 @@ async def job_result(job_id: str) -> Response:
                 remaining -= len(chunk)
                 yield chunk
 
-    response = Response(
-        chunks(),
-        headers={
-            "Content-Type": "text/plain; charset=utf-8",
-            "Content-Disposition": f'attachment; filename="job-{job_id}.txt"',
-            "Content-Length": str(size),
-            # Generated strings may be passwords: never kept by a cache.
-            "Cache-Control": "no-store",
-        },
-    )
+    return _attachment(job_id, chunks(), size)
+
+
+def _attachment(job_id: str, body: AsyncIterator[bytes], size: int | None) -> Response:
+    headers = {
+        "Content-Type": "text/plain; charset=utf-8",
+        "Content-Disposition": f'attachment; filename="job-{job_id}.txt"',
+        # Generated strings may be passwords: never kept by a cache.
+        "Cache-Control": "no-store",
+    }
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    response = Response(body, headers=headers)
     response.timeout = None
     return response

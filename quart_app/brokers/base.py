@@ -410,11 +410,15 @@ class Broker(Protocol):
         *,
         maxlen: int,
         ttl_s: float | None = None,
+        first_seq: int | None = None,
     ) -> int:
         """Append ``(data, event, sse_id)`` items atomically; the newest seq.
 
         With ``ttl_s`` the topic (history and seqs) is forgotten that long after
-        this publish unless another one comes.
+        this publish unless another one comes.  With ``first_seq`` the items get
+        seqs ``first_seq, first_seq + 1, ...`` and the batch is refused whole
+        (:class:`Fenced`) if the topic already has ``first_seq``: the fencing of
+        a job's writers.
         """
         ...
 
@@ -431,6 +435,19 @@ class Broker(Protocol):
         ...
 
     async def last_seq(self, topic: str) -> int | None: ...
+
+    async def entries(
+        self, topic: str, after: int, count: int
+    ) -> list[tuple[int, str, str | None]]:
+        """Up to ``count`` stored entries ``(seq, data, event)`` after seq ``after`` (Redis:
+        a job's stream is its storage; the memory broker keeps frames only)."""
+        ...
+
+    async def track(self, key: str, member: str, present: bool = True) -> None:
+        """Add ``member`` to (or, ``present=False``, remove it from) the plain set ``key``."""
+        ...
+
+    async def tracked(self, key: str) -> list[str]: ...
 
     async def expire(self, topic: str, ttl_s: float) -> None: ...
 

@@ -26,6 +26,7 @@ class MemoryBroker:
         # Capped sets: member -> when it leaves (monotonic; inf: never).
         self._sets: dict[str, dict[str, float]] = {}
         self._numbers: dict[str, int] = {}
+        self._tracked: dict[str, set[str]] = {}
         self._handlers: list[Callable[[str], None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.node = "local"
@@ -112,6 +113,22 @@ class MemoryBroker:
             if local is not None and not local.subscribers and local.history.last_seq == 0:
                 # Never published to: a subscribe alone leaves nothing behind.
                 del self._topics[topic]
+
+    async def entries(
+        self, topic: str, after: int, count: int
+    ) -> list[tuple[int, str, str | None]]:
+        # Not kept apart from the frames here: jobs replay from their journal instead.
+        raise NotImplementedError("the memory broker keeps frames only")
+
+    async def track(self, key: str, member: str, present: bool = True) -> None:
+        members = self._tracked.setdefault(key, set())
+        if present:
+            members.add(member)
+        else:
+            members.discard(member)
+
+    async def tracked(self, key: str) -> list[str]:
+        return sorted(self._tracked.get(key, ()))
 
     async def last_seq(self, topic: str) -> int | None:
         local = self._topics.get(topic)

@@ -74,6 +74,7 @@ from ..sse import FieldError
 from ..tasks import TaskSet, cancel_and_wait
 from .base import (
     BrokerUnavailable,
+    Fenced,
     Message,
     Overflow,
     Seq,
@@ -152,6 +153,15 @@ _PUBLISH = (
     + """
 local inc, changed = incarnation(ARGV[3])
 local n = tonumber(ARGV[4])
+-- Explicit seqs (a job's indexes): refused, with nothing written, if the stream
+-- already has the first one (fencing: a slow former owner never repeats an index).
+local want = tonumber(ARGV[6 + 3 * n])
+if want > 0 then
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if top[1] and tonumber(string.match(top[1][1], '%-(%d+)$')) >= want then
+    return {'', top[1][1]}
+  end
+end
 local id
 local first
 local parts = {}
@@ -160,7 +170,9 @@ for k = 0, n - 1 do
   local fields = {'d', ARGV[at]}
   if ARGV[at + 1] ~= '' then fields[#fields + 1] = 'e'; fields[#fields + 1] = ARGV[at + 1] end
   if ARGV[at + 2] ~= '' then fields[#fields + 1] = 'i'; fields[#fields + 1] = ARGV[at + 2] end
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-*', unpack(fields))
+  local explicit = '0-*'
+  if want > 0 then explicit = '0-' .. (want + k) end
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], explicit, unpack(fields))
   if first == nil then first = string.match(id, '%-(%d+)$') end
   local d = ARGV[at]
   parts[#parts + 1] = ARGV[at + 1] .. '\\0' .. ARGV[at + 2] .. '\\0' .. #d .. '\\0' .. d
@@ -535,7 +547,10 @@ class RedisBroker:
         *,
         maxlen: int,
         ttl_s: float | None = None,
+        first_seq: int | None = None,
     ) -> int:
+        """As the protocol says; with ``first_seq``, entries get ids ``0-<first_seq + k>``
+        and the batch is refused (:class:`Fenced`) if the stream already has the first."""
         if not items:
             return await self.last_seq(topic) or 0
         key = self._k("t", topic)
@@ -552,9 +567,36 @@ class RedisBroker:
             _check_field("id", sse_id)
             args += (data, event or "", sse_id or "")
         args.append(self._channel(topic))
+        args.append(first_seq or 0)
         script = self._scripts["publish"]
         last_id, inc = await self._call(script(keys=[key, self._inc_key(key)], args=args))
+        if not last_id:
+            raise Fenced(f"{topic}: seq {first_seq} is already taken (newest {inc.decode()})")
         return Seq(_seq(last_id), inc.decode())
+
+    async def entries(
+        self, topic: str, after: int, count: int
+    ) -> list[tuple[int, str, str | None]]:
+        """Up to ``count`` entries ``(seq, data, event)`` of ``topic`` after seq ``after``."""
+        key = self._k("t", topic)
+        raw = await self._call(self.redis.xrange(key, f"(0-{after}", "+", count=count))
+        found = []
+        for entry_id, fields in raw:
+            data = fields.get(b"d")
+            if data is None:
+                continue
+            event = fields.get(b"e")
+            found.append((_seq(entry_id), data.decode(), None if event is None else event.decode()))
+        return found
+
+    async def track(self, key: str, member: str, present: bool = True) -> None:
+        name = self._k("set", key)
+        command = self.redis.sadd if present else self.redis.srem
+        await self._call(command(name, member))
+
+    async def tracked(self, key: str) -> list[str]:
+        members = await self._call(self.redis.smembers(self._k("set", key)))
+        return sorted(m.decode() for m in members)
 
     async def last_seq(self, topic: str) -> int | None:
         entries = await self._call(self.redis.xrevrange(self._k("t", topic), "+", "-", count=1))

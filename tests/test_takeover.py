@@ -1,0 +1,148 @@
+"""Jobs survive their worker (Redis): leases, takeover, fencing, results from the stream.
+
+Two apps in one test process share a real ``redis-server``; "the owner dies"
+is its job tasks, heartbeats and scans stopped without any cleanup, which is
+what Redis sees of a SIGKILL (the end-to-end test kills a real worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from quart import Quart
+
+from quart_app import create_app
+from quart_app import jobs as jobs_module
+from quart_app.brokers import create_broker
+from quart_app.brokers.base import Fenced
+
+from .conftest import FAST
+from .polling import eventually
+from .streaming import read_stream
+
+
+@pytest.fixture(autouse=True)
+def fast_leases(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs_module, "LEASE_S", 1.0)
+    monkeypatch.setattr(jobs_module, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(jobs_module, "TAKEOVER_SCAN_S", 0.2)
+
+
+def config(tmp_path: Path, name: str, url: str) -> dict[str, Any]:
+    return {
+        "INSTANCE_PATH": str(tmp_path / name),
+        "SECRET_KEY": "test-" + "k" * 40,
+        "BROKER_URL": url,
+        **FAST,
+        "JOB_ORPHAN_S": 30.0,
+        "JOB_TTL_S": 60.0,
+    }
+
+
+@pytest.fixture
+async def workers(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[Quart, Quart]]:
+    one = create_app(config(tmp_path, "one", redis_url))
+    two = create_app(config(tmp_path, "two", redis_url))
+    async with one.test_app(), two.test_app():
+        yield one, two
+
+
+def registry(app: Quart) -> Any:
+    return app.extensions["quart_app"].jobs
+
+
+async def die(app: Quart) -> None:
+    """What the others see of a SIGKILL: its work stops, nothing is cleaned up."""
+    jobs = registry(app)
+    tasks = [jobs._heartbeat, jobs._scanner]
+    for job in list(jobs.jobs.values()):
+        job.cancel_reason = None
+        tasks.append(job.task)
+    jobs.jobs.clear()
+    for task in tasks:
+        if task is not None:
+            task.cancel()
+    await asyncio.gather(*[t for t in tasks if t is not None], return_exceptions=True)
+
+
+def strings(events: list[Any]) -> list[tuple[int, str]]:
+    items = [json.loads(e.data) for e in events if e.type == "message"]
+    return [(item["index"], item["generated_string"]) for item in items]
+
+
+async def test_a_dead_owners_job_is_taken_over_and_resumed_exactly(
+    workers: tuple[Quart, Quart],
+) -> None:
+    one, two = workers
+    amount = 200
+    response = await one.test_client().post(
+        "/jobs", json={"amount": amount, "length": 6, "delay_ms": 10}
+    )
+    job = await response.get_json()
+    url = f"/jobs/{job['id']}/events?key={job['key']}"
+    first = await read_stream(one.test_client(), url, until=lambda p: len(p.events) >= 30)
+    await die(one)
+    await eventually(lambda: job["id"] in registry(two).jobs, timeout=10)
+    rest = await read_stream(
+        two.test_client(),
+        url,
+        headers={"Last-Event-ID": first.parsed.events[-1].last_event_id},
+        until=lambda p: bool(p.events) and p.events[-1].type == "done",
+        timeout=20,
+    )
+    got = strings(first.parsed.events) + strings(rest.parsed.events)
+    assert [index for index, _ in got] == list(range(1, amount + 1))
+    # The new owner's result file holds every string, the dead owner's included.
+    download = await two.test_client().get(f"/jobs/{job['id']}/result?key={job['key']}")
+    assert (await download.get_data()).decode().splitlines() == [text for _, text in got]
+    status = await (await two.test_client().get(f"/jobs/{job['id']}?key={job['key']}")).get_json()
+    assert status["status"] == "done" and status["produced"] == amount
+
+
+async def test_the_result_downloads_from_a_worker_without_the_file(
+    workers: tuple[Quart, Quart],
+) -> None:
+    one, two = workers
+    response = await one.test_client().post("/jobs", json={"amount": 40, "length": 5})
+    job = await response.get_json()
+    await eventually(lambda: registry(one).jobs[job["id"]].status == "done", timeout=10)
+    here = await one.test_client().get(f"/jobs/{job['id']}/result?key={job['key']}")
+    there = await two.test_client().get(f"/jobs/{job['id']}/result?key={job['key']}")
+    assert there.status_code == 200
+    assert await there.get_data() == await here.get_data()
+    assert len((await there.get_data()).splitlines()) == 40
+
+
+async def test_explicit_ids_fence_a_slow_former_owner(redis_url: str) -> None:
+    broker = create_broker(redis_url)
+    await broker.start()
+    try:
+        items = [("a", None, "j:1"), ("b", None, "j:2")]
+        assert await broker.publish_many("job:j", items, maxlen=10, first_seq=1) == 2
+        with pytest.raises(Fenced):  # the same indexes again: refused whole
+            await broker.publish_many("job:j", [("x", None, "j:2")], maxlen=10, first_seq=2)
+        assert await broker.last_seq("job:j") == 2
+        assert [e[:2] for e in await broker.entries("job:j", 0, 10)] == [(1, "a"), (2, "b")]
+    finally:
+        await broker.close()
+
+
+async def test_a_draining_worker_hands_its_jobs_over_at_once(
+    workers: tuple[Quart, Quart],
+) -> None:
+    one, two = workers
+    response = await one.test_client().post(
+        "/jobs", json={"amount": 100000, "length": 4, "delay_ms": 20}
+    )
+    job = await response.get_json()
+    await eventually(lambda: registry(one).jobs[job["id"]].produced >= 3, timeout=10)
+    await registry(one).close()  # a shutdown: paused and its lease released
+    await eventually(lambda: job["id"] in registry(two).jobs, timeout=5)
+    state = registry(two).jobs[job["id"]]
+    await eventually(lambda: state.produced >= 10, timeout=10)
+    assert state.status == "running"
