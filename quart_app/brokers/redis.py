@@ -747,10 +747,7 @@ class RedisBroker:
             # Scripts cannot be pipelined on a cluster: concurrent calls, bounded by the pool.
             replies = await self._call(
                 asyncio.gather(
-                    *(
-                        script(keys=[e.key, self._inc_key(e.key)], args=args(e))
-                        for e in entries
-                    )
+                    *(script(keys=[e.key, self._inc_key(e.key)], args=args(e)) for e in entries)
                 ),
                 limit_s=self.wait_s,
             )
