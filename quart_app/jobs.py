@@ -41,6 +41,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -350,12 +351,14 @@ class JobRegistry:
                         job.task.cancel()
                         continue
                     # Rewritten each beat: it comes back if Redis lost its data.
-                    await self.broker.set_state(
-                        self._key(job.id), {**job.state(), "node": self.broker.node}, None
-                    )
+                    await self.broker.set_state(self._key(job.id), self._owned_state(job), None)
                     await self.broker.track(RUNNING_SET, job.id)
                 except BrokerUnavailable:
                     pass  # the lease may lapse; the job stops when it learns so
+
+    def _owned_state(self, job: Job) -> dict[str, str]:
+        # ``pid``: which worker of a host runs it (operators; the failover tests).
+        return {**job.state(), "node": self.broker.node, "pid": str(os.getpid())}
 
     async def _takeover_forever(self) -> None:
         while True:
@@ -419,9 +422,7 @@ class JobRegistry:
         log.warning(
             "job %s: taken over after string %d of %d", job_id, job.produced, job.params.amount
         )
-        await self.broker.set_state(
-            self._key(job_id), {**job.state(), "node": self.broker.node}, None
-        )
+        await self.broker.set_state(self._key(job_id), self._owned_state(job), None)
         job.task = asyncio.create_task(self._run(job), name=f"job-{job_id}")
         self._arm_orphan(job)
         return True

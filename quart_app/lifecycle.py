@@ -12,16 +12,31 @@ so the app needs its own trigger that fires when the shutdown *starts*:
   signal goes to the parent, which sets a multiprocessing event that the
   worker polls.  We poll the same event; Hypercorn hands it to the worker
   function as the ``shutdown_event`` keyword argument.
+
+A worker that dies.  Hypercorn (0.18) answers the death of one worker by
+shutting all the others down and then exits with status **0** (its
+``_join_exited`` overwrites the dead worker's status with that of the workers
+it has just told to stop, which have not exited yet), so a supervisor set to
+restart on failure never restarts it, and one crash takes every worker down.
+:func:`main` (``python -m quart_app``, the same arguments as ``hypercorn``)
+runs Hypercorn with :func:`supervise` instead of its ``run``: a worker that
+dies is logged and replaced while the others keep serving; a worker that
+keeps dying (more than ``MAX_DEATHS`` in ``DEATHS_WINDOW_S``) stops the
+server with status 1, so that its supervisor can act.  SIGTERM/SIGINT shut
+down as Hypercorn does (status 0).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import multiprocessing
 import signal
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import wait
 from typing import Any
 
 log = logging.getLogger("quart_app.lifecycle")
@@ -89,3 +104,90 @@ class DrainTrigger:
         while not event.is_set():  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         self.fire()
+
+
+# -- several workers: replace a worker that dies -------------------------------------------
+
+MAX_DEATHS = 5
+DEATHS_WINDOW_S = 60.0
+
+
+def supervise(config: Any) -> int:
+    """Hypercorn's ``run(config)``, but a dead worker is replaced, not the end of all."""
+    from hypercorn.run import _populate
+    from hypercorn.run import run as hypercorn_run
+
+    if config.workers == 0 or config.use_reloader:
+        return int(hypercorn_run(config))
+    if config.worker_class == "uvloop":
+        from hypercorn.asyncio.run import uvloop_worker as worker_func
+    elif config.worker_class == "trio":
+        from hypercorn.trio.run import trio_worker as worker_func
+    else:
+        from hypercorn.asyncio.run import asyncio_worker as worker_func
+
+    sockets = config.create_sockets()
+    ctx = multiprocessing.get_context("spawn")
+    shutdown_event = ctx.Event()
+    stopping = False
+
+    def shutdown(*_args: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        shutdown_event.set()
+
+    def populate(processes: list[Any]) -> None:
+        # As Hypercorn does: workers inherit an ignored SIGINT, so a Ctrl-C
+        # reaches them only as the shutdown event.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _populate(processes, config, worker_func, sockets, shutdown_event, ctx)
+        for sig in _SIGNALS:
+            signal.signal(sig, shutdown)
+
+    processes: list[Any] = []
+    deaths: collections.deque[float] = collections.deque()
+    status = 0
+    populate(processes)
+    while not stopping:
+        wait([process.sentinel for process in processes], timeout=1.0)
+        for process in list(processes):
+            if process.exitcode is None:
+                continue
+            process.join()
+            processes.remove(process)
+            if stopping:
+                continue
+            log.error(
+                "worker %s died (exit status %s); starting a new one",
+                process.pid,
+                process.exitcode,
+            )
+            deaths.append(time.monotonic())
+        while deaths and deaths[0] < time.monotonic() - DEATHS_WINDOW_S:
+            deaths.popleft()
+        if len(deaths) > MAX_DEATHS:
+            log.error(
+                "%d workers died within %.0f s: stopping the server", len(deaths), DEATHS_WINDOW_S
+            )
+            status = 1
+            shutdown()
+        elif not stopping and len(processes) < config.workers:
+            populate(processes)
+    grace = float(config.graceful_timeout) + 5.0
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.exitcode is None:
+            process.terminate()
+            process.join(5.0)
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        sock.close()
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``hypercorn`` with :func:`supervise` (``python -m quart_app``, same arguments)."""
+    import hypercorn.__main__ as cli
+
+    cli.run = supervise  # type: ignore[attr-defined]
+    return int(cli.main(list(argv) if argv is not None else None))

@@ -1,0 +1,163 @@
+"""Jobs survive their worker, end to end: ``python -m quart_app -w 2`` on a real Redis.
+
+SIGKILL of the worker that runs a watched job: the supervisor starts a new
+worker, the other one takes the job over within seconds, the watcher resumes
+exactly (no index twice, none missing) and the result downloads anywhere.
+A ``FLUSHALL`` mid-stream: whoever resumes from before it is told (``gap``),
+then ids go on consistently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from .harness import ROOT, ServerProcess
+from .harness.processes import children, cmdline
+from .polling import wait_until
+from .test_e2e_durability import done, read_events, strings
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def pair(tmp_path: Path, redis_url: str) -> Iterator[ServerProcess]:
+    """Two workers on one port under the product's supervisor."""
+    server = ServerProcess(
+        tmp_path / "instance",
+        {
+            "QUART_BROKER_URL": redis_url,
+            "QUART_JOB_ORPHAN_S": "60",
+            "QUART_JOB_TTL_S": "120",
+            "QUART_SSE_DRAIN_JITTER_MS": "0",
+        },
+    )
+    server.command = [
+        sys.executable,
+        "-m",
+        "quart_app",
+        "--config",
+        str(ROOT / "hypercorn.toml"),
+        "--bind",
+        f"127.0.0.1:{server.port}",
+        "--workers",
+        "2",
+        "quart_app:create_app()",
+    ]
+    server.start()
+    yield server
+    server.stop()
+    for pid in workers(server):  # never leave one behind
+        os.kill(pid, signal.SIGKILL)
+
+
+def workers(server: ServerProcess) -> list[int]:
+    return [pid for pid in children(server.pid) if "spawn_main" in cmdline(pid)]
+
+
+def state(url: str, job: str) -> dict[str, str]:
+    client = redis.Redis.from_url(url)
+    try:
+        raw = client.hgetall(f"quart_app:state:{{jobstate:{job}}}")
+    finally:
+        client.close()
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def stream_ids(url: str, job: str) -> list[int]:
+    client = redis.Redis.from_url(url)
+    try:
+        entries = client.xrange(f"quart_app:t:{{job:{job}}}")
+    finally:
+        client.close()
+    return [int(entry_id.decode().partition("-")[2]) for entry_id, _ in entries]
+
+
+async def test_sigkill_of_the_owner_is_taken_over_and_resumed_exactly(
+    pair: ServerProcess, redis_url: str
+) -> None:
+    amount = 300
+    async with httpx.AsyncClient(base_url=pair.url, timeout=30) as client:
+        job = (
+            await client.post("/jobs", json={"amount": amount, "length": 8, "delay_ms": 20})
+        ).json()
+        url = f"/jobs/{job['id']}/events?key={job['key']}"
+        _, first = await read_events(client, url, stop=lambda e: len(e) >= 30)
+        owner = int(wait_until(lambda: state(redis_url, job["id"]).get("pid"), bool, timeout=10))
+        assert owner in workers(pair)
+        os.kill(owner, signal.SIGKILL)
+        # Taken over by the other worker within seconds; the server keeps serving.
+        taken = wait_until(
+            lambda: state(redis_url, job["id"]).get("pid"),
+            lambda pid: pid is not None and int(pid) != owner,
+            timeout=15,
+        )
+        assert int(taken) in workers(pair) and pair.proc is not None and pair.proc.poll() is None
+        _, rest = await read_events(
+            client,
+            url,
+            {"Last-Event-ID": first[-1].last_event_id},
+            stop=done,
+            timeout=60,
+        )
+        assert rest[-1].type == "done" and rest[-1].last_event_id == f"{job['id']}:done"
+        got = strings(first) + strings(rest)
+        assert [index for index, _ in got] == list(range(1, amount + 1))
+        assert stream_ids(redis_url, job["id"]) == list(range(1, amount + 2))  # none twice
+        # The result from whichever worker answers: the file, or the job's stream.
+        for _ in range(4):
+            result = await client.get(f"/jobs/{job['id']}/result?key={job['key']}")
+            assert result.status_code == 200
+            assert result.text.splitlines() == [text for _, text in got]
+        status = (await client.get(f"/jobs/{job['id']}?key={job['key']}")).json()
+        assert status["status"] == "done" and status["produced"] == amount
+    wait_until(lambda: len(workers(pair)), lambda n: n == 2, timeout=20)  # replaced
+    assert owner not in workers(pair)
+    pair.signal(signal.SIGTERM)
+    assert pair.wait(30) == 0
+
+
+async def test_flushall_mid_stream_says_gap_then_ids_go_on(
+    pair: ServerProcess, redis_url: str
+) -> None:
+    amount = 200
+    async with httpx.AsyncClient(base_url=pair.url, timeout=30) as client:
+        job = (
+            await client.post("/jobs", json={"amount": amount, "length": 6, "delay_ms": 20})
+        ).json()
+        url = f"/jobs/{job['id']}/events?key={job['key']}"
+        _, early = await read_events(client, url, stop=lambda e: len(e) >= 10)
+        _, later = await read_events(client, url, stop=lambda e: len(e) >= 40)
+        cut = len(later)
+        flusher = redis.Redis.from_url(redis_url)
+        try:
+            flusher.flushall()
+        finally:
+            flusher.close()
+        # The owner writes the job's state again at its next heartbeat (within a
+        # second); until then only the owner knows the job (documented).
+        wait_until(lambda: state(redis_url, job["id"]).get("status"), bool, timeout=10)
+        # Resumed from before the data loss: a gap first, naming where it resumes.
+        status, rest = await read_events(
+            client, url, {"Last-Event-ID": early[-1].last_event_id}, stop=done, timeout=60
+        )
+    assert status == 200
+    assert rest[0].type == "gap"
+    gap = json.loads(rest[0].data)
+    assert gap["last_event_id"] == early[-1].last_event_id
+    assert gap["resumed_from"] == rest[1].last_event_id
+    got = strings(rest)
+    indexes = [index for index, _ in got]
+    assert indexes == list(range(indexes[0], amount + 1))  # consistent after the gap
+    assert indexes[0] > cut  # what Redis lost is not invented again
+    assert rest[-1].type == "done"
+    before = dict(strings(later))
+    assert all(before.get(i, text) == text for i, text in got)  # never two strings for one index
