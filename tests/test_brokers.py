@@ -8,6 +8,7 @@ at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -247,3 +248,45 @@ async def test_add_member_caps_a_set(broker: Broker) -> None:
     assert not await broker.add_member(key, "c", 2)
     results = await asyncio.gather(*(broker.add_member(key + "x", f"m{n}", 10) for n in range(50)))
     assert sum(results) == 10
+
+
+async def test_hold_counts_up_to_a_limit_atomically(broker: Broker) -> None:
+    key = "jobs-of:sid:a"
+    results = await asyncio.gather(*(broker.hold(key, f"j{n}", 3, 30) for n in range(20)))
+    assert sum(results) == 3 and await broker.held(key) == 3
+    counted = [f"j{n}" for n, ok in enumerate(results) if ok]
+    assert await broker.hold(key, counted[0], 3, 30)  # counted already: renewed, no new room
+    assert not await broker.hold(key, "late", 3, 30)
+    await broker.drop_holds([(key, counted[0])])
+    assert await broker.held(key) == 2
+    assert await broker.hold(key, "late", 3, 30)
+    assert await broker.held("jobs-of:sid:b") == 0  # sets are apart
+    await broker.drop_holds([(key, m) for m in [*counted[1:], "late"]])
+    assert await broker.held(key) == 0
+
+
+async def test_holds_lapse_unless_renewed(broker: Broker) -> None:
+    assert await broker.hold("a", "kept", 10, 0.4)
+    assert await broker.hold("a", "lapses", 10, 0.4)
+    assert await broker.hold("b", "kept", 1, 0.4)
+    stop = asyncio.Event()
+
+    async def renew() -> None:
+        while not stop.is_set():
+            await broker.renew_holds([("a", "kept"), ("b", "kept")], 0.4)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+
+    renewing = asyncio.create_task(renew())
+    try:
+        await eventually(lambda: broker.held("a"), lambda n: n == 1, timeout=5)
+        assert await broker.held("b") == 1
+        assert not await broker.hold("b", "other", 1, 0.4)  # the renewed one still counts
+        # A renewal counts whatever the limit: a member that lapsed comes back.
+        await broker.renew_holds([("b", "other")], 0.4)
+        assert await broker.held("b") == 2
+    finally:
+        stop.set()
+        await renewing
+    await eventually(lambda: broker.held("b"), lambda n: n == 0, timeout=5)
+    assert await broker.held("a") == 0

@@ -486,6 +486,31 @@ class Broker(Protocol):
 
     async def release(self, name: str, holder: str) -> None: ...
 
+    # Counted sets (running jobs per owner and per deployment): each member is
+    # counted until ``ttl_s`` after it was last held or renewed, so what a dead
+    # process held stops counting by itself.  One set is one key (one slot on a
+    # cluster); nothing is atomic across sets.
+
+    async def hold(self, key: str, member: str, limit: int, ttl_s: float) -> bool:
+        """Count ``member`` in set ``key`` unless ``limit`` others are counted there.
+
+        Atomic on the set; True if ``member`` is counted afterwards (holding a
+        member that is counted already renews it).
+        """
+        ...
+
+    async def renew_holds(self, holds: Sequence[tuple[str, str]], ttl_s: float) -> None:
+        """Count each ``(key, member)`` for ``ttl_s`` more, whatever the limit (it runs)."""
+        ...
+
+    async def drop_holds(self, holds: Sequence[tuple[str, str]]) -> None:
+        """Stop counting each ``(key, member)``."""
+        ...
+
+    async def held(self, key: str) -> int:
+        """How many members set ``key`` counts now."""
+        ...
+
     async def send(self, node: str, message: str) -> None:
         """Deliver ``message`` to the ``on_message`` handlers of process ``node``."""
         ...

@@ -26,6 +26,8 @@ class MemoryBroker:
         # Capped sets: member -> when it leaves (monotonic; inf: never).
         self._sets: dict[str, dict[str, float]] = {}
         self._numbers: dict[str, int] = {}
+        # Counted sets (running jobs): member -> when it stops counting (monotonic).
+        self._holds: dict[str, dict[str, float]] = {}
         self._tracked: dict[str, set[str]] = {}
         self._handlers: list[Callable[[str], None]] = []
         self._sweeper: asyncio.Task[None] | None = None
@@ -191,6 +193,39 @@ class MemoryBroker:
                 return False
         members[member] = leaves
         return True
+
+    def _counted(self, key: str) -> dict[str, float]:
+        members = self._holds.get(key, {})
+        now = time.monotonic()
+        for name in [m for m, until in members.items() if until <= now]:
+            del members[name]
+        if not members:
+            self._holds.pop(key, None)
+        return members
+
+    async def hold(self, key: str, member: str, limit: int, ttl_s: float) -> bool:
+        # One process: the count is this process's, as it always was.
+        members = self._counted(key)
+        if member not in members and len(members) >= limit:
+            return False
+        self._holds.setdefault(key, members)[member] = time.monotonic() + ttl_s
+        return True
+
+    async def renew_holds(self, holds: Sequence[tuple[str, str]], ttl_s: float) -> None:
+        until = time.monotonic() + ttl_s
+        for key, member in holds:
+            self._holds.setdefault(key, {})[member] = until
+
+    async def drop_holds(self, holds: Sequence[tuple[str, str]]) -> None:
+        for key, member in holds:
+            members = self._holds.get(key)
+            if members is not None:
+                members.pop(member, None)
+                if not members:
+                    del self._holds[key]
+
+    async def held(self, key: str) -> int:
+        return len(self._counted(key))
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
         return True

@@ -21,6 +21,10 @@ tag, so on a Redis Cluster every key of one topic, and its channel, share a slot
     Job state hashes (with TTL), shared integers, application-wide counters.
 ``lease:{<name>}``
     Leases (``SET NX PX`` plus a compare-and-renew script): the ticker runs once.
+``held:{<key>}``
+    Counted sets (running jobs per owner, ``held:{jobs-of:<owner>}``, and per
+    deployment, ``held:{jobs}``): sorted sets scored by when each member stops
+    counting, by the server's clock; checked and added to in one script.
 ``inbox:{<node>}``
     Each process's inbox stream: messages to that process (job cancels).
 ``epoch``
@@ -127,6 +131,47 @@ redis.call('ZADD', KEYS[1], leaves, ARGV[1])
 return 1
 """
 _NEVER_MS = 2**52
+# Counted sets (``held:{<key>}``): a sorted set whose scores are when each member
+# stops counting, in the Redis server's milliseconds, so holders on several hosts
+# agree whatever their clocks.  The key expires with its last member.
+_NOW = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local function expire_with_last()
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIREAT', KEYS[1], last[2]) end
+end
+"""
+_HOLD = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1])
+    and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+expire_with_last()
+return 1
+"""
+)
+_RENEW_HOLDS = (
+    _NOW
+    + """
+local until_ms = now + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], until_ms, ARGV[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+expire_with_last()
+return 1
+"""
+)
+_HELD = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+)
 # A subscriber's reserved incarnation, for a topic nobody has published to yet.
 RESERVE_MS = 86_400_000
 
@@ -461,6 +506,9 @@ class RedisBroker:
             ("release", _RELEASE),
             ("adjust", _ADJUST),
             ("add_member", _ADD_MEMBER),
+            ("hold", _HOLD),
+            ("renew_holds", _RENEW_HOLDS),
+            ("held", _HELD),
             ("publish", _PUBLISH),
             ("head", _HEAD),
             ("join", _JOIN),
@@ -832,6 +880,44 @@ class RedisBroker:
         leaves = _NEVER_MS if ttl_s is None else now + max(1, int(ttl_s * 1000))
         args = [member, limit, now, leaves]
         return bool(await self._call(script(keys=[self._k("zset", key)], args=args)))
+
+    async def hold(self, key: str, member: str, limit: int, ttl_s: float) -> bool:
+        script = self._scripts["hold"]
+        args = [member, limit, max(1, int(ttl_s * 1000))]
+        return bool(await self._call(script(keys=[self._k("held", key)], args=args)))
+
+    async def renew_holds(self, holds: Sequence[tuple[str, str]], ttl_s: float) -> None:
+        by_key: dict[str, list[str]] = {}
+        for key, member in holds:
+            by_key.setdefault(self._k("held", key), []).append(member)
+        if not by_key:
+            return
+        script = self._scripts["renew_holds"]
+        ms = max(1, int(ttl_s * 1000))
+        if self.cluster:
+            # One script per set (one slot each), concurrently: scripts cannot be
+            # pipelined on a cluster.
+            calls = [script(keys=[name], args=[ms, *members]) for name, members in by_key.items()]
+            await self._call(asyncio.gather(*calls))
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for name, members in by_key.items():
+            await script(keys=[name], args=[ms, *members], client=pipe)
+        await self._call(pipe.execute())
+
+    async def drop_holds(self, holds: Sequence[tuple[str, str]]) -> None:
+        by_key: dict[str, list[str]] = {}
+        for key, member in holds:
+            by_key.setdefault(self._k("held", key), []).append(member)
+        if not by_key:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for name, members in by_key.items():
+            pipe.zrem(name, *members)
+        await self._call(pipe.execute())
+
+    async def held(self, key: str) -> int:
+        return int(await self._call(self._scripts["held"](keys=[self._k("held", key)])))
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
         key = self._k("lease", name)
