@@ -62,6 +62,9 @@ class Defaults:
     JOB_TTL_S = 300.0
     MAX_JOBS_PER_SESSION = 4
     MAX_JOBS = 64
+    # Both limits are counted by the broker (on Redis: across workers and hosts);
+    # a running job's place lapses this long after its process stopped renewing it.
+    JOB_LIMIT_LEASE_S = 10.0
     # Strings generated between two yields to the event loop (delay_ms=0).
     JOB_BATCH = 256
 
@@ -158,6 +161,7 @@ _POSITIVE_FLOAT = (
     "SSE_MAX_AGE_S",
     "JOB_ORPHAN_S",
     "JOB_TTL_S",
+    "JOB_LIMIT_LEASE_S",
     "CHANNEL_TTL_S",
     "GC_FULL_INTERVAL_S",
     "TICKER_INTERVAL_S",

@@ -86,6 +86,11 @@ HEARTBEAT_S = 1.0
 TAKEOVER_SCAN_S = 1.0
 # The shared set of running jobs (Redis).
 RUNNING_SET = "running-jobs"
+# The limits, as counted sets in the broker (see JobRegistry.create): running
+# jobs of the deployment, and of one owner.
+ALL_JOBS = "jobs"
+# How often a process renews the places its running jobs hold in them.
+HOLD_RENEW_S = 1.0
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{22}")
 
 
@@ -94,6 +99,11 @@ JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{22}")
 
 def new_job_id() -> str:
     return secrets.token_urlsafe(16)  # 128 random bits
+
+
+def owner_jobs(owner: str) -> str:
+    """The counted set of ``owner``'s running jobs (its own slot on a cluster)."""
+    return f"jobs-of:{owner}"
 
 
 def is_job_id(value: str) -> bool:
@@ -301,6 +311,10 @@ class JobRegistry:
         self.max_jobs = int(config["MAX_JOBS"])
         self.max_per_owner = int(config["MAX_JOBS_PER_SESSION"])
         self.batch = int(config["JOB_BATCH"])
+        # A running job's places under the limits lapse this long after its
+        # process last renewed them (that process died).
+        self.hold_s = float(config["JOB_LIMIT_LEASE_S"])
+        self._holder: asyncio.Task[None] | None = None
         self.jobs: dict[str, Job] = {}
         # Called with the public state of every job this process finishes.
         # Must not block: schedule slow work (e.g. a database write) as a task.
@@ -318,6 +332,9 @@ class JobRegistry:
         # One process, one broker: the journal is the job's storage, and a
         # shutdown pauses jobs for the next process to resume.
         self.durable = isinstance(broker, MemoryBroker)
+        # Events of a job kept in memory (memory broker); a very large value keeps
+        # them all, as before the journal (the benchmark compares the two).
+        self.window = int(config.get("JOB_WINDOW", JOB_WINDOW))
         self._scanner: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -408,6 +425,7 @@ class JobRegistry:
             job.finished_at = time.time()
             await self.broker.set_state(self._key(job_id), job.state(), self.ttl_s)
             await self.broker.track(RUNNING_SET, job_id, present=False)
+            await self.broker.drop_holds(self._holds(job))
             await self.broker.release(self._lease(job_id), self.broker.node)
             return False
         job.produced = last[-1][0] if last else 0
@@ -452,7 +470,7 @@ class JobRegistry:
     def _maxlen(self, amount: int) -> int:
         """Events a job's topic keeps in the broker."""
         if self.durable:
-            return min(replay_bound(amount), JOB_WINDOW)
+            return min(replay_bound(amount), self.window)
         return replay_bound(amount)
 
     async def start(self) -> None:
@@ -467,11 +485,14 @@ class JobRegistry:
         else:
             self._heartbeat = asyncio.create_task(self._heartbeat_forever(), name="jobs-heartbeat")
             self._scanner = asyncio.create_task(self._takeover_forever(), name="jobs-takeover")
+        self._holder = asyncio.create_task(self._keep_holds_forever(), name="jobs-holds")
 
     async def close(self) -> None:
         self._closing = True
         await cancel_and_wait(self._scanner)
         await cancel_and_wait(self._heartbeat)
+        # Not dropped: another process takes the jobs over and renews them.
+        await cancel_and_wait(self._holder)
         self._give_up_at = asyncio.get_running_loop().time() + CLOSING_GRACE_S
         running = [job.task for job in self.jobs.values() if job.task and not job.task.done()]
         for job in self.jobs.values():
@@ -619,6 +640,72 @@ class JobRegistry:
             if job.status == "running" and (owners is None or job.owner in owners)
         )
 
+    # -- the limits: places in counted sets of the broker --------------------------------
+
+    @staticmethod
+    def _holds(job: Job) -> list[tuple[str, str]]:
+        return [(owner_jobs(job.owner), job.id), (ALL_JOBS, job.id)]
+
+    async def _take_holds(self, job: Job, also: Sequence[str]) -> None:
+        """Count a new job under its owner's limit, then the deployment's; undone on refusal.
+
+        Each count is one atomic check-and-add on one set (so on Redis the
+        limits hold across workers and hosts, and each set is one slot of a
+        cluster).  The owner's comes first: a refusal by the deployment then
+        holds back only the same requester, for an instant.  The requester's
+        other names (``also``) have sets of their own: once its place is
+        taken, every one of them is counted again, so of two requests racing
+        under two names the later one sees the other; at worst both are
+        refused, never is the limit passed.
+        """
+        mine = owner_jobs(job.owner)
+        per_owner = LimitExceeded(
+            f"at most {self.max_per_owner} jobs may run at once per session; "
+            "wait for one to finish or cancel one"
+        )
+        if not await self.broker.hold(mine, job.id, self.max_per_owner, self.hold_s):
+            raise per_owner
+        try:
+            others = [owner_jobs(name) for name in dict.fromkeys(also) if name != job.owner]
+            if others:
+                counts = await asyncio.gather(*(self.broker.held(k) for k in [mine, *others]))
+                if sum(counts) > self.max_per_owner:
+                    raise per_owner
+            if not await self.broker.hold(ALL_JOBS, job.id, self.max_jobs, self.hold_s):
+                raise Overloaded("too many jobs are running; try again shortly")
+        except BaseException:
+            await self._drop_holds(job)
+            raise
+
+    async def _drop_holds(self, job: Job) -> bool:
+        try:
+            await self.broker.drop_holds(self._holds(job))
+        except BrokerUnavailable:
+            return False  # they lapse by themselves, unless dropped again later
+        return True
+
+    async def _keep_holds_forever(self) -> None:
+        while True:
+            try:
+                await self.renew_holds()
+            except BrokerUnavailable:
+                pass  # renewed at the next beat, or they lapse
+            except Exception:
+                log.exception("renewing the jobs' places under the limits failed")
+            await asyncio.sleep(min(HOLD_RENEW_S, self.hold_s / 3))
+
+    async def renew_holds(self) -> None:
+        """Renew the places of the jobs this process runs (taken over and resumed ones too)."""
+        running = [job for job in self.jobs.values() if job.status == "running"]
+        if not running:
+            return
+        await self.broker.renew_holds([h for job in running for h in self._holds(job)], self.hold_s)
+        # A job that ended meanwhile dropped its places before this renewal
+        # may have counted it again: drop them again.
+        for job in running:
+            if job.status != "running":
+                await self._drop_holds(job)
+
     async def create(
         self, params: JobParams, charset: str, owner: str, also: Sequence[str] = ()
     ) -> Job:
@@ -631,19 +718,17 @@ class JobRegistry:
             raise Draining("the server is shutting down")
         if not charset:
             raise InvalidInput("no character set is selected")
-        if self.running() >= self.max_jobs:
-            raise Overloaded("too many jobs are running on this server; try again shortly")
-        if self.running((owner, *also)) >= self.max_per_owner:
-            raise LimitExceeded(
-                f"at most {self.max_per_owner} jobs may run at once per session; "
-                "wait for one to finish or cancel one"
-            )
         job_id = new_job_id()
         job = Job(job_id, params, charset, owner, self.result_path(job_id))
-        await self._own(job)  # its journal, or its lease (several processes)
-        await self.broker.set_state(
-            self._key(job_id), {**job.state(), "node": self.broker.node}, None
-        )
+        await self._take_holds(job, also)
+        try:
+            await self._own(job)  # its journal, or its lease (several processes)
+            await self.broker.set_state(
+                self._key(job_id), {**job.state(), "node": self.broker.node}, None
+            )
+        except BaseException:
+            await self._drop_holds(job)
+            raise
         self.jobs[job_id] = job
         job.task = asyncio.create_task(self._run(job), name=f"job-{job_id}")
         self._arm_orphan(job)
@@ -1058,6 +1143,8 @@ class JobRegistry:
         self, job: Job, topic: str, maxlen: int, final: tuple[str, str | None, str | None]
     ) -> None:
         job.finished_at = time.time()
+        # Its places under the limits go first: whoever sees its end may start another.
+        still_held = not await self._drop_holds(job)
         data, event, sse_id = final
         if sse_id is None:
             sse_id = event_id(job.id, job.produced + 1)
@@ -1092,6 +1179,8 @@ class JobRegistry:
                 )
                 with contextlib.suppress(BrokerUnavailable):  # else it lapses by itself
                     await self.broker.release(self._lease(job.id), self.broker.node)
+            if still_held:
+                await self._persist(topic, lambda: self.broker.drop_holds(self._holds(job)))
             if job.orphan_timer is not None:
                 job.orphan_timer.cancel()
                 self._timers.discard(job.orphan_timer)
