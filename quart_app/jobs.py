@@ -522,7 +522,7 @@ class JobRegistry:
 
     async def _resume_journals(self) -> None:
         """Take over the journals nobody holds: resume running jobs, serve finished ones."""
-        found = await asyncio.to_thread(self.journal.scan, self.ttl_s)
+        found = await asyncio.to_thread(self.journal.scan, self.ttl_s, None, frozenset(self.jobs))
         for entry in found:
             if entry.job_id in self.jobs or not is_job_id(entry.job_id):
                 self.journal.release(entry.lock)

@@ -159,15 +159,20 @@ class Journal:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def scan(self, ttl_s: float, now: float | None = None) -> list[Found]:
+    def scan(
+        self, ttl_s: float, now: float | None = None, skip: frozenset[str] = frozenset()
+    ) -> list[Found]:
         """Journals nobody else holds: resumable jobs and finished ones still in their TTL.
 
         Finished jobs past their TTL are removed (their files, once no process
         holds them).  Locks of the journals returned stay held by the caller.
+        ``skip``: jobs the caller has already (their files are its own business).
         """
         now = time.time() if now is None else now
         found: list[Found] = []
         for job_id in list(self.job_ids()):
+            if job_id in skip:
+                continue
             meta = self.read_meta(job_id)
             if meta is None:
                 continue
