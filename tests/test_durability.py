@@ -244,3 +244,15 @@ async def test_finished_journals_go_after_their_ttl_only(tmp_path: Path, status:
     assert sorted(f.job_id for f in found) == ["B" * 22]
     assert not journal.result_path("A" * 22).exists()
     assert journal.result_path("B" * 22).exists()
+
+
+async def test_replayed_frames_are_the_bytes_the_job_published(tmp_path: Path) -> None:
+    async with running(tmp_path) as app:
+        job, _ = await start_job(app, 100, 9, 0)
+        registry = jobs(app)
+        await eventually(lambda: registry.jobs[job].status == "done", timeout=10)
+        topic = app.extensions["quart_app"].broker._topics[f"job:{job}"]
+        live = topic.history.since(60, 40, 1 << 20)[:40]
+        replayed = await registry._replayed(registry.jobs[job], 60, 40)
+    assert [m.seq for m in replayed] == [m.seq for m in live] == list(range(61, 101))
+    assert [m.frame for m in replayed] == [m.frame for m in live]
