@@ -702,7 +702,7 @@ class JobRegistry:
         running = [job for job in self.jobs.values() if job.status == "running"]
         if not running:
             return
-        pass
+        await self.broker.renew_holds([h for job in running for h in self._holds(job)], self.hold_s)
         # A job that ended meanwhile dropped its places before this renewal
         # may have counted it again: drop them again.
         for job in running:
