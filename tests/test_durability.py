@@ -189,7 +189,7 @@ async def test_a_job_finished_before_the_restart_is_replayed_then_done(tmp_path:
     assert [index for index, _ in strings(result.parsed.events)] == list(range(21, 51))
     assert again.status_code == 204
     assert download.status_code == 200
-    assert (await download.get_data()).decode().splitlines() == result_lines(tmp_path, job)
+    assert (await download.get_data(as_text=True)).splitlines() == result_lines(tmp_path, job)
 
 
 async def test_a_job_whose_result_file_is_lost_says_so(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -64,21 +65,21 @@ def workers(server: ServerProcess) -> list[int]:
 
 
 def state(url: str, job: str) -> dict[str, str]:
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        raw = client.hgetall(f"quart_app:state:{{jobstate:{job}}}")
+        raw: dict[str, str] = client.hgetall(f"quart_app:state:{{jobstate:{job}}}")  # type: ignore[assignment]
     finally:
         client.close()
-    return {k.decode(): v.decode() for k, v in raw.items()}
+    return dict(raw)
 
 
 def stream_ids(url: str, job: str) -> list[int]:
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        entries = client.xrange(f"quart_app:t:{{job:{job}}}")
+        entries: list[Any] = client.xrange(f"quart_app:t:{{job:{job}}}")  # type: ignore[assignment]
     finally:
         client.close()
-    return [int(entry_id.decode().partition("-")[2]) for entry_id, _ in entries]
+    return [int(str(entry_id).partition("-")[2]) for entry_id, _ in entries]
 
 
 async def test_sigkill_of_the_owner_is_taken_over_and_resumed_exactly(
@@ -91,13 +92,15 @@ async def test_sigkill_of_the_owner_is_taken_over_and_resumed_exactly(
         ).json()
         url = f"/jobs/{job['id']}/events?key={job['key']}"
         _, first = await read_events(client, url, stop=lambda e: len(e) >= 30)
-        owner = int(wait_until(lambda: state(redis_url, job["id"]).get("pid"), bool, timeout=10))
+        owner = int(
+            wait_until(lambda: state(redis_url, job["id"]).get("pid", ""), bool, timeout=10)
+        )
         assert owner in workers(pair)
         os.kill(owner, signal.SIGKILL)
         # Taken over by the other worker within seconds; the server keeps serving.
         taken = wait_until(
-            lambda: state(redis_url, job["id"]).get("pid"),
-            lambda pid: pid is not None and int(pid) != owner,
+            lambda: state(redis_url, job["id"]).get("pid", ""),
+            lambda pid: pid != "" and int(pid) != owner,
             timeout=15,
         )
         assert int(taken) in workers(pair) and pair.proc is not None and pair.proc.poll() is None

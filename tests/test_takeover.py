@@ -99,7 +99,7 @@ async def test_a_dead_owners_job_is_taken_over_and_resumed_exactly(
     assert [index for index, _ in got] == list(range(1, amount + 1))
     # The new owner's result file holds every string, the dead owner's included.
     download = await two.test_client().get(f"/jobs/{job['id']}/result?key={job['key']}")
-    assert (await download.get_data()).decode().splitlines() == [text for _, text in got]
+    assert (await download.get_data(as_text=True)).splitlines() == [text for _, text in got]
     status = await (await two.test_client().get(f"/jobs/{job['id']}?key={job['key']}")).get_json()
     assert status["status"] == "done" and status["produced"] == amount
 
