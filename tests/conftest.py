@@ -87,6 +87,21 @@ def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     redis.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One throwaway local 3-master Redis Cluster for the session (flush it per test)."""
+    from .harness import RedisCluster
+
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+def cluster_url(cluster: Any) -> str:
+    """The ``redis+cluster://`` URL of a cluster: every master as a seed node."""
+    return "redis+cluster://" + ",".join(cluster.addresses)
+
+
 @pytest.fixture
 def redis_url(redis_session: Any) -> str:
     """The session's Redis, emptied for this test."""

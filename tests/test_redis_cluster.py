@@ -7,26 +7,16 @@ pub/sub connection per shard per process, scripts on hash-tagged keys.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from quart_app.brokers import Broker, create_broker
 from quart_app.brokers.redis import RedisBroker
 
+from .conftest import cluster_url
 from .harness import RedisCluster
 from .test_brokers import *  # noqa: F403  (the contract, run again on the cluster)
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
-    yield cluster
-    cluster.stop()
-
-
-def cluster_url(cluster: RedisCluster) -> str:
-    return "redis+cluster://" + ",".join(cluster.addresses)
 
 
 @pytest.fixture
