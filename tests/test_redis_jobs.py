@@ -1,4 +1,5 @@
-"""Jobs across processes: two apps (two "workers") in one event loop sharing a real Redis."""
+"""Jobs across processes: two apps (two "workers") in one event loop sharing a real Redis
+(one server, and a local 3-master cluster)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from quart.typing import TestClientProtocol as Client
 
 from quart_app import create_app
 
-from .conftest import FAST
+from .conftest import FAST, cluster_url
 from .harness import RedisServer
 from .helpers import done
 from .polling import eventually
@@ -30,10 +31,18 @@ def config(tmp_path: Path, name: str, url: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-async def workers(tmp_path: Path, redis_url: str) -> AsyncIterator[tuple[Quart, Quart]]:
-    one = create_app(config(tmp_path, "one", redis_url))
-    two = create_app(config(tmp_path, "two", redis_url))
+@pytest.fixture(params=["redis", "cluster"])
+async def workers(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Quart, Quart]]:
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+    else:
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        url = cluster_url(cluster)
+    one = create_app(config(tmp_path, "one", url))
+    two = create_app(config(tmp_path, "two", url))
     async with one.test_app(), two.test_app():
         yield one, two
 
