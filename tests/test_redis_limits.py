@@ -261,3 +261,26 @@ async def test_the_places_of_a_dead_worker_nobody_took_over_lapse_after_their_le
         assert status == 201
         await cancel(two, body["id"])
         assert target.keys(HELD) == []
+
+
+async def test_a_session_and_its_address_share_the_limit_when_racing_over_workers(
+    workers: Callable[..., Any], target: Target, probe: Broker
+) -> None:
+    # The same machine as a browser with a session (counted under its session
+    # and its address) and as cookie-less scripts (counted under its address):
+    # two counted sets, never more than the limit between them.
+    async with workers(2) as apps:
+        browser = one_user(apps)
+        assert (await browser[0].get("/")).status_code == 200
+        for _ in range(5):
+            answers = await asyncio.gather(
+                *(post_job(browser[n % 2]) for n in range(4)),
+                *(post_job(apps[n % 2].test_client()) for n in range(4)),
+            )
+            accepted = [body["id"] for status, body in answers if status == 201]
+            assert 1 <= len(accepted) <= 2, answers
+            assert {status for status, _ in answers} <= {201, 429}
+            assert await probe.held("jobs") == len(accepted)
+            for job in accepted:
+                await cancel(browser[0], job)  # the browser may act as its address too
+        assert target.keys(HELD) == []
