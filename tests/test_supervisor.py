@@ -1,0 +1,101 @@
+"""``python -m quart_app``: a worker that dies is replaced; one that keeps dying stops the server.
+
+(Replacement under load, with a job taken over, is in test_e2e_takeover.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .harness import ROOT
+from .harness.processes import children, cmdline, free_port
+from .polling import wait_until
+
+pytestmark = pytest.mark.e2e
+
+APP = """
+import os
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        message = await receive()
+        if os.environ.get("CRASH_AT_START"):
+            os._exit(3)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+"""
+
+
+def serve(tmp_path: Path, crash: bool) -> subprocess.Popen[bytes]:
+    (tmp_path / "tiny_app.py").write_text(APP)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    if crash:
+        env["CRASH_AT_START"] = "1"
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "quart_app",
+            "--bind",
+            f"127.0.0.1:{free_port()}",
+            "--workers",
+            "2",
+            "--graceful-timeout",
+            "2",
+            "tiny_app:app",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def workers(pid: int) -> list[int]:
+    return [p for p in children(pid) if "spawn_main" in cmdline(p)]
+
+
+def test_a_killed_worker_is_replaced_and_sigterm_still_exits_0(tmp_path: Path) -> None:
+    server = serve(tmp_path, crash=False)
+    try:
+        first = wait_until(lambda: workers(server.pid), lambda w: len(w) == 2, timeout=20)
+        os.kill(first[0], signal.SIGKILL)
+        now = wait_until(
+            lambda: workers(server.pid),
+            lambda w: len(w) == 2 and first[0] not in w,
+            timeout=20,
+        )
+        assert first[1] in now  # the other worker kept serving
+        assert server.poll() is None
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(20) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(5)
+    assert server.stderr is not None
+    assert b"died (exit status -9); starting a new one" in server.stderr.read()
+
+
+def test_workers_that_keep_dying_stop_the_server_with_status_1(tmp_path: Path) -> None:
+    server = serve(tmp_path, crash=True)
+    try:
+        assert server.wait(60) == 1
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(5)
+        for pid in workers(server.pid):
+            os.kill(pid, signal.SIGKILL)
+    assert server.stderr is not None
+    assert b"stopping the server" in server.stderr.read()
