@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import math
@@ -261,6 +262,30 @@ class Tracker:
             self.reached.set()
 
 
+class Hits:
+    """Counts a marker in the raw bytes every stream receives (``bytes.count``, no
+    parse): a cheap way to wait until the expected deliveries have arrived.  The
+    parse after the window gives the exact figures."""
+
+    __slots__ = ("count", "marker", "reached", "target")
+
+    def __init__(self, marker: bytes) -> None:
+        self.marker = marker
+        self.count = 0
+        self.target = 0
+        self.reached: asyncio.Event = asyncio.Event()
+
+    def add(self, data: bytes) -> None:
+        self.count += data.count(self.marker)
+        if self.target and self.count >= self.target:
+            self.reached.set()
+
+    def expect(self, target: int) -> None:
+        self.target = target
+        if self.count >= target:
+            self.reached.set()
+
+
 class SSEStream(asyncio.Protocol):
     """One HTTP/1.1 request whose response is an event stream."""
 
@@ -270,11 +295,13 @@ class SSEStream(asyncio.Protocol):
         *,
         inline: bool = False,
         tracker: Tracker | None = None,
+        hits: Hits | None = None,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.request = request
         self.inline = inline
         self.tracker = tracker
+        self.hits = hits
         self.seen_epoch = 0
         self.transport: asyncio.Transport | None = None
         self.head = b""
@@ -340,6 +367,9 @@ class SSEStream(asyncio.Protocol):
             tracker.count += 1
             if tracker.count == tracker.target:
                 tracker.reached.set()
+        hits = self.hits
+        if hits is not None and hits.marker in data:
+            hits.add(data)
         if self.inline:
             self._consume(now, data)
         else:
@@ -801,7 +831,468 @@ async def scenario_generate(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-SCENARIOS = {"hold": scenario_hold, "fanout": scenario_fanout, "generate": scenario_generate}
+MARKER = "bench-mark"
+
+
+def marked_body(index: int) -> bytes:
+    """A publish body carrying the client's send time, its index and the marker."""
+    return json.dumps({"data": {"sent": _now(), "i": index, "m": MARKER}}).encode()
+
+
+async def storm_open(
+    port: int,
+    paths: list[str],
+    *,
+    timeout: float,  # noqa: ASYNC109 - a deadline for each stream to be served
+    hits: Hits,
+) -> tuple[list[SSEStream], float]:
+    """Open one stream per path ALL AT ONCE: every connect is its own task, and
+    the tasks start together when one ``asyncio.Event`` is set (no pacing, no
+    semaphore).  Returns the streams and the wall time of the start."""
+    loop = asyncio.get_running_loop()
+    streams = [SSEStream(stream_request(port, path), hits=hits, loop=loop) for path in paths]
+    go = asyncio.Event()
+
+    async def one(stream: SSEStream) -> None:
+        await go.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(lambda: stream, HOST, port)
+                await stream.ready
+        except TimeoutError:
+            stream.error = "not served before the deadline"
+        except OSError as error:
+            stream.error = f"connect: {error!r}"
+
+    tasks = [asyncio.create_task(one(s)) for s in streams]
+    await asyncio.sleep(0)  # every task is now waiting on the event
+    started = _now()
+    go.set()
+    await asyncio.gather(*tasks)
+    return streams, started
+
+
+async def channel_subscribers(client: HTTPClient) -> int | None:
+    """Channel subscribers the server reports (``/api/v1/stats``): placed and
+    following their topic, summed over every worker."""
+    try:
+        status, body = await client.request("GET", "/api/v1/stats", timeout=10.0)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+        await client.close()
+        return None
+    if status != 200:
+        return None
+    counts: dict[str, int] = json.loads(body)["content"]["subscribers"]
+    return sum(int(v) for k, v in counts.items() if k.startswith("channel:"))
+
+
+async def wait_placed(client: HTTPClient, expected: int, timeout: float) -> tuple[bool, int | None]:  # noqa: ASYNC109
+    """Until the server reports ``expected`` channel subscribers (or the deadline)."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        seen = await channel_subscribers(client)
+        if seen is not None and seen >= expected:
+            return True, seen
+        await asyncio.sleep(0.2)
+    return False, seen
+
+
+class Publisher:
+    """Publishes ``(channel, index)`` pairs: by ``POST /channels/<name>`` over a few
+    keep-alive connections, or (``redis_url``) straight into Redis with the
+    product's own broker, so the server only reads (the Redis read path)."""
+
+    def __init__(self, port: int, token: str, connections: int, redis_url: str | None) -> None:
+        self.port = port
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        self.clients = [HTTPClient(port) for _ in range(max(1, connections))]
+        self.redis_url = redis_url
+        self.broker: Any = None
+        self.statuses: dict[int, int] = {}
+
+    async def start(self) -> None:
+        if self.redis_url:
+            # The product being measured (``bench/run --at REV`` serves an export).
+            root = os.environ.get("BENCH_PRODUCT_ROOT")
+            if root:
+                sys.path.insert(0, root)
+            from quart_app.brokers import create_broker
+
+            self.broker = create_broker(self.redis_url)
+            await self.broker.start()
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
+        if self.broker is not None:
+            await self.broker.close()
+
+    async def one(self, slot: int, channel: str, index: int, timeout: float) -> None:  # noqa: ASYNC109
+        body = marked_body(index)
+        if self.broker is not None:
+            text = json.dumps(json.loads(body)["data"])
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.broker.publish_many(
+                        f"channel:{channel}", [(text, None, None)], maxlen=1000, ttl_s=86400.0
+                    )
+                status = 200
+            except Exception:  # counted, never raised: a failed publish is a figure
+                status = -1
+        else:
+            client = self.clients[slot % len(self.clients)]
+            try:
+                status, _ = await client.request(
+                    "POST", f"/channels/{channel}", body, self.headers, timeout=timeout
+                )
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+                status = -1
+                await client.close()
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+
+    async def run(
+        self,
+        plan: list[str],
+        *,
+        rate: float = 0.0,
+        timeout: float = 10.0,  # noqa: ASYNC109 - each publish
+        after_each: Any = None,
+    ) -> float:
+        """Publish ``plan[i]`` as index ``i``: paced at ``rate`` per second (0: as fast
+        as the connections go), one task per connection taking every n-th index;
+        ``after_each(i)`` (a coroutine) runs after publish ``i`` (serial only).
+        Returns the seconds it took."""
+        started = time.monotonic()
+        width = len(self.clients) if after_each is None else 1
+
+        async def lane(slot: int) -> None:
+            for index in range(slot, len(plan), width):
+                if rate > 0:
+                    delay = started + index / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await self.one(slot, plan[index], index, timeout)
+                if after_each is not None:
+                    await after_each(index)
+
+        await asyncio.gather(*(lane(slot) for slot in range(width)))
+        return time.monotonic() - started
+
+
+def marked_deliveries(
+    streams: list[SSEStream],
+) -> tuple[list[int], list[float], dict[int, float]]:
+    """Parse what each stream kept: marked events per stream, delivery latencies
+    (receive time - send time) and each publish's last receive time."""
+    per_stream: list[int] = []
+    latencies: list[float] = []
+    last_rx: dict[int, float] = {}
+    for stream in streams:
+        got = 0
+        for received, event in stream.events():
+            if MARKER not in event.data:
+                continue
+            try:
+                payload = json.loads(event.data)
+            except ValueError:
+                continue
+            if not isinstance(payload, dict) or payload.get("m") != MARKER:
+                continue
+            got += 1
+            latencies.append(received - payload["sent"])
+            index = payload["i"]
+            if received > last_rx.get(index, 0.0):
+                last_rx[index] = received
+        per_stream.append(got)
+    return per_stream, latencies, last_rx
+
+
+def served_summary(streams: list[SSEStream], started: float) -> dict[str, Any]:
+    """Share served (200 and the first frame), 5xx, and when the last was served."""
+    served = [s for s in streams if s.ok]
+    statuses: dict[str, int] = {}
+    for stream in streams:
+        key = str(stream.status) if stream.status else "none"
+        statuses[key] = statuses.get(key, 0) + 1
+    firsts = sorted(s.t_first - started for s in served)
+    return {
+        "served": len(served),
+        "served_pct": round(100.0 * len(served) / len(streams), 3) if streams else None,
+        "status_5xx": sum(1 for s in streams if s.status >= 500),
+        "statuses": statuses,
+        "all_served_s": round(firsts[-1], 3) if firsts else None,
+        "first_frame": summary_ms(firsts),
+    }
+
+
+async def scenario_storm(args: argparse.Namespace) -> dict[str, Any]:
+    """N subscribes in one unpaced burst, on N distinct channels or all on one;
+    then publishes, and the deliveries they made."""
+    n = args.n
+    if args.mode == "distinct":
+        paths = [f"/channels/{args.channel}-{i}/events" for i in range(n)]
+        count = args.publishes or n
+        # Publish i goes to channel i * n // count: spread over the channels.
+        plan = [f"{args.channel}-{i * n // count}" for i in range(count)]
+    else:
+        paths = [f"/channels/{args.channel}/events"] * n
+        plan = [args.channel] * (args.publishes or 20)
+    hits = Hits(MARKER.encode())
+    control = HTTPClient(args.port)
+    meter = CpuMeter(args.rss_pid, args.cpu_pid)
+    streams, started = await storm_open(args.port, paths, timeout=args.served_timeout, hits=hits)
+    served = [s for s in streams if s.ok]
+    placed, seen = await wait_placed(control, len(served), args.place_timeout)
+    placed_s = _now() - started
+    cpu_storm = meter.stop()
+    rss_connected = rss_kib(args.rss_pid)
+
+    publisher = Publisher(args.port, args.token, args.publishers, None)
+    await publisher.start()
+    live = [s for s in served if not s.ended.done()]
+    per_channel: dict[str, int] = {}
+    for name in plan:
+        per_channel[name] = per_channel.get(name, 0) + 1
+    expected_of = [
+        per_channel.get(s.request.split(b" ", 2)[1].decode().split("/")[2], 0) for s in live
+    ]
+    expected = sum(expected_of)
+    meter = CpuMeter(args.rss_pid, args.cpu_pid)
+    if args.mode == "one":
+        # One after another, each once everyone has it (or its deadline), as fan-out does.
+        async def reached(index: int) -> None:
+            hits.expect(len(live) * (index + 1))
+            with contextlib.suppress(TimeoutError):  # counted below from what arrived
+                async with asyncio.timeout(args.publish_timeout):
+                    await hits.reached.wait()
+            hits.reached = asyncio.Event()
+
+        publish_s = await publisher.run(plan, after_each=reached)
+    else:
+        publish_s = await publisher.run(plan)
+    hits.reached = asyncio.Event()
+    hits.expect(expected)
+    with contextlib.suppress(TimeoutError):  # what did not arrive is counted below
+        async with asyncio.timeout(args.deliver_timeout):
+            await hits.reached.wait()
+    cpu_publish = meter.stop()
+    await publisher.close()
+    await control.close()
+    close_all(streams)
+
+    per_stream, latencies, last_rx = marked_deliveries(live)
+    short = sum(1 for got, want in zip(per_stream, expected_of, strict=True) if got < want)
+    return {
+        "n": n,
+        "mode": args.mode,
+        **served_summary(streams, started),
+        "failures": failures(streams),
+        "placed": placed,
+        "placed_seen": seen,
+        "placed_s": round(placed_s, 3),
+        "ended_early": len(served) - len(live),
+        "publishes": len(plan),
+        "publish_status": {str(k): v for k, v in sorted(publisher.statuses.items())},
+        "publish_s": round(publish_s, 3),
+        "deliveries": sum(per_stream),
+        "deliveries_expected": expected,
+        "streams_short": short,
+        "latency": summary_ms(latencies),
+        "rss_connected_kib": rss_connected,
+        "cpu_storm": cpu_storm,
+        "cpu": cpu_publish,
+        "last_delivery_s": round(max(last_rx.values()) - started, 3) if last_rx else None,
+    }
+
+
+async def scenario_topics(args: argparse.Namespace) -> dict[str, Any]:
+    """K channels with one subscriber each; P publishes spread over them at a steady
+    rate: server CPU per publish and delivery latency (send -> receive)."""
+    k = args.n
+    names = [f"{args.channel}-{i}" for i in range(k)]
+    hits = Hits(MARKER.encode())
+    streams: list[SSEStream] = []
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    gate = asyncio.Semaphore(args.concurrency)
+
+    async def one(name: str) -> None:
+        stream = SSEStream(
+            stream_request(args.port, f"/channels/{name}/events"), hits=hits, loop=loop
+        )
+        streams.append(stream)
+        async with gate:
+            try:
+                async with asyncio.timeout(args.connect_timeout):
+                    await loop.create_connection(lambda: stream, HOST, args.port)
+                    await stream.ready
+            except TimeoutError:
+                stream.error = "connect phase timed out"
+            except OSError as error:
+                stream.error = f"connect: {error!r}"
+
+    await asyncio.gather(*(one(name) for name in names))
+    connect_s = time.perf_counter() - started
+    live = [s for s in streams if s.ok]
+    control = HTTPClient(args.port)
+    placed, seen = await wait_placed(control, len(live), args.place_timeout)
+    await control.close()
+    await asyncio.sleep(args.settle)
+    # Idle: what the server spends with these streams open and nothing published.
+    idle = CpuMeter(args.rss_pid, args.cpu_pid)
+    await asyncio.sleep(args.idle)
+    cpu_idle = idle.stop()
+
+    publisher = Publisher(args.port, args.token, args.publishers, args.via_redis)
+    await publisher.start()
+    plan = [names[i % k] for i in range(args.publishes)]
+    meter = CpuMeter(args.rss_pid, args.cpu_pid)
+    publish_s = await publisher.run(plan, rate=args.rate, timeout=args.publish_timeout)
+    hits.expect(args.publishes)
+    with contextlib.suppress(TimeoutError):  # what did not arrive is counted below
+        async with asyncio.timeout(args.deliver_timeout):
+            await hits.reached.wait()
+    cpu = meter.stop()
+    await publisher.close()
+    close_all(streams)
+    per_stream, latencies, _ = marked_deliveries(live)
+    return {
+        "n": k,
+        "topics": k,
+        "via": "redis" if args.via_redis else "http",
+        "connected": len(live),
+        "connect_s": round(connect_s, 3),
+        "failures": failures(streams),
+        "placed": placed,
+        "placed_seen": seen,
+        "publishes": args.publishes,
+        "rate": args.rate,
+        "publish_s": round(publish_s, 3),
+        "publish_status": {str(k): v for k, v in sorted(publisher.statuses.items())},
+        "deliveries": sum(per_stream),
+        "deliveries_expected": args.publishes,
+        "latency": summary_ms(latencies),
+        "cpu_idle": cpu_idle,
+        "cpu": cpu,
+    }
+
+
+class RssSampler:
+    """The server's VmRSS every ``interval`` seconds while it runs: the peak."""
+
+    def __init__(self, pid: int | None, interval: float = 0.25) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = rss_kib(pid) or 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_kib(self.pid) or 0)
+            await asyncio.sleep(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.peak = max(self.peak, rss_kib(self.pid) or 0)
+
+
+def job_streams_summary(
+    streams: list[SSEStream], amount: int, started: float, timed_out: bool
+) -> dict[str, Any]:
+    ok = [s for s in streams if s.ok]
+    complete = sum(1 for s in ok if s.done_event is not None and s.count == amount and s.order_ok)
+    events = sum(s.count for s in ok)
+    ends = [s.t_end for s in ok if s.done_event is not None]
+    elapsed = (max(ends) - started) if ends else None
+    return {
+        "connected": len(ok),
+        "failures": failures(streams),
+        "complete": complete,
+        "timed_out": timed_out,
+        "events": events,
+        "elapsed_s": None if elapsed is None else round(elapsed, 3),
+        "events_per_s": None if not elapsed else round(events / elapsed, 1),
+    }
+
+
+async def scenario_jobmem(args: argparse.Namespace) -> dict[str, Any]:
+    """N jobs of ``amount`` x ``length`` watched to the end, then every one replayed
+    from its start (``GET /jobs/<id>/events``): the server's RSS (peak while watched,
+    after, peak while replayed, after) and the replay rate."""
+    rss_before = rss_kib(args.rss_pid)
+    path = f"/generate?amount={args.amount}&length={args.length}"
+    meter = CpuMeter(args.rss_pid, args.cpu_pid)
+    started = _now()
+    with RssSampler(args.rss_pid) as watched_rss:
+        streams, _ = await open_streams(
+            args.port, path, args.n, concurrency=args.n, timeout=args.connect_timeout, inline=True
+        )
+        pending = [s.ended for s in streams if s.ok and not s.ended.done()]
+        timed_out = False
+        if pending:
+            _, not_done = await asyncio.wait(pending, timeout=args.stream_timeout)
+            timed_out = bool(not_done)
+    cpu_watch = meter.stop()
+    watched = job_streams_summary(streams, args.amount, started, timed_out)
+    close_all(streams)
+    await asyncio.sleep(args.settle)
+    rss_after_watch = rss_kib(args.rss_pid)
+    jobs = [s.id_prefix[:-1] for s in streams if s.ok and s.id_prefix]
+
+    meter = CpuMeter(args.rss_pid, args.cpu_pid)
+    started = _now()
+    with RssSampler(args.rss_pid) as replay_rss:
+        replays: list[SSEStream] = []
+        for job in jobs:
+            replays += (
+                await open_streams(
+                    args.port,
+                    f"/jobs/{job}/events",
+                    1,
+                    concurrency=1,
+                    timeout=args.connect_timeout,
+                    inline=True,
+                )
+            )[0]
+        pending = [s.ended for s in replays if s.ok and not s.ended.done()]
+        timed_out = False
+        if pending:
+            _, not_done = await asyncio.wait(pending, timeout=args.stream_timeout)
+            timed_out = bool(not_done)
+    cpu_replay = meter.stop()
+    replayed = job_streams_summary(replays, args.amount, started, timed_out)
+    close_all(replays)
+    await asyncio.sleep(args.settle)
+    return {
+        "n": args.n,
+        "amount": args.amount,
+        "length": args.length,
+        "watched": watched,
+        "replayed": replayed,
+        "rss_before_kib": rss_before,
+        "rss_peak_watched_kib": watched_rss.peak,
+        "rss_after_watched_kib": rss_after_watch,
+        "rss_peak_replayed_kib": replay_rss.peak,
+        "rss_after_replayed_kib": rss_kib(args.rss_pid),
+        "cpu_watch": cpu_watch,
+        "cpu": cpu_replay,
+    }
+
+
+SCENARIOS = {
+    "hold": scenario_hold,
+    "fanout": scenario_fanout,
+    "generate": scenario_generate,
+    "storm": scenario_storm,
+    "topics": scenario_topics,
+    "jobmem": scenario_jobmem,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -847,6 +1338,46 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--amount", type=int, default=2000)
     gen.add_argument("--length", type=int, default=32)
     gen.add_argument("--stream-timeout", type=float, default=120.0)
+
+    storm = sub.add_parser("storm", help="N subscribes in one unpaced burst, then publishes")
+    common(storm)
+    storm.add_argument("--n", type=int, default=10000)
+    storm.add_argument("--mode", choices=("distinct", "one"), default="distinct")
+    storm.add_argument("--channel", default="storm")
+    storm.add_argument(
+        "--publishes", type=int, default=0, help="0: one per channel (distinct), 20 (one)"
+    )
+    storm.add_argument("--publishers", type=int, default=4, help="publishing connections")
+    storm.add_argument("--token", default=os.environ.get("QUART_PUBLISH_TOKEN", ""))
+    storm.add_argument("--served-timeout", type=float, default=120.0)
+    storm.add_argument("--place-timeout", type=float, default=120.0)
+    storm.add_argument("--publish-timeout", type=float, default=10.0)
+    storm.add_argument("--deliver-timeout", type=float, default=30.0)
+
+    topics = sub.add_parser("topics", help="K channels, one subscriber each, P publishes")
+    common(topics)
+    topics.add_argument("--n", type=int, default=1000, help="active topics (K)")
+    topics.add_argument("--channel", default="topic")
+    topics.add_argument("--publishes", type=int, default=2500)
+    topics.add_argument("--rate", type=float, default=250.0, help="publishes per second")
+    topics.add_argument("--publishers", type=int, default=4, help="publishing connections")
+    topics.add_argument("--token", default=os.environ.get("QUART_PUBLISH_TOKEN", ""))
+    topics.add_argument(
+        "--via-redis", default=None, metavar="URL", help="publish into this Redis, not by POST"
+    )
+    topics.add_argument("--place-timeout", type=float, default=120.0)
+    topics.add_argument("--settle", type=float, default=1.0)
+    topics.add_argument("--idle", type=float, default=3.0, help="idle CPU window (s)")
+    topics.add_argument("--publish-timeout", type=float, default=10.0)
+    topics.add_argument("--deliver-timeout", type=float, default=30.0)
+
+    jobmem = sub.add_parser("jobmem", help="N large jobs watched, then replayed: server RSS")
+    common(jobmem)
+    jobmem.add_argument("--n", type=int, default=64)
+    jobmem.add_argument("--amount", type=int, default=100_000)
+    jobmem.add_argument("--length", type=int, default=1024)
+    jobmem.add_argument("--stream-timeout", type=float, default=900.0)
+    jobmem.add_argument("--settle", type=float, default=2.0, help="pause before RSS after")
     return parser
 
 
@@ -867,6 +1398,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--n must be 1..{MAX_STREAMS}")
     if args.scenario == "fanout" and not 1 <= args.publishes <= 1000:
         raise SystemExit("--publishes must be 1..1000")
+    if args.scenario in ("storm", "topics") and not 0 <= args.publishes <= 100_000:
+        raise SystemExit("--publishes must be 0..100000")
+    if getattr(args, "via_redis", None) and "127.0.0.1" not in args.via_redis:
+        raise SystemExit("--via-redis must be a Redis on 127.0.0.1")
     limit = raise_nofile(args.n + 1024)
     if limit < args.n + 64:
         raise SystemExit(f"open-file limit {limit} is too low for {args.n} streams")

@@ -542,10 +542,14 @@ def chart(results: dict[str, Any], plan: Plan, path: Path) -> bool:
     return True
 
 
-def markdown(results: dict[str, Any], plan: Plan, png_name: str | None) -> str:
+def markdown(
+    results: dict[str, Any], plan: Plan, png_name: str | None, scale_png_name: str | None = None
+) -> str:
     """The whole report page (``docs/BENCHMARKS.md``)."""
     rows, targets = build_rows(results, plan)
+    extra, extra_targets = extra_sections(results)
     met = sum(1 for t in targets if t["met"])
+    extra_met = sum(1 for t in extra_targets if t["met"])
     meta = results.get("meta", {})
     started = meta.get("started", "?")
     minutes = meta.get("minutes", 0.0)
@@ -557,13 +561,18 @@ def markdown(results: dict[str, Any], plan: Plan, png_name: str | None) -> str:
         "bare Quart (`bench/baseline_app.py`: an async generator per request, one "
         "`asyncio.Queue` per subscriber, `/generate` yielding one frame per string), "
         "same URLs, same frames, same Hypercorn settings (`hypercorn.toml`, one worker). "
-        "Regenerate this page with `bench/run` (a smoke run: `bench/run --quick`).",
+        "Regenerate this page with `bench/run` (a smoke run: `bench/run --quick`); the "
+        "storm, topic, cost and jobs' memory sections alone with `bench/run --at HEAD "
+        "--only storm --only topics --only jobmem --into docs/BENCHMARKS.md`, which keeps "
+        "the other sections' raw results.",
         "",
         f"Run: {started}, {minutes:.1f} minutes"
         + (" — **quick smoke run: figures are indicative only**" if plan.quick else "")
         + ".",
         "",
-        f"**Targets met: {met} of {len(targets)}.**",
+        f"**Targets met: {met} of {len(targets)}** in the table below; "
+        f"**{extra_met} of {len(extra_targets)}** in the storm, topic and cost sections "
+        "(their own runs, dated in each section).",
         "",
         "## Results",
         "",
@@ -601,7 +610,10 @@ def markdown(results: dict[str, Any], plan: Plan, png_name: str | None) -> str:
         "## Scale-out (Redis)",
         "",
         *scaleout_section(results, plan),
+        *extra,
     ]
+    if scale_png_name:
+        parts += [f"![storms and topics]({scale_png_name})", ""]
     parts += [
         "## How to read it",
         "",
@@ -842,3 +854,606 @@ def all_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     walk(results)
     return found
+
+
+# --------------------------------------------------------------------------
+# Storms, topics, cost per worker (Redis scale-out), jobs' memory
+# --------------------------------------------------------------------------
+
+TARGET_STORM_SERVED_PCT = 100.0
+TARGET_TOPIC_RATIO = 1.5
+TARGET_REDIS_COST_RATIO = 1.3
+BROKER_NAMES = {
+    "memory": "memory broker",
+    "redis": "one Redis",
+    "cluster": "Redis Cluster (3 masters)",
+}
+
+
+def redis_cpu_s(r: dict[str, Any] | None) -> float | None:
+    """CPU of every redis-server (one, or each cluster node) over the window."""
+    named = get(r, "cpu", "named_cpu_s") or {}
+    values = [v for k, v in named.items() if k.startswith("redis-")]
+    if not values or None in values:
+        return None
+    return float(sum(values))
+
+
+def per_publish_us(r: dict[str, Any] | None, net: bool = False) -> float | None:
+    """Worker CPU per publish (µs) over the publish window; ``net`` takes off what
+    the worker spent meanwhile at its idle rate (measured just before)."""
+    cpu = get(r, "cpu", "server_cpu_s")
+    count = get(r, "publishes")
+    if not isinstance(cpu, int | float) or not isinstance(count, int) or not count:
+        return None
+    if net:
+        idle, idle_wall = get(r, "cpu_idle", "server_cpu_s"), get(r, "cpu_idle", "wall_s")
+        wall = get(r, "cpu", "wall_s")
+        if not isinstance(idle, int | float) or not idle_wall or not isinstance(wall, float):
+            return None
+        cpu = max(0.0, cpu - idle / idle_wall * wall)
+    return 1e6 * float(cpu) / count
+
+
+def spread(values: list[float | None]) -> float | None:
+    """Largest / smallest (None when any is missing)."""
+    if not values or any(v is None or v <= 0 for v in values):
+        return None
+    numbers = [float(v) for v in values if v is not None]
+    return max(numbers) / min(numbers)
+
+
+def run_stamp(section: dict[str, Any]) -> str:
+    run = section.get("run") or {}
+    if not run:
+        return ""
+    return (
+        f"Run: {run.get('started', '?')}, {run.get('minutes', 0):.1f} minutes, product "
+        f"{run.get('revision', '?')}"
+        + (" — **smoke run: indicative only**" if run.get("smoke") else "")
+        + "."
+    )
+
+
+def noise(r: dict[str, Any] | None) -> str:
+    """Machine load next to a figure: load average before, other processes' CPU during."""
+    if r is None:
+        return "n/a"
+    return f"{r.get('loadavg_before', '?')} / {fmt(r.get('other_cpu_cores'), 2)}"
+
+
+def storm_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    storm = results.get("storm") or {}
+    if not storm or "params" not in storm:
+        return ["Not run (`bench/run --only storm`).", ""], []
+    n = storm["params"]["n"]
+    targets: list[dict[str, Any]] = []
+    rows = []
+    for kind, name in BROKER_NAMES.items():
+        runs = storm.get(kind)
+        if runs is None:
+            continue
+        if "error" in runs and not any(m in runs for m in ("distinct", "one")):
+            rows.append([name, "all", "error: " + str(runs["error"])[:200], *[""] * 10])
+            continue
+        for mode in ("distinct", "one"):
+            r = runs.get(mode)
+            if r is None:
+                continue
+            label = f"{n:,} on {n:,} channels" if mode == "distinct" else f"{n:,} on one channel"
+            if "error" in r:
+                rows.append([name, label, "error: " + str(r["error"])[:200], *[""] * 10])
+                ok = None
+            else:
+                ok = bool(
+                    r.get("served") == r.get("n")
+                    and r.get("status_5xx") == 0
+                    and r.get("deliveries") == r.get("deliveries_expected")
+                )
+                rows.append(
+                    [
+                        name,
+                        label,
+                        f"{fmt(r.get('served_pct'), 1)} ({fmt(r.get('served'))})",
+                        fmt(r.get("status_5xx")),
+                        fmt(r.get("all_served_s"), 2),
+                        fmt(get(r, "first_frame", "p50_ms"), 0),
+                        fmt(r.get("placed_s"), 2) + ("" if r.get("placed") else " (not all)"),
+                        f"{fmt(r.get('deliveries'))} of {fmt(r.get('deliveries_expected'))}",
+                        fmt(get(r, "latency", "p99_ms"), 1),
+                        fmt(get(r, "cpu_storm", "server_cpu_s"), 2),
+                        fmt(redis_cpu_s({"cpu": r.get("cpu_storm")}), 2)
+                        if kind != "memory"
+                        else "—",
+                        fmt(_pct(get(r, "cpu_storm", "client_cpu_util")), 0),
+                        noise(r),
+                    ]
+                )
+            targets.append(
+                {
+                    "metric": f"storm {label}, {name}: 100% served, 0 x 5xx, every delivery",
+                    "product": get(r, "served_pct"),
+                    "baseline": None,
+                    "ratio": None,
+                    "target": "100% served, 0 x 5xx",
+                    "met": ok,
+                }
+            )
+    met = sum(1 for t in targets if t["met"])
+    parts = [
+        run_stamp(storm),
+        "",
+        f"One asyncio client opens **{n:,} streams at once**: {n:,} tasks, each connecting "
+        "as soon as one `asyncio.Event` is set (no pacing, no semaphore), then waits for the "
+        "`200` and the first frame (`retry:`) of each. *Served*: both arrived. Then it waits "
+        "until the server reports every stream as a placed subscriber (`/api/v1/stats`), "
+        f"publishes (one publish to each of the {n:,} channels, or "
+        f"{storm['params']['one_publishes']} to the one channel, each once the previous "
+        "reached everyone) and counts the deliveries after parsing every stream. One worker, "
+        "pinned to CPU 0 with every redis-server; the client on CPU 1. "
+        f"**Targets: 100% served and 0 x 5xx in every storm (met: {met} of {len(targets)}).**",
+        "",
+        f"File descriptors: each connection costs one descriptor in the client and one in "
+        f"the server; the two are separate processes, each under the hard limit of this "
+        f"machine ({results.get('meta', {}).get('machine', {}).get('nofile', '?')} here), "
+        f"so {n:,} fit (the storm needs about {n + 100:,} in each).",
+        "",
+        table(
+            [
+                "broker",
+                "storm",
+                "served (%)",
+                "5xx",
+                "all served in (s)",
+                "first frame p50 (ms)",
+                "all placed in (s)",
+                "deliveries",
+                "delivery p99 (ms)",
+                "worker CPU, storm (s)",
+                "redis CPU, storm (s)",
+                "client CPU, storm (% core)",
+                "load avg / other processes (cores)",
+            ],
+            rows,
+        ),
+        "",
+        "*All served in*: from the start of the burst to the last stream's first frame; the "
+        "kernel's accept queue (`backlog` 4096 in `hypercorn.toml`, `somaxconn`) holds part "
+        "of a 10,000 burst and SYN retries pace the rest, so seconds here are mostly the "
+        "TCP stack's. *All placed in*: until the server counts every stream as a subscriber "
+        "that follows its topic. *Worker CPU, storm*: the worker's CPU from the burst to all "
+        "placed. *Load avg / other processes*: the 1-minute load average before the run, and "
+        "the CPU that processes other than the server, Redis and the client used during it "
+        "(other engineers' tests on the same 2 cores).",
+        "",
+    ]
+    return parts, targets
+
+
+def topic_runs(results: dict[str, Any], kind: str, suffix: str = "") -> list[Any]:
+    topics = results.get("topics") or {}
+    runs = topics.get(kind) or {}
+    return [runs.get(f"{k}{suffix}") for k in (topics.get("params") or {}).get("ks", [])]
+
+
+def topics_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    topics = results.get("topics") or {}
+    if not topics or "params" not in topics:
+        return ["Not run (`bench/run --only topics`).", ""], []
+    params = topics["params"]
+    ks = params["ks"]
+    targets: list[dict[str, Any]] = []
+    rows = []
+    for kind, name in BROKER_NAMES.items():
+        if kind not in topics:
+            continue
+        if "error" in topics[kind] and not any(str(k) in topics[kind] for k in ks):
+            rows.append([name, "all", "error: " + str(topics[kind]["error"])[:200], *[""] * 8])
+            continue
+        for suffix, via in (("", "POST"), ("-read", "into Redis")):
+            runs = topic_runs(results, kind, suffix)
+            if kind == "memory" and suffix:
+                continue
+            for k, r in zip(ks, runs, strict=True):
+                if r is None:
+                    continue
+                if "error" in r:
+                    rows.append([name, via, fmt(k), "error: " + str(r["error"])[:200], *[""] * 7])
+                    continue
+                rows.append(
+                    [
+                        name,
+                        via,
+                        fmt(k),
+                        f"{fmt(r.get('deliveries'))} of {fmt(r.get('deliveries_expected'))}",
+                        fmt(per_publish_us(r), 0),
+                        fmt(per_publish_us(r, net=True), 0),
+                        fmt(_per(redis_cpu_s(r), r.get("publishes")), 0)
+                        if kind != "memory"
+                        else "—",
+                        fmt(get(r, "latency", "p50_ms"), 2),
+                        fmt(get(r, "latency", "p99_ms"), 2),
+                        fmt(_pct(get(r, "cpu", "client_cpu_util")), 0),
+                        noise(r),
+                    ]
+                )
+            if suffix:
+                continue
+            cpu_spread = spread([per_publish_us(r) for r in runs])
+            p99_spread = spread([get(r, "latency", "p99_ms") for r in runs])
+            complete = all(
+                r is not None
+                and "error" not in r
+                and r.get("deliveries") == r.get("deliveries_expected")
+                for r in runs
+            )
+            for metric, value in (
+                ("server CPU per publish", cpu_spread),
+                ("delivery p99", p99_spread),
+            ):
+                targets.append(
+                    {
+                        "metric": f"topics K={'/'.join(f'{k:,}' for k in ks)}, {name}: "
+                        f"{metric}, largest / smallest",
+                        "product": value,
+                        "baseline": None,
+                        "ratio": value,
+                        "target": f"<= {TARGET_TOPIC_RATIO}x",
+                        "met": None
+                        if value is None
+                        else (value <= TARGET_TOPIC_RATIO and complete),
+                    }
+                )
+    ratio_rows = [
+        [t["metric"], fmt_ratio(t["ratio"]), t["target"], verdict(t["met"])] for t in targets
+    ]
+    met = sum(1 for t in targets if t["met"])
+    parts = [
+        run_stamp(topics),
+        "",
+        f"K channels with one subscriber each (K = {', '.join(f'{k:,}' for k in ks)}), on one "
+        f"worker; then {params['publishes']:,} publishes spread round-robin over the K "
+        f"channels at a steady {params['rate']:g} per second (by `POST /channels/<name>` "
+        "over 4 keep-alive connections), each carrying its send time. *Worker CPU per "
+        "publish*: the worker's CPU (`/proc/<pid>/stat`) from the first publish until every "
+        "delivery arrived, divided by the publishes; *net* takes off what the worker spent "
+        "at idle over the same time (measured for 3 s just before, with the K streams "
+        "open). *Delivery*: client receive time - send time. On Redis the same load also "
+        "ran with the publishes made straight into Redis by the client (the product's own "
+        "broker code, on the client's core): the worker then only reads notifications and "
+        "delivers, which is **the Redis read path's cost per process**. Heartbeats are set "
+        "to 600 s in these runs (a per-connection cost, measured by *hold*), so that they "
+        "do not land in the window. "
+        f"**Target: largest / smallest within {TARGET_TOPIC_RATIO:g}x over K (met: {met} of "
+        f"{len(targets)}).**",
+        "",
+        table(
+            [
+                "broker",
+                "publishes",
+                "K",
+                "deliveries",
+                "worker CPU per publish (µs)",
+                "net of idle (µs)",
+                "redis CPU per publish (µs)",
+                "delivery p50 (ms)",
+                "delivery p99 (ms)",
+                "client CPU (% core)",
+                "load avg / other processes (cores)",
+            ],
+            rows,
+        ),
+        "",
+        table(["ratio over K", "largest / smallest", "target", "met?"], ratio_rows),
+        "",
+    ]
+    return parts, targets
+
+
+def cost_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Redis against memory on one worker, the read path per process, and capacity."""
+    topics = results.get("topics") or {}
+    storm = results.get("storm") or {}
+    params = topics.get("params") or {}
+    ks = params.get("ks") or []
+    if not ks:
+        return ["Not run (needs `bench/run --only topics`).", ""], []
+    targets: list[dict[str, Any]] = []
+    rows = []
+    memory = topic_runs(results, "memory")
+    for kind in ("redis", "cluster"):
+        if kind not in topics:
+            continue
+        for k, mem, red in zip(ks, memory, topic_runs(results, kind), strict=True):
+            a, b = per_publish_us(red), per_publish_us(mem)
+            r = ratio(a, b)
+            label = f"K={k:,}: worker CPU per publish, {BROKER_NAMES[kind]} / memory (µs)"
+            rows.append([label, f"{fmt(a, 0)} / {fmt(b, 0)}", fmt_ratio(r)])
+            targets.append(
+                {
+                    "metric": label,
+                    "product": a,
+                    "baseline": b,
+                    "ratio": r,
+                    "target": f"<= {TARGET_REDIS_COST_RATIO}x",
+                    "met": None if r is None else r <= TARGET_REDIS_COST_RATIO,
+                }
+            )
+    fan: dict[str, float | None] = {}
+    for kind in BROKER_NAMES:
+        r = get(storm, kind, "one")
+        fan[kind] = _per(get(r, "cpu", "server_cpu_s"), get(r, "deliveries"))
+    n = get(storm, "params", "n") or 0
+    for kind in ("redis", "cluster"):
+        if fan.get(kind) is None:
+            continue
+        r = ratio(fan[kind], fan["memory"])
+        label = (
+            f"fan-out {n:,} subscribers of one channel: worker CPU per delivery, "
+            f"{BROKER_NAMES[kind]} / memory (µs)"
+        )
+        rows.append([label, f"{fmt(fan[kind], 1)} / {fmt(fan['memory'], 1)}", fmt_ratio(r)])
+        targets.append(
+            {
+                "metric": label,
+                "product": fan[kind],
+                "baseline": fan["memory"],
+                "ratio": r,
+                "target": f"<= {TARGET_REDIS_COST_RATIO}x",
+                "met": None if r is None else r <= TARGET_REDIS_COST_RATIO,
+            }
+        )
+    met = sum(1 for t in targets if t["met"])
+    # The per-process figures behind the capacity argument, at the middle K.
+    mid = ks[len(ks) // 2]
+    index = ks.index(mid)
+    post_mem = per_publish_us(memory[index])
+    post_redis = per_publish_us(topic_runs(results, "redis")[index])
+    read = per_publish_us(topic_runs(results, "redis", "-read")[index])
+    redis_pub = _per(redis_cpu_s(topic_runs(results, "redis")[index]), params.get("publishes"))
+    deliver = fan.get("redis") or fan.get("memory")
+    parts = [
+        "Redis against memory on one worker for the same load (the topic runs above, and the "
+        "one-channel storm's publishes), and what the Redis read path costs each process. "
+        f"**Target: Redis within {TARGET_REDIS_COST_RATIO:g}x of memory (met: {met} of "
+        f"{len(targets)}).**",
+        "",
+        table(["cost on one worker", "Redis / memory", "ratio"], rows),
+        "",
+    ]
+    if None in (post_redis, read, redis_pub, deliver):
+        return [*parts, "Capacity: not computed (a run is missing).", ""], targets
+    assert post_redis is not None and read is not None and redis_pub is not None
+    assert deliver is not None
+    write = max(0.0, post_redis - read)
+    parts += [
+        f"**Per-process costs** (one Redis, K = {mid:,}; CPU time, so they depend little on "
+        "the sharing of this machine's 2 cores):",
+        "",
+        f"* *accepting a publish* (`POST`, validation, the publish script's round trip): "
+        f"about **{write:,.0f} µs** in the worker that receives it "
+        f"({post_redis:,.0f} µs per publish in total, less the read path below; the memory "
+        f"broker's whole publish is {fmt(post_mem, 0)} µs);",
+        f"* *the read path*: **{read:,.0f} µs** per publish in **every process that follows "
+        "the topic** (one notification read on the shard's pub/sub connection, appended to "
+        "the local history, plus its one delivery), whatever the number of topics (table "
+        "above);",
+        f"* *each further local subscriber*: **{deliver:,.1f} µs** per delivery (the "
+        "one-channel storm's fan-out);",
+        f"* *Redis*: **{redis_pub:,.0f} µs** of redis-server CPU per publish (the script's "
+        "XADD and SPUBLISH, the notification to each following process, and its network "
+        "I/O; an upper bound: it includes Redis's housekeeping).",
+        "",
+        "*Capacity for W workers on W cores* (a worker saturates at 1 core-second per "
+        "second; Redis is single-threaded per shard):",
+        "",
+        f"* *Many topics, each followed by one process* (chat rooms, per-user channels): a "
+        f"publish costs ({write:,.0f} + {read:,.0f}) µs of some worker, so W workers take "
+        f"about W x {1e6 / (write + read):,.0f} publishes/s; one Redis takes about "
+        f"{1e6 / redis_pub:,.0f} publishes/s of its core, so past "
+        f"W = {max(1, round((write + read) / redis_pub))} workers Redis is the limit, and a "
+        f"cluster of S masters multiplies it by about S (topics spread by hash slot).",
+        f"* *One topic followed by every process with N subscribers in all* (a broadcast): "
+        f"each publish costs every worker {read:,.0f} µs + N / W x {deliver:,.1f} µs; at "
+        f"N = 10,000 and W = 1, 2, 4, 8 that is "
+        + ", ".join(f"{(read + 10_000 / w * deliver) / 1000:,.1f}" for w in (1, 2, 4, 8))
+        + " ms of CPU per worker per publish, which is both the makespan of one publish "
+        "and the inverse of the publish rate a worker sustains; Redis sends W notifications "
+        "per publish, so its cost grows with W, not with N.",
+        "* Hosts: the same per-process figures hold on every host, since a process talks to "
+        "Redis only; loopback hides the network's latency, not its CPU.",
+        "",
+        "This machine has 2 cores, one for the client: more than one worker would share "
+        "CPU 0 with each other and with Redis, so the scaling is computed from these "
+        "per-process costs rather than shown.",
+        "",
+    ]
+    return parts, targets
+
+
+def extra_sections(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    storm, t1 = storm_section(results)
+    topics, t2 = topics_section(results)
+    cost, t3 = cost_section(results)
+    jobmem, t4 = jobmem_section(results)
+    parts = [
+        "## Storms (Redis scale-out, issue 12)",
+        "",
+        *storm,
+        "## Cost as topics grow",
+        "",
+        *topics,
+        "## Cost per worker, and capacity",
+        "",
+        *cost,
+        "## Jobs' memory and replay from storage (issue 11)",
+        "",
+        *jobmem,
+    ]
+    return parts, [*t1, *t2, *t3, *t4]
+
+
+def jobmem_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    jobmem = results.get("jobmem") or {}
+    if not jobmem or "skipped" in jobmem:
+        reason = jobmem.get("skipped") if jobmem else "not run (`bench/run --only jobmem`)"
+        return [f"{reason}.", ""], []
+    params = jobmem.get("params") or {}
+    jobs, amount, length = params.get("jobs"), params.get("amount"), params.get("length")
+    limits = jobmem.get("limits") or {}
+
+    def mib(value: Any) -> str:
+        return "n/a" if not isinstance(value, int) else f"{value / 1024:,.0f}"
+
+    rows = []
+    for name, label in (
+        ("storage", "replay from storage (the product: journal)"),
+        ("memory", "replay from memory (every event kept, as before the journal)"),
+    ):
+        r = jobmem.get(name)
+        if r is None:
+            continue
+        if "error" in r:
+            rows.append([label, "error: " + str(r["error"])[:300], *[""] * 7])
+            continue
+        rows.append(
+            [
+                label,
+                f"{fmt(get(r, 'watched', 'complete'))} / {fmt(get(r, 'replayed', 'complete'))}",
+                mib(r.get("rss_before_kib")),
+                mib(r.get("rss_peak_watched_kib")),
+                mib(r.get("rss_after_watched_kib")),
+                mib(r.get("rss_peak_replayed_kib")),
+                fmt(get(r, "watched", "events_per_s"), 0),
+                fmt(get(r, "replayed", "events_per_s"), 0),
+                noise(r),
+            ]
+        )
+    storage, memory = jobmem.get("storage"), jobmem.get("memory")
+    rate = ratio(get(storage, "replayed", "events_per_s"), get(memory, "replayed", "events_per_s"))
+    peak = ratio(get(storage, "rss_after_watched_kib"), get(memory, "rss_after_watched_kib"))
+    full = (
+        jobs == limits.get("MAX_JOBS")
+        and amount == limits.get("MAX_AMOUNT")
+        and length == limits.get("MAX_LENGTH")
+    )
+    parts = [
+        run_stamp(jobmem),
+        "",
+        f"One worker, memory broker: **{fmt(jobs)} jobs of {fmt(amount)} strings x "
+        f"{fmt(length)} characters** started at once by `GET /generate` and watched to "
+        "their `done`, then each replayed from its start (`GET /jobs/<id>/events`, all at "
+        "once). "
+        + (
+            "These are the product's limits (MAX_JOBS x MAX_AMOUNT x MAX_LENGTH). "
+            if full
+            else f"(The product's limits are {fmt(limits.get('MAX_JOBS'))} x "
+            f"{fmt(limits.get('MAX_AMOUNT'))} x {fmt(limits.get('MAX_LENGTH'))}; this run "
+            "is smaller.) "
+        )
+        + "The worker's VmRSS is sampled every 0.25 s. The same run serves the same load "
+        "with `bench/memory_replay_app.py`: the product with every event of a job kept in "
+        "its topic until the job's TTL, which is how jobs were replayed before the journal.",
+        "",
+        table(
+            [
+                "server",
+                "complete: watched / replayed",
+                "RSS before (MiB)",
+                "RSS peak, watched (MiB)",
+                "RSS after the jobs ended (MiB)",
+                "RSS peak, replayed (MiB)",
+                "events/s, watched",
+                "events/s, replayed",
+                "load avg / other processes (cores)",
+            ],
+            rows,
+        ),
+        "",
+        f"*Replay rate, storage / memory*: **{fmt_ratio(rate)}**. *RSS after the jobs "
+        f"ended, storage / memory*: **{fmt_ratio(peak)}** (what a worker keeps while the "
+        "finished jobs wait for their TTL).",
+        "",
+    ]
+    return parts, []
+
+
+def scale_chart(results: dict[str, Any], path: Path) -> bool:
+    """Storms (time until all served) and topics (CPU per publish, p99) per broker."""
+    storm, topics = results.get("storm") or {}, results.get("topics") or {}
+    if "params" not in storm and "params" not in topics:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is missing: no chart")
+        return False
+    colors = {"memory": "#1f77b4", "redis": "#d62728", "cluster": "#2ca02c"}
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
+    ax = axes[0]
+    kinds = [k for k in BROKER_NAMES if k in storm]
+    width = 0.8 / max(1, len(kinds))
+    for index, kind in enumerate(kinds):
+        values = [get(storm, kind, mode, "all_served_s") or 0 for mode in ("distinct", "one")]
+        offset = (index - (len(kinds) - 1) / 2) * width
+        bars = ax.bar(
+            [x + offset for x in (0, 1)],
+            values,
+            width,
+            label=BROKER_NAMES[kind],
+            color=colors[kind],
+        )
+        for bar, mode in zip(bars, ("distinct", "one"), strict=True):
+            r = get(storm, kind, mode) or {}
+            ax.annotate(
+                f"{fmt(r.get('served_pct'), 0)}%\n{fmt(r.get('status_5xx'))}x5xx",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+    n = get(storm, "params", "n") or 0
+    ax.set_xticks([0, 1], [f"{n:,} channels", "one channel"])
+    ax.set_title(f"storm: {n:,} subscribes at once\n(time until all served; % served, 5xx)")
+    ax.set_ylabel("s")
+    ax.margins(y=0.25)
+    ax.legend(loc="upper left", fontsize=8)
+    ks = get(topics, "params", "ks") or []
+    for ax, title, value in (
+        (axes[1], "topics: worker CPU per publish", lambda r: per_publish_us(r)),
+        (axes[2], "topics: delivery p99", lambda r: get(r, "latency", "p99_ms")),
+    ):
+        for kind in BROKER_NAMES:
+            if kind not in topics:
+                continue
+            ys = [value(r) for r in topic_runs(results, kind)]
+            ax.plot(
+                [f"{k:,}" for k in ks],
+                [y if y is not None else float("nan") for y in ys],
+                marker="o",
+                label=BROKER_NAMES[kind],
+                color=colors[kind],
+            )
+            if kind != "memory" and title.endswith("per publish"):
+                reads = [per_publish_us(r) for r in topic_runs(results, kind, "-read")]
+                ax.plot(
+                    [f"{k:,}" for k in ks],
+                    [y if y is not None else float("nan") for y in reads],
+                    marker="x",
+                    linestyle="--",
+                    label=f"{BROKER_NAMES[kind]}: read path only",
+                    color=colors[kind],
+                )
+        ax.set_xlabel("active topics K (one subscriber each)")
+        ax.set_ylabel("µs" if title.endswith("per publish") else "ms")
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Redis scale-out: storms and many topics (one worker on one core)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -24,7 +24,7 @@ from typing import Any
 
 from redis import RedisError
 
-from tests.harness import HOST, PRODUCT_APP, RedisServer, ServerProcess, free_port
+from tests.harness import HOST, PRODUCT_APP, RedisCluster, RedisServer, ServerProcess, free_port
 from tests.harness.processes import cmdline, cpu_s, machine_busy_s
 
 BENCH = Path(__file__).resolve().parent
@@ -35,7 +35,10 @@ SERVER_CPU = "0"
 CLIENT_CPU = "1"
 BASELINE_APP = str(BENCH / "baseline_app.py") + ":app"
 KINDS = ("product", "baseline")
-SCENARIOS = ["hold", "fanout", "generate", "ceiling", "scaleout"]
+SCENARIOS = ["hold", "fanout", "generate", "ceiling", "scaleout", "storm", "topics", "jobmem"]
+# The brokers the storm and topic scenarios run on: the default, one
+# redis-server, and a local 3-master Redis Cluster (``redis+cluster://``).
+BROKERS = ("memory", "redis", "cluster")
 QUIET_WAIT_S = 15.0
 NICE = -10  # priority of servers and client (lower is more), when allowed; 0: leave it
 # Every benchmark client comes from one address (127.0.0.1) and one session: lift
@@ -47,6 +50,11 @@ LIMITS_LIFTED = {
     "QUART_MAX_JOBS": "512",
     "QUART_MAX_JOBS_PER_SESSION": "512",
 }
+# Storms and topics use up to 10,000 channels at once, the default MAX_CHANNELS.
+CHANNELS_LIFTED = {"QUART_MAX_CHANNELS": "100000"}
+# The topic scenario measures what a publish costs: heartbeats (a per-connection
+# cost, measured by ``hold``) are spaced out so that they do not land in its window.
+QUIET_STREAMS = {"QUART_SSE_HEARTBEAT_S": "600", "QUART_SSE_MAX_AGE_S": "3600"}
 
 
 @dataclass
@@ -59,6 +67,19 @@ class Plan:
     gen_amount: int
     gen_length: int
     scaleout_n: int
+    # Storms: N subscribes in one burst (on N channels, and on one), then publishes.
+    storm_n: int = 10000
+    storm_one_publishes: int = 20
+    storm_brokers: tuple[str, ...] = BROKERS
+    # Topics: K channels with one subscriber each, P publishes at a steady rate.
+    topic_ks: tuple[int, ...] = (10, 1000, 10000)
+    topic_publishes: int = 2500
+    topic_rate: float = 250.0
+    topic_brokers: tuple[str, ...] = BROKERS
+    # Jobs' memory (0: the product's MAX_JOBS, MAX_AMOUNT and MAX_LENGTH).
+    jobmem_jobs: int = 0
+    jobmem_amount: int = 0
+    jobmem_length: int = 0
     quick: bool = False
     # Wait (at most this long) for a quiet machine before each run; 0: do not wait.
     quiet_wait_s: float = QUIET_WAIT_S
@@ -84,6 +105,12 @@ QUICK = Plan(
     gen_amount=500,
     gen_length=32,
     scaleout_n=1000,
+    storm_n=2000,
+    topic_ks=(10, 1000),
+    topic_publishes=1000,
+    jobmem_jobs=8,
+    jobmem_amount=20000,
+    jobmem_length=256,
     quick=True,
 )
 # Every scenario at a tiny scale, without waiting for a quiet machine: proves the
@@ -97,6 +124,15 @@ SMOKE = Plan(
     gen_amount=50,
     gen_length=8,
     scaleout_n=20,
+    # The storm at the CI scale of the storm tests (a couple of thousand at once).
+    storm_n=2000,
+    storm_one_publishes=3,
+    topic_ks=(10, 100),
+    topic_publishes=60,
+    topic_rate=100.0,
+    jobmem_jobs=2,
+    jobmem_amount=500,
+    jobmem_length=64,
     quick=True,
     quiet_wait_s=0.0,
 )
@@ -270,7 +306,11 @@ def run_client(
     wall_before = time.monotonic()
     try:
         done = subprocess.run(
-            pinned(CLIENT_CPU, argv), cwd=ROOT, capture_output=True, timeout=budget + 30
+            pinned(CLIENT_CPU, argv),
+            cwd=ROOT,
+            capture_output=True,
+            timeout=budget + 30,
+            env={**os.environ, "BENCH_PRODUCT_ROOT": str(srv.root)},
         )
     except subprocess.TimeoutExpired:
         return {"scenario": scenario, "label": label, "error": "client timed out"}
@@ -311,6 +351,27 @@ def headline(r: dict[str, Any]) -> str:
             f"connected {r['connected']}/{r['n']} all-ticks {r['streams_all_ticks']} "
             f"rss/stream {r['rss_per_stream_kib']} KiB p50 {r['latency']['p50_ms']} "
             f"p99 {r['latency']['p99_ms']} ms client cpu {cpu.get('client_cpu_util')}"
+        )
+    if r["scenario"] == "storm":
+        return (
+            f"served {r['served']}/{r['n']} ({r['mode']}) 5xx {r['status_5xx']} all served in "
+            f"{r['all_served_s']} s, placed {r['placed']}; deliveries {r['deliveries']}/"
+            f"{r['deliveries_expected']} client cpu {cpu.get('client_cpu_util')}"
+        )
+    if r["scenario"] == "jobmem":
+        return (
+            f"watched {r['watched']['complete']}/{r['n']} peak RSS "
+            f"{r['rss_peak_watched_kib']} KiB, after {r['rss_after_watched_kib']} KiB; replayed "
+            f"{r['replayed']['complete']}/{r['n']} at {r['replayed']['events_per_s']} events/s, "
+            f"peak RSS {r['rss_peak_replayed_kib']} KiB"
+        )
+    if r["scenario"] == "topics":
+        per = cpu.get("server_cpu_s")
+        return (
+            f"K={r['topics']} via {r['via']}: deliveries {r['deliveries']}/"
+            f"{r['deliveries_expected']} server cpu {per} s "
+            f"({None if per is None else round(1e6 * per / r['publishes'], 1)} µs/publish) "
+            f"p99 {r['latency']['p99_ms']} ms"
         )
     if r["scenario"] in ("fanout", "scaleout"):
         return (
@@ -495,6 +556,183 @@ def run_scaleout(bench: Bench, plan: Plan) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------
+# Storms, topics and the cost per worker (brokers: memory, Redis, Redis Cluster)
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    """A broker for the product: its URL, the processes to measure, how to empty it."""
+
+    kind: str
+    url: str | None = None
+    pids: dict[str, int] = field(default_factory=dict)
+    redis: RedisServer | None = None
+    cluster: RedisCluster | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        return {"QUART_BROKER_URL": self.url} if self.url else {}
+
+    def flush(self) -> None:
+        if self.redis is not None:
+            self.redis.flush()
+        if self.cluster is not None:
+            self.cluster.flush()
+
+
+@contextmanager
+def backend(bench: Bench, kind: str) -> Iterator[Backend]:
+    """The memory broker, one ``redis-server``, or a 3-master Redis Cluster; every
+    redis-server pinned to the server CPU (it competes with the worker for it)."""
+    if kind == "memory":
+        yield Backend("memory")
+        return
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server is not installed")
+    if kind == "redis":
+        redis = RedisServer(bench.workdir / f"redis-{free_port()}", prefix=pinned(SERVER_CPU))
+        try:
+            redis.start()
+            yield Backend(
+                "redis",
+                f"redis://{HOST}:{redis.port}/0",
+                {"redis-server": redis.pid},
+                redis=redis,
+                info={"version": str(redis.info("server").get("redis_version", "?"))},
+            )
+        finally:
+            redis.stop()
+        return
+    cluster = RedisCluster(bench.workdir / f"cluster-{free_port()}", masters=3)
+    for node in cluster.nodes:
+        node.prefix = pinned(SERVER_CPU)
+    try:
+        cluster.start()
+        yield Backend(
+            "cluster",
+            "redis+cluster://" + ",".join(cluster.addresses),
+            {f"redis-node-{i}": node.pid for i, node in enumerate(cluster.nodes, 1)},
+            cluster=cluster,
+            info={"masters": len(cluster.nodes)},
+        )
+    finally:
+        cluster.stop()
+
+
+def run_on_backend(
+    bench: Bench,
+    plan: Plan,
+    back: Backend,
+    scenario: str,
+    label: str,
+    args: list[str],
+    budget: float,
+    env: dict[str, str],
+) -> dict[str, Any]:
+    """One client run against a fresh one-worker product on ``back`` (emptied first)."""
+    wait_quiet(plan.quiet_wait_s)
+    try:
+        back.flush()
+        full_env = {**CHANNELS_LIFTED, **env, **back.env()}
+        with running(bench, "product", env=full_env) as srv:
+            result = run_client(scenario, srv, label, args, budget, measure=back.pids)
+    except (RuntimeError, OSError, RedisError) as error:
+        log(f"  -> {label} failed: {str(error)[:300]}")
+        result = {"scenario": scenario, "label": label, "error": str(error)[-2000:]}
+    result["broker"] = back.kind
+    return result
+
+
+def run_storm(bench: Bench, plan: Plan) -> dict[str, Any]:
+    """``storm_n`` subscribes in one burst on each broker: on as many channels (then
+    one publish to each), and all on one channel (then ``storm_one_publishes``)."""
+    n = plan.storm_n
+    out: dict[str, Any] = {
+        "params": {"n": n, "one_publishes": plan.storm_one_publishes, "distinct_publishes": n}
+    }
+    for kind in plan.storm_brokers:
+        runs: dict[str, Any] = {}
+        try:
+            with backend(bench, kind) as back:
+                runs["backend"] = back.info
+                for mode, publishes in (("distinct", n), ("one", plan.storm_one_publishes)):
+                    args = [
+                        "--n",
+                        str(n),
+                        "--mode",
+                        mode,
+                        "--publishes",
+                        str(publishes),
+                        "--token",
+                        TOKEN,
+                    ]
+                    runs[mode] = run_on_backend(
+                        bench, plan, back, "storm", f"storm-{mode}-{kind}", args, 600, {}
+                    )
+        except (RuntimeError, OSError, RedisError) as error:
+            log(f"  -> storm on {kind} failed: {str(error)[:300]}")
+            runs["error"] = str(error)[-2000:]
+        out[kind] = runs
+    return out
+
+
+def run_topics(bench: Bench, plan: Plan) -> dict[str, Any]:
+    """K channels with one subscriber each, for each K and broker: P publishes by
+    POST; on Redis also P publishes made straight into Redis (the read path alone)."""
+    out: dict[str, Any] = {
+        "params": {
+            "ks": list(plan.topic_ks),
+            "publishes": plan.topic_publishes,
+            "rate": plan.topic_rate,
+        }
+    }
+    for kind in plan.topic_brokers:
+        runs: dict[str, Any] = {}
+        try:
+            with backend(bench, kind) as back:
+                runs["backend"] = back.info
+                for k in plan.topic_ks:
+                    args = [
+                        "--n",
+                        str(k),
+                        "--publishes",
+                        str(plan.topic_publishes),
+                        "--rate",
+                        str(plan.topic_rate),
+                        "--token",
+                        TOKEN,
+                    ]
+                    budget = 120 + k / 100 + plan.topic_publishes / plan.topic_rate
+                    runs[str(k)] = run_on_backend(
+                        bench,
+                        plan,
+                        back,
+                        "topics",
+                        f"topics-{k}-{kind}",
+                        args,
+                        budget,
+                        QUIET_STREAMS,
+                    )
+                    if back.url:
+                        runs[f"{k}-read"] = run_on_backend(
+                            bench,
+                            plan,
+                            back,
+                            "topics",
+                            f"topics-{k}-{kind}-read-path",
+                            [*args, "--via-redis", back.url],
+                            budget,
+                            QUIET_STREAMS,
+                        )
+        except (RuntimeError, OSError, RedisError) as error:
+            log(f"  -> topics on {kind} failed: {str(error)[:300]}")
+            runs["error"] = str(error)[-2000:]
+        out[kind] = runs
+    return out
+
+
 def run_all(bench: Bench, plan: Plan) -> dict[str, Any]:
     results: dict[str, Any] = {"hold": {}, "fanout": {}, "generate": {}, "ceiling": {}}
     if "hold" in plan.scenarios:
@@ -526,6 +764,12 @@ def run_all(bench: Bench, plan: Plan) -> dict[str, Any]:
         )["ceiling"]
     if "scaleout" in plan.scenarios:
         results["scaleout"] = run_scaleout(bench, plan)
+    if "storm" in plan.scenarios:
+        results["storm"] = run_storm(bench, plan)
+    if "topics" in plan.scenarios:
+        results["topics"] = run_topics(bench, plan)
+    if "jobmem" in plan.scenarios:
+        results["jobmem"] = run_jobmem(bench, plan)
     return results
 
 
@@ -581,3 +825,76 @@ def run_profiles(bench: Bench, plan: Plan, outdir: Path) -> None:
                 except subprocess.TimeoutExpired:
                     recorder.kill()
         log(f"profile of {scenario} written to {outdir}")
+
+
+def mem_available_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1])
+    return 0
+
+
+def run_jobmem(bench: Bench, plan: Plan) -> dict[str, Any]:
+    """One worker, memory broker: ``jobmem_jobs`` jobs of ``amount`` x ``length`` (the
+    product's MAX_JOBS, MAX_AMOUNT and MAX_LENGTH unless the plan says less) watched
+    to the end, then replayed; served by the product (replay from storage, its
+    journal) and by ``memory_replay_app.py`` (every event kept in memory), same run."""
+    if not (bench.serve_root / "quart_app" / "journal.py").exists():
+        return {"skipped": "the product has no job journal (replay is from memory only)"}
+    defaults = default_config_of(bench)
+    jobs = plan.jobmem_jobs or int(defaults["MAX_JOBS"])
+    amount = plan.jobmem_amount or int(defaults["MAX_AMOUNT"])
+    length = plan.jobmem_length or int(defaults["MAX_LENGTH"])
+    out: dict[str, Any] = {
+        "params": {"jobs": jobs, "amount": amount, "length": length},
+        "limits": {k: defaults[k] for k in ("MAX_JOBS", "MAX_AMOUNT", "MAX_LENGTH")},
+    }
+    # Replay from memory holds every event: about (length + 400) bytes each, twice
+    # over for safety; a shared machine must keep room for everyone else.
+    need_kib = 2 * jobs * amount * (length + 400) // 1024
+    env = {
+        "QUART_MAX_JOBS": str(jobs),
+        "QUART_MAX_JOBS_PER_SESSION": str(jobs),
+        "QUART_JOB_TTL_S": "900",
+    }
+    args = ["--n", str(jobs), "--amount", str(amount), "--length", str(length)]
+    variants = (
+        ("storage", PRODUCT_APP),
+        ("memory", str(BENCH / "memory_replay_app.py") + ":create_app()"),
+    )
+    for name, app in variants:
+        if name == "memory" and mem_available_kib() < need_kib + 2 * 1024 * 1024:
+            out[name] = {
+                "scenario": "jobmem",
+                "error": f"not run: it needs about {need_kib // 1024} MiB and "
+                f"{mem_available_kib() // 1024} MiB are available",
+            }
+            continue
+        wait_quiet(plan.quiet_wait_s)
+        srv = server(bench, "product", env=env)
+        srv.app = app
+        try:
+            srv.start(timeout=30.0)
+            try:
+                srv.worker_pids()
+                time.sleep(0.5)
+                out[name] = run_client("jobmem", srv, f"jobmem-{name}", args, 1800)
+            finally:
+                srv.stop(grace=20.0)
+        except RuntimeError as error:
+            out[name] = {"scenario": "jobmem", "label": name, "error": str(error)[-2000:]}
+    return out
+
+
+def default_config_of(bench: Bench) -> dict[str, Any]:
+    """The measured product's defaults (``quart_app.config``), read in a subprocess
+    so that an exported revision answers for itself."""
+    code = (
+        "import json; from quart_app.config import default_config; "
+        "print(json.dumps({k: v for k, v in default_config().items() "
+        "if k in ('MAX_JOBS', 'MAX_AMOUNT', 'MAX_LENGTH', 'JOB_TTL_S')}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=bench.serve_root, capture_output=True, text=True
+    )
+    return dict(json.loads(done.stdout))

@@ -1,0 +1,21 @@
+"""The product as it replayed jobs before it had a journal: every event of a job in memory.
+
+``bench/run``'s jobs' memory scenario serves this next to the product itself, in
+the same run, to compare replay from storage (the journal: events older than a
+small window are read back from the job's result file) with replay from memory
+(every event kept in the broker's topic until the job's TTL).  Nothing else
+changes: the window a job's topic keeps is made larger than any job.
+"""
+
+from __future__ import annotations
+
+from quart import Quart
+
+import quart_app.jobs
+from quart_app import create_app as product_app
+
+quart_app.jobs.JOB_WINDOW = 1 << 62
+
+
+def create_app() -> Quart:
+    return product_app()
