@@ -904,7 +904,18 @@ def spread(values: list[float | None]) -> float | None:
 
 
 def run_stamp(section: dict[str, Any]) -> str:
-    run = section.get("run") or {}
+    """When the section ran; per broker when its brokers ran at different times."""
+    by_run: dict[str, list[str]] = {}
+    for kind, name in BROKER_NAMES.items():
+        run = (section.get(kind) or {}).get("run")
+        if run:
+            by_run.setdefault(one_stamp(run), []).append(name)
+    if len(by_run) > 1:
+        return " ".join(f"{', '.join(names)}: {stamp}" for stamp, names in by_run.items())
+    return one_stamp(section.get("run") or {})
+
+
+def one_stamp(run: dict[str, Any]) -> str:
     if not run:
         return ""
     return (
