@@ -799,7 +799,12 @@ class JobRegistry:
                 # Ahead of what is known (a job that lost its results): its terminal event.
                 after = last - 1
         subscription = self.broker.subscribe(
-            topic_for(job_id), after=after, max_lag=None, maxlen=self._maxlen(state["amount"])
+            topic_for(job_id),
+            after=after,
+            max_lag=None,
+            # In this process's memory, a window: older events are paged from
+            # storage (the journal, or the job's Redis stream) by those behind.
+            maxlen=min(self._maxlen(state["amount"]), self.window),
         )
         job = self.jobs.get(job_id)
         if self.durable and job is not None:

@@ -146,3 +146,28 @@ async def test_a_draining_worker_hands_its_jobs_over_at_once(
     state = registry(two).jobs[job["id"]]
     await eventually(lambda: state.produced >= 10, timeout=10)
     assert state.status == "running"
+
+
+async def test_a_watcher_behind_the_window_pages_from_the_stream(
+    workers: tuple[Quart, Quart],
+) -> None:
+    """A process keeps only a window of a job's events in memory; a watcher from the
+    start pages the rest from the job's Redis stream, exactly."""
+    one, two = workers
+    amount = jobs_module.JOB_WINDOW * 4
+    response = await one.test_client().post("/jobs", json={"amount": amount, "length": 4})
+    job = await response.get_json()
+    await eventually(lambda: registry(one).jobs[job["id"]].status == "done", timeout=20)
+    url = f"/jobs/{job['id']}/events?key={job['key']}"
+    result = await read_stream(
+        two.test_client(),
+        url,
+        headers={"Last-Event-ID": f"{job['id']}:0"},
+        until=lambda p: bool(p.events) and p.events[-1].type == "done",
+        timeout=20,
+    )
+    assert [index for index, _ in strings(result.parsed.events)] == list(range(1, amount + 1))
+    download = await one.test_client().get(f"/jobs/{job['id']}/result?key={job['key']}")
+    assert [text for _, text in strings(result.parsed.events)] == (
+        await download.get_data(as_text=True)
+    ).splitlines()
