@@ -67,6 +67,8 @@ class Defaults:
     JOB_LIMIT_LEASE_S = 10.0
     # Strings generated between two yields to the event loop (delay_ms=0).
     JOB_BATCH = 256
+    # Newest events of each job kept in memory; older ones are replayed from storage.
+    JOB_WINDOW = 256
 
     # Server push (SPEC §5).
     TICKER_INTERVAL_S = 1.0
@@ -137,6 +139,7 @@ _POSITIVE_INT = (
     "MAX_JOBS_PER_SESSION",
     "MAX_JOBS",
     "JOB_BATCH",
+    "JOB_WINDOW",
     "TICKER_HISTORY",
     "TICKER_BUFFER",
     "CHANNEL_HISTORY",

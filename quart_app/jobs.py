@@ -334,7 +334,7 @@ class JobRegistry:
         self.durable = isinstance(broker, MemoryBroker)
         # Events of a job kept in memory (memory broker); a very large value keeps
         # them all, as before the journal (the benchmark compares the two).
-        self.window = int(config.get("JOB_WINDOW", JOB_WINDOW))
+        self.window = int(config["JOB_WINDOW"])
         self._scanner: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
 

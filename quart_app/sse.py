@@ -15,8 +15,8 @@ Frames follow the WHATWG ``text/event-stream`` format.  Deliberate choices:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 # Flask-SSE's ``await sse.publish(data, type=..., channel=...)``: the package sets it
