@@ -7,6 +7,7 @@ pub/sub connection per shard per process, scripts on hash-tagged keys.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -47,6 +48,29 @@ async def test_topics_spread_over_the_shards_with_one_connection_each(
             # Sixty topics over three masters: one pub/sub connection per shard.
             assert len(broker._follower.shards) == 3
             assert sum(len(s.channels) for s in broker._follower.shards.values()) == 60
+        finally:
+            for context in contexts:
+                await context.__aexit__(None, None, None)
+    finally:
+        await broker.close()
+
+
+async def test_concurrent_first_subscribes_over_many_slots_are_joined(
+    redis_cluster: RedisCluster,
+) -> None:
+    # One batch of joins holds topics of many slots: a cluster refuses a
+    # SSUBSCRIBE across slots (CROSSSLOT), so each slot gets its own.
+    redis_cluster.flush()
+    broker = RedisBroker(cluster_url(redis_cluster), wait_s=3.0)
+    await broker.start()
+    try:
+        contexts = [broker.subscribe(f"s{i}", maxlen=10) for i in range(40)]
+        subs = await asyncio.gather(*(context.__aenter__() for context in contexts))
+        try:
+            for i in range(40):
+                await broker.publish(f"s{i}", f"m{i}", maxlen=10)
+            for sub in subs:
+                assert await receive(sub, 1) == [1]  # noqa: F405
         finally:
             for context in contexts:
                 await context.__aexit__(None, None, None)

@@ -457,6 +457,7 @@ class RedisBroker:
             timeout_s=timeout_s,
             wait_s=wait_s,
             linger_s=linger_s,
+            by_slot=self.cluster,
         )
         self._pubsub_pools: dict[str, ConnectionPool] = {}
         self._slots = asyncio.Semaphore(max_connections) if self.cluster else None

@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio.connection import AbstractConnection
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -230,8 +231,9 @@ class Shard:
         conn = self._conn
         if conn is None:
             return
-        for start in range(0, len(channels), JOIN_BATCH):
-            packed = conn.pack_command(command, *channels[start : start + JOIN_BATCH])
+        groups = self.follower.groups(channels)
+        for start in range(0, len(groups), JOIN_BATCH):
+            packed = conn.pack_commands([(command, *g) for g in groups[start : start + JOIN_BATCH]])
             self.follower.spawn(self._write(conn, packed), "redis-shard-send")
 
     async def _write(self, conn: AbstractConnection, packed: list[bytes]) -> None:
@@ -357,8 +359,11 @@ class Follower:
         timeout_s: float,
         wait_s: float,
         linger_s: float,
+        by_slot: bool = False,
     ) -> None:
         self._key = key
+        # A cluster: one (S)SUBSCRIBE per slot, as it refuses one across slots.
+        self.by_slot = by_slot
         self._channel = channel
         self._shard_for = shard_for
         self._command = command  # the command client (Redis or RedisCluster)
@@ -381,6 +386,20 @@ class Follower:
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="redis-follow-sweep")
+
+    def groups(self, channels: Sequence[bytes]) -> list[Sequence[bytes]]:
+        """The channels of each SSUBSCRIBE (or SUNSUBSCRIBE): up to JOIN_BATCH, one slot
+        each on a cluster (which answers CROSSSLOT otherwise)."""
+        if not self.by_slot:
+            return [channels[i : i + JOIN_BATCH] for i in range(0, len(channels), JOIN_BATCH)]
+        slots: dict[int, list[bytes]] = {}
+        for channel in channels:
+            slots.setdefault(key_slot(channel), []).append(channel)
+        return [
+            group[i : i + JOIN_BATCH]
+            for group in slots.values()
+            for i in range(0, len(group), JOIN_BATCH)
+        ]
 
     async def close(self) -> None:
         for task in (self._joiner, self._sweeper, self._resync_task):
