@@ -18,7 +18,6 @@ from httpx_sse import aconnect_sse
 
 from .harness import RedisServer, ServerProcess
 from .helpers import seq_of
-from .sse_client import dispatched
 
 pytestmark = pytest.mark.e2e
 
@@ -61,11 +60,13 @@ class Collector:
     async def _read(self, client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> None:
         async with aconnect_sse(client, "GET", url, headers=headers) as source:
             source.response.raise_for_status()
-            self.opened.set()
-            async for sse in dispatched(source):
+            async for sse in source.aiter_sse():
+                # Opened at the first frame (retry:), which the server writes once
+                # it has subscribed; the headers come before the subscription.
+                self.opened.set()
                 if sse.data == "":
-                    # httpx-sse yields a phantom event for a keep-alive comment
-                    # once an id was seen; none of these streams sends empty data.
+                    # The retry-only frame, and httpx-sse's phantom event for a
+                    # keep-alive comment; none of these streams sends empty data.
                     continue
                 self.events.append(sse)
                 self._changed.set()
