@@ -19,6 +19,7 @@ from .processes import (
     cpu_s,
     free_port,
     kill_left,
+    owns_listener,
     rss_kib,
     tail,
     terminate,
@@ -91,8 +92,24 @@ class ServerProcess:
             self.app,
         ]
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
-        """Start it and wait until ``/healthz`` answers 200 (``RuntimeError`` otherwise)."""
+    def start(self, timeout: float = 20.0, attempts: int = 3) -> ServerProcess:
+        """Start it and wait until ``/healthz`` answers 200 (``RuntimeError`` otherwise).
+
+        A free port can be taken by another process between choosing and binding it
+        (other test runs on the machine): then the server starts again on another.
+        """
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout)
+            except RuntimeError as error:
+                taken = "Address already in use" in str(error)
+                if not taken or attempt == attempts - 1 or self.command is not None:
+                    raise
+                self.port = free_port()
+                self.url = f"http://{HOST}:{self.port}"
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> ServerProcess:
         self.instance.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")  # the server's output; closed in stop()
@@ -115,6 +132,8 @@ class ServerProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"server exited early:\n{self.log()}")
+        if self.command is None and not owns_listener(self.proc.pid, self.port):
+            return False  # not ours yet: something else may answer on this port
         try:
             with urllib.request.urlopen(f"{self.url}/healthz", timeout=1.0) as response:
                 return bool(response.status == 200)

@@ -124,3 +124,46 @@ def tail(path: Path, chars: int = 4000) -> str:
         return path.read_text(errors="replace")[-chars:]
     except OSError:
         return ""
+
+
+def listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP ``port`` (IPv4 and IPv6), from /proc/net."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                found.add(fields[9])
+    return found
+
+
+def owns_listener(pid: int, port: int) -> bool:
+    """Whether ``pid`` or one of its children holds the socket listening on ``port``.
+
+    Tells a server that came up from another process that answers on a port it
+    took first (two test runs picking the same free port at once).
+    """
+    inodes = listening_inodes(port)
+    if not inodes:
+        return False
+    for candidate in [pid, *children(pid)]:
+        try:
+            links = {
+                os.readlink(f"/proc/{candidate}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{candidate}/fd")
+            }
+        except OSError:
+            continue
+        if any(f"socket:[{inode}]" in links for inode in inodes):
+            return True
+    return False
