@@ -992,6 +992,17 @@ def storm_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, An
                 }
             )
     met = sum(1 for t in targets if t["met"])
+    logs: list[str] = []
+    for kind, name in BROKER_NAMES.items():
+        for mode in ("distinct", "one"):
+            r = get(storm, kind, mode)
+            if r is None or not r.get("server_warnings"):
+                continue
+            failed = "error" in r or r.get("deliveries") != r.get("deliveries_expected")
+            if failed or not r.get("placed"):
+                where = "many channels" if mode == "distinct" else "one channel"
+                logs.append(f"* {name}, storm on {where}:")
+                logs += [f"  * `{line}`" for line in r["server_warnings"]]
     parts = [
         run_stamp(storm),
         "",
@@ -1042,6 +1053,14 @@ def storm_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, An
         "figures of that run are inflated).",
         "",
     ]
+    if logs:
+        parts += [
+            "What the server logged in the storms that missed their target (distinct "
+            "warnings, with their counts):",
+            "",
+            *logs,
+            "",
+        ]
     return parts, targets
 
 

@@ -638,11 +638,27 @@ def run_on_backend(
         full_env = {**CHANNELS_LIFTED, **env, **back.env()}
         with running(bench, "product", env=full_env) as srv:
             result = run_client(scenario, srv, label, args, budget, measure=back.pids)
+        result["server_warnings"] = warnings_of(srv.log_path)
     except (RuntimeError, OSError, RedisError) as error:
         log(f"  -> {label} failed: {str(error)[:300]}")
         result = {"scenario": scenario, "label": label, "error": str(error)[-2000:]}
     result["broker"] = back.kind
     return result
+
+
+def warnings_of(log_path: Path, most: int = 8) -> list[str]:
+    """The server's distinct WARNING and ERROR lines (timestamps off), the first few."""
+    seen: dict[str, int] = {}
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        for level in (" WARNING ", " ERROR "):
+            if level in line:
+                text = level.strip() + " " + line.split(level, 1)[1].strip()[:300]
+                seen[text] = seen.get(text, 0) + 1
+    return [f"{text} (x{count})" for text, count in list(seen.items())[:most]]
 
 
 def run_storm(bench: Bench, plan: Plan) -> dict[str, Any]:
