@@ -37,6 +37,7 @@ from quart_app.db import History, SchemaError, job_row, metadata
 
 from .conftest import FAST
 from .harness import PostgresServer
+from .polling import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -341,6 +342,12 @@ async def test_workers_of_one_server_start_together_on_a_fresh_database(
     assert len(server.worker_pids()) == 3
     schema = await inspect_db(url, schema_of)
     assert schema["revision"] == HEAD and schema["drift"] == []
+    # Healthy means one worker answers: the others may still be starting.
+    await eventually(
+        lambda: server.log(100_000).count(f"(schema revision {HEAD})"),
+        lambda count: count >= 3,
+        timeout=30,
+    )
     log = server.log(100_000)
     assert log.count(f"schema upgraded from revision (empty) to {HEAD}") == 1, log
     assert log.count(f"(schema revision {HEAD})") == 3, log
