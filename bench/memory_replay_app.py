@@ -4,7 +4,9 @@
 the same run, to compare replay from storage (the journal: events older than a
 small window are read back from the job's result file) with replay from memory
 (every event kept in the broker's topic until the job's TTL).  Nothing else
-changes: the window a job's topic keeps is made larger than any job.
+changes: the window a job's topic keeps is made larger than any job.  For a
+product where the window is a setting (``JOB_WINDOW``), the bench sets that
+instead and does not use this module.
 """
 
 from __future__ import annotations

@@ -1389,9 +1389,10 @@ def jobmem_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
             "is smaller). "
         )
         + "The worker's VmRSS is sampled every 0.25 s. In the same run, "
-        f"{fmt(paired)} jobs of that size are served by the product and by "
-        "`bench/memory_replay_app.py`, the product with every event of a job kept in its "
-        "topic until the job's TTL, which is how jobs were replayed before the journal"
+        f"{fmt(paired)} jobs of that size are served by the product and by the product "
+        f"with every event of a job kept in its topic until the job's TTL "
+        f"(`{jobmem.get('memory_replay', 'bench/memory_replay_app.py')}`), which is how "
+        "jobs were replayed before the journal"
         + (
             "."
             if paired == jobs

@@ -876,16 +876,24 @@ def run_jobmem(bench: Bench, plan: Plan) -> dict[str, Any]:
         "params": {"jobs": jobs, "amount": amount, "length": length, "paired_jobs": paired},
         "limits": {k: defaults[k] for k in ("MAX_JOBS", "MAX_AMOUNT", "MAX_LENGTH")},
     }
-    memory_app = str(BENCH / "memory_replay_app.py") + ":create_app()"
-    runs = [("storage", jobs, PRODUCT_APP)]
+    # Every event in memory: a window larger than the job (JOB_WINDOW), or, for a
+    # product where the window is not a setting, the launcher that enlarges it.
+    if "JOB_WINDOW" in defaults:
+        memory_app, memory_env = PRODUCT_APP, {"QUART_JOB_WINDOW": str(amount + 2)}
+        out["memory_replay"] = f"JOB_WINDOW={amount + 2}"
+    else:
+        memory_app, memory_env = str(BENCH / "memory_replay_app.py") + ":create_app()", {}
+        out["memory_replay"] = "bench/memory_replay_app.py"
+    runs = [("storage", jobs, PRODUCT_APP, {})]
     if paired != jobs:
-        runs.append(("pair-storage", paired, PRODUCT_APP))
-    runs.append(("pair-memory", paired, memory_app))
-    for name, count, app in runs:
+        runs.append(("pair-storage", paired, PRODUCT_APP, {}))
+    runs.append(("pair-memory", paired, memory_app, memory_env))
+    for name, count, app, extra in runs:
         env = {
             "QUART_MAX_JOBS": str(count),
             "QUART_MAX_JOBS_PER_SESSION": str(count),
             "QUART_JOB_TTL_S": "900",
+            **extra,
         }
         args = ["--n", str(count), "--amount", str(amount), "--length", str(length)]
         wait_quiet(plan.quiet_wait_s)
@@ -912,7 +920,7 @@ def default_config_of(bench: Bench) -> dict[str, Any]:
     code = (
         "import json; from quart_app.config import default_config; "
         "print(json.dumps({k: v for k, v in default_config().items() "
-        "if k in ('MAX_JOBS', 'MAX_AMOUNT', 'MAX_LENGTH', 'JOB_TTL_S')}))"
+        "if k in ('MAX_JOBS', 'MAX_AMOUNT', 'MAX_LENGTH', 'JOB_TTL_S', 'JOB_WINDOW')}))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=bench.serve_root, capture_output=True, text=True
