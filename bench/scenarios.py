@@ -884,7 +884,7 @@ def run_jobmem(bench: Bench, plan: Plan) -> dict[str, Any]:
     else:
         memory_app, memory_env = str(BENCH / "memory_replay_app.py") + ":create_app()", {}
         out["memory_replay"] = "bench/memory_replay_app.py"
-    runs = [("storage", jobs, PRODUCT_APP, {})]
+    runs: list[tuple[str, int, str, dict[str, str]]] = [("storage", jobs, PRODUCT_APP, {})]
     if paired != jobs:
         runs.append(("pair-storage", paired, PRODUCT_APP, {}))
     runs.append(("pair-memory", paired, memory_app, memory_env))
