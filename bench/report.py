@@ -1350,7 +1350,7 @@ def jobmem_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
         if r is None or (name == "pair-storage" and paired == jobs):
             continue
         if "error" in r:
-            rows.append([label, fmt(count), "error: " + str(r["error"])[:300], *[""] * 7])
+            rows.append([label, fmt(count), "error: " + str(r["error"])[:300], *[""] * 10])
             continue
         rows.append(
             [
@@ -1363,10 +1363,22 @@ def jobmem_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
                 mib(r.get("rss_peak_replayed_kib")),
                 fmt(get(r, "watched", "events_per_s"), 0),
                 fmt(get(r, "replayed", "events_per_s"), 0),
+                fmt(_per(get(r, "cpu", "server_cpu_s"), get(r, "replayed", "events")), 2),
+                fmt(_pct(get(r, "cpu", "server_cpu_util")), 0),
+                fmt(_pct(get(r, "cpu", "client_cpu_util")), 0),
                 noise(r),
             ]
         )
     storage, memory = jobmem.get("pair-storage"), jobmem.get("pair-memory")
+    cpu_ratio = ratio(
+        _per(get(storage, "cpu", "server_cpu_s"), get(storage, "replayed", "events")),
+        _per(get(memory, "cpu", "server_cpu_s"), get(memory, "replayed", "events")),
+    )
+    client_bound = [
+        name
+        for name, r in (("storage", storage), ("memory", memory))
+        if (get(r, "cpu", "client_cpu_util") or 0) >= 0.8
+    ]
     rate = ratio(get(storage, "replayed", "events_per_s"), get(memory, "replayed", "events_per_s"))
     held = ratio(get(storage, "rss_after_watched_kib"), get(memory, "rss_after_watched_kib"))
     full = (
@@ -1411,12 +1423,22 @@ def jobmem_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
                 "RSS peak, replayed (MiB)",
                 "events/s, watched",
                 "events/s, replayed",
+                "server CPU per replayed event (µs)",
+                "server CPU, replay (% core)",
+                "client CPU, replay (% core)",
                 "load avg / other processes (cores)",
             ],
             rows,
         ),
         "",
-        f"*Replay rate, storage / memory* ({fmt(paired)} jobs each): **{fmt_ratio(rate)}**. "
+        f"*Replay rate, storage / memory* ({fmt(paired)} jobs each): **{fmt_ratio(rate)}**"
+        + (
+            f" (the {' and '.join(client_bound)} replay kept the client's core busy: "
+            "there the rate is the client's, and the server could go faster)"
+            if client_bound
+            else ""
+        )
+        + f"; *server CPU per replayed event, storage / memory*: **{fmt_ratio(cpu_ratio)}**. "
         f"*RSS after the jobs ended, storage / memory*: **{fmt_ratio(held)}** (what a worker "
         "keeps while finished jobs wait for their TTL).",
         "",
