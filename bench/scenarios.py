@@ -55,6 +55,9 @@ CHANNELS_LIFTED = {"QUART_MAX_CHANNELS": "100000"}
 # The topic scenario measures what a publish costs: heartbeats (a per-connection
 # cost, measured by ``hold``) are spaced out so that they do not land in its window.
 QUIET_STREAMS = {"QUART_SSE_HEARTBEAT_S": "600", "QUART_SSE_MAX_AGE_S": "3600"}
+# A diagnostic run: the statistics gauges (subscribers per topic, every second by
+# default) spaced out too.
+STATS_SPACED = {"QUART_STATS_INTERVAL_S": "600"}
 
 
 @dataclass
@@ -742,6 +745,31 @@ def run_topics(bench: Bench, plan: Plan) -> dict[str, Any]:
                             budget,
                             QUIET_STREAMS,
                         )
+                # The largest K again with the statistics gauges (which list every
+                # topic's subscribers, every STATS_INTERVAL_S) spaced out: what the
+                # per-topic part of the cost is.
+                k = max(plan.topic_ks)
+                args = [
+                    "--n",
+                    str(k),
+                    "--publishes",
+                    str(plan.topic_publishes),
+                    "--rate",
+                    str(plan.topic_rate),
+                    "--token",
+                    TOKEN,
+                    *(["--via-redis", back.url] if back.url else []),
+                ]
+                runs[f"{k}{'-read' if back.url else ''}-nostats"] = run_on_backend(
+                    bench,
+                    plan,
+                    back,
+                    "topics",
+                    f"topics-{k}-{kind}-stats-600s",
+                    args,
+                    120 + k / 100 + plan.topic_publishes / plan.topic_rate,
+                    {**QUIET_STREAMS, **STATS_SPACED},
+                )
         except (RuntimeError, OSError, RedisError) as error:
             log(f"  -> topics on {kind} failed: {str(error)[:300]}")
             runs["error"] = str(error)[-2000:]
