@@ -64,6 +64,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
@@ -569,6 +570,37 @@ class RedisBroker:
             await self._drop_idle_connections()
             raise BrokerUnavailable(f"Redis is unavailable: {error!r}") from error
 
+    async def _call_many(
+        self, calls: Sequence[Callable[[], Awaitable[Any]]], limit_s: float | None = None
+    ) -> list[Any]:
+        """Commands on a cluster at once, each holding one of ``_slots`` while it runs.
+
+        A cluster client's node pools raise ``MaxConnectionsError`` past their
+        size instead of waiting, so a batch (a join's scripts, one per topic)
+        may not start all its commands at once: each waits for a slot.  The
+        first failure cancels the rest, so none is left running, holding a
+        connection that the next try (or any other command) would miss.
+        """
+        slots = self._slots
+
+        async def one(call: Callable[[], Awaitable[Any]]) -> Any:
+            if slots is None:
+                return await call()
+            async with slots:
+                return await call()
+
+        tasks = [asyncio.ensure_future(one(call)) for call in calls]
+        try:
+            async with asyncio.timeout(limit_s or self.timeout_s):
+                return list(await asyncio.gather(*tasks))
+        except _DOWN as error:
+            await self._drop_idle_connections()
+            raise BrokerUnavailable(f"Redis is unavailable: {error!r}") from error
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _drop_idle_connections(self) -> None:
         # After a Redis restart every pooled connection is dead; without
         # this each would fail one more command before being replaced.
@@ -793,11 +825,13 @@ class RedisBroker:
 
         replies: list[Any]
         if self.cluster:
-            # Scripts cannot be pipelined on a cluster: concurrent calls, bounded by the pool.
-            replies = await self._call(
-                asyncio.gather(
-                    *(script(keys=[e.key, self._inc_key(e.key)], args=args(e)) for e in entries)
-                ),
+            # Scripts cannot be pipelined on a cluster: concurrent calls, each
+            # waiting for a connection (a batch is larger than the pools).
+            replies = await self._call_many(
+                [
+                    partial(script, keys=[e.key, self._inc_key(e.key)], args=args(e))
+                    for e in entries
+                ],
                 limit_s=self.wait_s,
             )
         else:
@@ -898,8 +932,12 @@ class RedisBroker:
         if self.cluster:
             # One script per set (one slot each), concurrently: scripts cannot be
             # pipelined on a cluster.
-            calls = [script(keys=[name], args=[ms, *members]) for name, members in by_key.items()]
-            await self._call(asyncio.gather(*calls))
+            await self._call_many(
+                [
+                    partial(script, keys=[name], args=[ms, *members])
+                    for name, members in by_key.items()
+                ]
+            )
             return
         pipe = self.redis.pipeline(transaction=False)
         for name, members in by_key.items():
