@@ -22,6 +22,7 @@ from quart_app.brokers.redis import RedisBroker
 
 from .conftest import cluster_url
 from .harness import HOST, RedisCluster, RedisServer, ServerProcess
+from .test_brokers import receive
 
 pytestmark = pytest.mark.e2e
 
@@ -196,3 +197,28 @@ async def test_redis_restarting_during_a_storm(
     await subscribed(server, DISTINCT + CROWD)
     await publish_to_all(durable_redis.url)
     await delivered(streams)
+
+
+async def test_a_join_larger_than_the_cluster_pools_waits_for_connections(
+    redis_cluster: RedisCluster,
+) -> None:
+    """A cluster client's node pools refuse past their size (``MaxConnectionsError``):
+    a join of many topics (one script each on a cluster) waits for connections."""
+    redis_cluster.flush()
+    # Pools of 4 connections per node; 300 topics join in one batch (about 100 per node).
+    broker = RedisBroker(cluster_url(redis_cluster), max_connections=2, wait_s=5.0)
+    await broker.start()
+    try:
+        contexts = [broker.subscribe(f"j{i}", maxlen=10) for i in range(300)]
+        subs = await asyncio.gather(*(context.__aenter__() for context in contexts))
+        try:
+            assert all(broker._follower.topics[f"j{i}"].ready.is_set() for i in range(300))
+            for i in range(300):
+                await broker.publish(f"j{i}", f"m{i}", maxlen=10)
+            for sub in subs:
+                assert await receive(sub, 1) == [1]
+        finally:
+            for context in contexts:
+                await context.__aexit__(None, None, None)
+    finally:
+        await broker.close()
