@@ -56,6 +56,9 @@ log = logging.getLogger("quart_app.metrics")
 STREAM_KIND = "stats"
 JOB_STATUSES = ("done", "cancelled", "failed")
 _BUCKET_S = 60
+# Topics listed by name in the subscriber gauges; the others are summed under one key.
+TOPICS_SHOWN = 100
+OTHER_TOPICS = "(other topics)"
 
 
 def _topic_group(topic: str) -> str:
@@ -134,6 +137,13 @@ class Stats:
         subscribers: Counter[str] = Counter()
         for topic, count in state.broker.local_subscribers().items():
             subscribers[_topic_group(topic)] += count
+        if len(subscribers) > TOPICS_SHOWN:
+            # The busiest topics by name, the rest as one figure: what each worker
+            # shares every interval must not grow with the number of topics.
+            top = subscribers.most_common(TOPICS_SHOWN)
+            others = sum(subscribers.values()) - sum(count for _, count in top)
+            subscribers = Counter(dict(top))
+            subscribers[OTHER_TOPICS] = others
         history = state.history
         return {
             "t": time.time(),

@@ -242,3 +242,27 @@ async def test_stats_add_up_across_two_workers(server_factory: Any, redis_url: s
 
 async def _workers(content: Any, want: int) -> bool:
     return bool((await content())["workers"] == want)
+
+
+async def test_subscriber_gauges_do_not_grow_with_the_number_of_topics(app: Quart) -> None:
+    from quart_app.metrics import OTHER_TOPICS, TOPICS_SHOWN
+
+    broker = get_state(app).broker
+    streams = []
+    for n in range(TOPICS_SHOWN + 50):
+        # Topic n has n % 3 + 1 subscribers: the busiest are listed by name.
+        for _ in range(n % 3 + 1):
+            subscription = broker.subscribe(f"channel:c{n}", maxlen=10)
+            await subscription.__aenter__()
+            streams.append(subscription)
+    try:
+        gauges = get_state(app).stats.local_gauges()["subscribers"]
+        assert len(gauges) == TOPICS_SHOWN + 1
+        total = sum(n % 3 + 1 for n in range(TOPICS_SHOWN + 50))
+        assert sum(gauges.values()) == total  # nothing lost, the rest summed
+        assert gauges[OTHER_TOPICS] > 0
+        listed = [count for name, count in gauges.items() if name != OTHER_TOPICS]
+        assert min(listed) >= 2  # the busiest ones are the ones named
+    finally:
+        for subscription in reversed(streams):
+            await subscription.__aexit__(None, None, None)
