@@ -89,6 +89,8 @@ class Stats:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_warning = -math.inf
+        self._tasks = 0
+        self._tasks_counted_at = -math.inf
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -130,6 +132,14 @@ class Stats:
             counters["history_failed"] = history.failed
         return counters
 
+    def _task_count(self) -> int:
+        """asyncio tasks alive here, counted at most every ten intervals (a walk over all)."""
+        now = time.monotonic()
+        if now >= self._tasks_counted_at + 10 * self.interval_s:
+            self._tasks = len(asyncio.all_tasks())
+            self._tasks_counted_at = now
+        return self._tasks
+
     def local_gauges(self) -> dict[str, Any]:
         state = self.state
         open_streams = state.hub.counts()
@@ -152,7 +162,7 @@ class Stats:
             "subscribers": dict(subscribers),
             "ticker_running": bool(state.ticker is not None and state.ticker.running),
             "history_queued": history.queued if history is not None else 0,
-            "tasks": len(asyncio.all_tasks()),
+            "tasks": self._task_count(),
         }
 
     # -- sharing them ------------------------------------------------------------

@@ -79,6 +79,7 @@ class StreamHub:
         self.max_streams_per_client = max_streams_per_client
         self.open: set[Subscription] = set()
         self.by_client: Counter[str] = Counter()
+        self.by_kind: Counter[str] = Counter()
         self.draining = False
         self.events_sent = 0
         # How streams ended, by reason (see CLOSE_REASONS).
@@ -94,8 +95,9 @@ class StreamHub:
         self._task = None
 
     def counts(self) -> dict[str, int]:
+        """Open streams by kind (kept as they open and close: no walk over the streams)."""
         counts = dict.fromkeys(KINDS, 0)
-        counts.update(Counter(sub.kind for sub in self.open))
+        counts.update(+self.by_kind)
         return counts
 
     def drain_response(self) -> Response:
@@ -166,6 +168,7 @@ class StreamHub:
             sub.deadline = time.monotonic() + self.max_age_s
             sub.task = asyncio.current_task()
             self.open.add(sub)
+            self.by_kind[kind] += 1
             self.by_client[client] += 1
             if self.draining:
                 # The drain began while this stream was still subscribing.
@@ -230,6 +233,7 @@ class StreamHub:
                     await sub.wait()
             finally:
                 self.open.discard(sub)
+                self.by_kind[kind] -= 1
                 self.by_client[client] -= 1
                 if self.by_client[client] <= 0:
                     del self.by_client[client]
