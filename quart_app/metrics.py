@@ -56,9 +56,14 @@ log = logging.getLogger("quart_app.metrics")
 STREAM_KIND = "stats"
 JOB_STATUSES = ("done", "cancelled", "failed")
 _BUCKET_S = 60
-# Topics listed by name in the subscriber gauges; the others are summed under one key.
+# Topics listed by name in the subscriber gauges; the others are summed by kind.
 TOPICS_SHOWN = 100
-OTHER_TOPICS = "(other topics)"
+
+
+def others_key(topic: str) -> str:
+    """Where a topic not listed by name is counted: ``channel:c9`` -> ``channel:(others)``."""
+    kind, sep, _ = topic.partition(":")
+    return f"{kind}:(others)" if sep else "(others)"
 
 
 def _topic_group(topic: str) -> str:
@@ -148,12 +153,16 @@ class Stats:
         for topic, count in state.broker.local_subscribers().items():
             subscribers[_topic_group(topic)] += count
         if len(subscribers) > TOPICS_SHOWN:
-            # The busiest topics by name, the rest as one figure: what each worker
-            # shares every interval must not grow with the number of topics.
-            top = subscribers.most_common(TOPICS_SHOWN)
-            others = sum(subscribers.values()) - sum(count for _, count in top)
-            subscribers = Counter(dict(top))
-            subscribers[OTHER_TOPICS] = others
+            # The busiest topics by name, the rest summed by kind ("channel:(others)"):
+            # what each worker shares every interval must not grow with the number
+            # of topics, and totals per kind stay exact.
+            top = dict(subscribers.most_common(TOPICS_SHOWN))
+            rest: Counter[str] = Counter()
+            for topic, count in subscribers.items():
+                if topic not in top:
+                    rest[others_key(topic)] += count
+            subscribers = Counter(top)
+            subscribers.update(rest)
         history = state.history
         return {
             "t": time.time(),
