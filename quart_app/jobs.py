@@ -361,7 +361,8 @@ class JobRegistry:
             for job in list(self.jobs.values()):
                 if job.task is None or job.task.done():
                     continue
-                try:
+                # Redis unavailable: the lease may lapse; the job stops when it learns so.
+                with contextlib.suppress(BrokerUnavailable):
                     if not await self.broker.lease(self._lease(job.id), self.broker.node, LEASE_S):
                         log.warning("job %s: another process took it over; stopping", job.id)
                         job.cancel_reason = "fenced"
@@ -370,8 +371,6 @@ class JobRegistry:
                     # Rewritten each beat: it comes back if Redis lost its data.
                     await self.broker.set_state(self._key(job.id), self._owned_state(job), None)
                     await self.broker.track(RUNNING_SET, job.id)
-                except BrokerUnavailable:
-                    pass  # the lease may lapse; the job stops when it learns so
 
     def _owned_state(self, job: Job) -> dict[str, str]:
         # ``pid``: which worker of a host runs it (operators; the failover tests).
@@ -690,9 +689,9 @@ class JobRegistry:
     async def _keep_holds_forever(self) -> None:
         while True:
             try:
-                await self.renew_holds()
-            except BrokerUnavailable:
-                pass  # renewed at the next beat, or they lapse
+                # Redis unavailable: renewed at the next beat, or the places lapse.
+                with contextlib.suppress(BrokerUnavailable):
+                    await self.renew_holds()
             except Exception:
                 log.exception("renewing the jobs' places under the limits failed")
             await asyncio.sleep(min(HOLD_RENEW_S, self.hold_s / 3))

@@ -290,3 +290,20 @@ async def test_holds_lapse_unless_renewed(broker: Broker) -> None:
         await renewing
     await eventually(lambda: broker.held("b"), lambda n: n == 0, timeout=5)
     assert await broker.held("a") == 0
+
+
+async def test_entries_give_back_what_was_published(broker: Broker) -> None:
+    items: list[tuple[str, str | None, str | None]] = [
+        ("one", None, None),
+        ('{"two": 2}', "kind", None),
+        ("three\nlines\nhere", None, None),
+    ]
+    await broker.publish_many("job:entries", items, maxlen=10)
+    got = await broker.entries("job:entries", 0, 10)
+    assert [(seq, data, event) for seq, data, event in got] == [
+        (1, "one", None),
+        (2, '{"two": 2}', "kind"),
+        (3, "three\nlines\nhere", None),
+    ]
+    assert [seq for seq, _, _ in await broker.entries("job:entries", 1, 1)] == [2]
+    assert await broker.entries("job:nothing-here", 0, 10) == []

@@ -75,7 +75,8 @@ async def read_events(
     parser = StrictParser()
     events: list[Event] = []
     async with asyncio.timeout(timeout):
-        try:
+        # The server dying under the stream (a kill) ends it like a close.
+        with contextlib.suppress(httpx.RemoteProtocolError, httpx.ReadError):
             async with client.stream("GET", url, headers=headers) as response:
                 if response.status_code != 200:
                     return response.status_code, []
@@ -85,8 +86,6 @@ async def read_events(
                         on_event(events)
                     if stop is not None and stop(events):
                         break
-        except (httpx.RemoteProtocolError, httpx.ReadError):
-            pass  # the server died under the stream
     return 200, events
 
 

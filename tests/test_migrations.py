@@ -232,7 +232,7 @@ async def test_an_unknown_revision_is_refused(
     )
     with pytest.raises(Exception, match="0099_from_the_future"):  # the lifespan's error
         async with app.test_app():
-            pass  # pragma: no cover - start-up refuses
+            pytest.fail("start-up should have refused the unknown revision")
 
 
 async def test_a_failed_upgrade_is_refused_and_leaves_the_database_as_it_was(url: str) -> None:

@@ -125,6 +125,12 @@ def make_message(
     return Message(seq, encode(data, event=event, id=sse_id), event)
 
 
+def message_data(message: Message) -> str:
+    """The ``data`` a message was published with, read back from its encoded frame."""
+    lines = message.frame.decode().split("\n")
+    return "\n".join(line[6:] for line in lines if line.startswith("data: "))
+
+
 class TopicHistory:
     """The last ``maxlen`` messages of a topic, addressable by seq in O(1)."""
 
@@ -439,8 +445,8 @@ class Broker(Protocol):
     async def entries(
         self, topic: str, after: int, count: int
     ) -> list[tuple[int, str, str | None]]:
-        """Up to ``count`` stored entries ``(seq, data, event)`` after seq ``after`` (Redis:
-        a job's stream is its storage; the memory broker keeps frames only)."""
+        """Up to ``count`` entries ``(seq, data, event)`` after seq ``after`` that the
+        broker still holds (Redis: the whole stream; memory: the topic's history)."""
         ...
 
     async def track(self, key: str, member: str, present: bool = True) -> None:

@@ -84,11 +84,10 @@ from .base import (
     Overflow,
     Seq,
     Subscription,
-    make_message,
     new_incarnation,
 )
 from .redis_cluster import cluster_client, is_cluster_url, node_url
-from .redis_follow import JOIN_WINDOW, FollowedTopic, Follower
+from .redis_follow import JOIN_WINDOW, FollowedTopic, Follower, entry_message, entry_seq
 
 log = logging.getLogger("quart_app.brokers.redis")
 
@@ -275,28 +274,6 @@ if tonumber(ARGV[2]) > 0 then
 end
 return value
 """
-
-
-def _seq(entry_id: bytes | str) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.partition("-")[2])
-
-
-def _message(entry_id: bytes, fields: dict[bytes, bytes], incarnation: str) -> Message | None:
-    try:
-        event = fields.get(b"e")
-        sse_id = fields.get(b"i")
-        return make_message(
-            _seq(entry_id),
-            fields[b"d"].decode(),
-            None if event is None else event.decode(),
-            None if sse_id is None else sse_id.decode(),
-            incarnation,
-        )
-    except (KeyError, ValueError):
-        # Not written by us (publish validates): skip it rather than stop the reader.
-        log.warning("skipping a malformed stream entry %r", entry_id)
-        return None
 
 
 def _check_field(name: str, value: str | None) -> None:
@@ -653,7 +630,7 @@ class RedisBroker:
         last_id, inc = await self._call(script(keys=[key, self._inc_key(key)], args=args))
         if not last_id:
             raise Fenced(f"{topic}: seq {first_seq} is already taken (newest {inc.decode()})")
-        return Seq(_seq(last_id), inc.decode())
+        return Seq(entry_seq(last_id), inc.decode())
 
     async def entries(
         self, topic: str, after: int, count: int
@@ -667,7 +644,9 @@ class RedisBroker:
             if data is None:
                 continue
             event = fields.get(b"e")
-            found.append((_seq(entry_id), data.decode(), None if event is None else event.decode()))
+            found.append(
+                (entry_seq(entry_id), data.decode(), None if event is None else event.decode())
+            )
         return found
 
     async def track(self, key: str, member: str, present: bool = True) -> None:
@@ -681,7 +660,7 @@ class RedisBroker:
 
     async def last_seq(self, topic: str) -> int | None:
         entries = await self._call(self.redis.xrevrange(self._k("t", topic), "+", "-", count=1))
-        return _seq(entries[0][0]) if entries else None
+        return entry_seq(entries[0][0]) if entries else None
 
     @staticmethod
     def _inc_key(stream_key: str) -> str:
@@ -708,7 +687,7 @@ class RedisBroker:
         entries = await self._call(
             self.redis.xrange(key, f"(0-{after}", f"0-{upto}", count=count), limit_s=self.wait_s
         )
-        messages = [_message(entry_id, fields, incarnation) for entry_id, fields in entries]
+        messages = [entry_message(entry_id, fields, incarnation) for entry_id, fields in entries]
         return [m for m in messages if m is not None]
 
     @asynccontextmanager
@@ -813,7 +792,7 @@ class RedisBroker:
         reply = await self._call(
             self.redis.xrevrange(entry.key, "+", "-", count=1), limit_s=self.wait_s
         )
-        return _seq(reply[0][0]) if reply else 0
+        return entry_seq(reply[0][0]) if reply else 0
 
     async def _heads(self, entries: Sequence[FollowedTopic]) -> list[tuple[str, list[Any]]]:
         """Each topic's incarnation and newest entries, for topics a process starts following."""
