@@ -55,6 +55,7 @@ import aiofiles.os
 
 from .brokers import Broker, BrokerUnavailable, MemoryBroker, Message, Subscription
 from .brokers.base import Fenced
+from .config import Defaults
 from .errors import Draining, InvalidInput, LimitExceeded, NotFound, Overloaded
 from .journal import Found, Journal
 from .sessions import JobParams
@@ -72,9 +73,9 @@ CANCEL_WAIT_S = 3.0
 WATCHERS_TTL_S = 3600.0
 # How long a shutting-down process keeps trying to record its jobs' ends.
 CLOSING_GRACE_S = 3.0
-# Events of a running job kept in memory for replay (memory broker); older ones
-# are read back from its result file.
-JOB_WINDOW = 256
+# Events of a running job kept in memory for replay (the setting's default, one
+# home in config.py); older ones are read back from its result file.
+JOB_WINDOW = Defaults.JOB_WINDOW
 # Strings per page read back from a result file for a watcher that is behind.
 REPLAY_PAGE = 512
 # How often a process looks for journals of jobs that nobody runs.
