@@ -44,7 +44,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .brokers.base import BrokerUnavailable, LocalTopic, Overflow, Subscription, make_message
+from .brokers.base import (
+    BrokerUnavailable,
+    LocalTopic,
+    Overflow,
+    SubscriberTally,
+    Subscription,
+    make_message,
+)
 from .streams import CLOSE_REASONS, KINDS, Feed
 from .tasks import cancel_and_wait
 
@@ -60,15 +67,30 @@ _BUCKET_S = 60
 TOPICS_SHOWN = 100
 
 
-def others_key(topic: str) -> str:
-    """Where a topic not listed by name is counted: ``channel:c9`` -> ``channel:(others)``."""
-    kind, sep, _ = topic.partition(":")
-    return f"{kind}:(others)" if sep else "(others)"
+def subscriber_gauges(tally: SubscriberTally, shown: int = TOPICS_SHOWN) -> dict[str, int]:
+    """Subscribers by topic: the ``shown`` busiest by name, the rest summed per kind
+    (``channel:(others)``), and every job topic under ``job``.
 
-
-def _topic_group(topic: str) -> str:
-    # Job ids are capabilities (whoever knows one may cancel the job): never show them.
-    return "job" if topic.startswith("job:") else topic
+    What each worker shares every interval does not grow with the number of
+    topics, totals per kind stay exact, and the work is O(shown), not O(topics).
+    Job ids are capabilities (whoever knows one may cancel the job): never shown.
+    """
+    gauges: dict[str, int] = {}
+    listed: Counter[str] = Counter()
+    for topic, count in tally.busiest():
+        if len(gauges) >= shown:
+            break
+        kind = tally.kind(topic)
+        if kind == "job":
+            continue
+        gauges[topic] = count
+        listed[kind] += count
+    for kind, total in tally.kinds.items():
+        if kind == "job":
+            gauges["job"] = total
+        elif total > listed[kind]:
+            gauges[f"{kind}:(others)" if kind else "(others)"] = total - listed[kind]
+    return gauges
 
 
 class Stats:
@@ -149,26 +171,13 @@ class Stats:
         state = self.state
         open_streams = state.hub.counts()
         open_streams.setdefault(STREAM_KIND, 0)
-        subscribers: Counter[str] = Counter()
-        for topic, count in state.broker.local_subscribers().items():
-            subscribers[_topic_group(topic)] += count
-        if len(subscribers) > TOPICS_SHOWN:
-            # The busiest topics by name, the rest summed by kind ("channel:(others)"):
-            # what each worker shares every interval must not grow with the number
-            # of topics, and totals per kind stay exact.
-            top = dict(subscribers.most_common(TOPICS_SHOWN))
-            rest: Counter[str] = Counter()
-            for topic, count in subscribers.items():
-                if topic not in top:
-                    rest[others_key(topic)] += count
-            subscribers = Counter(top)
-            subscribers.update(rest)
+        subscribers = subscriber_gauges(state.broker.subscribers)
         history = state.history
         return {
             "t": time.time(),
             "open_streams": open_streams,
             "running_jobs": state.jobs.running(),
-            "subscribers": dict(subscribers),
+            "subscribers": subscribers,
             "ticker_running": bool(state.ticker is not None and state.ticker.running),
             "history_queued": history.queued if history is not None else 0,
             "tasks": self._task_count(),
@@ -213,13 +222,14 @@ class Stats:
                     newest[worker] = gauges  # the newer bucket is read last and wins
         return list(newest.values())
 
-    async def snapshot(self) -> dict[str, Any]:
-        """The application-wide numbers (``GET /api/v1/stats``)."""
+    async def snapshot(self, local: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The application-wide numbers (``GET /api/v1/stats``); ``local``: this
+        process's gauges if the caller has them already."""
         async with self._lock:
             shared = await self.broker.counters()
             for key, value in self.local_counters().items():
                 shared[key] = shared.get(key, 0) + value - self._flushed.get(key, 0)
-        workers = [self.local_gauges(), *await self._other_workers()]
+        workers = [local or self.local_gauges(), *await self._other_workers()]
         open_streams: Counter[str] = Counter(dict.fromkeys((*KINDS, STREAM_KIND), 0))
         subscribers: Counter[str] = Counter()
         for gauges in workers:
@@ -281,9 +291,9 @@ class Stats:
         if len(self.topic.history) == 0:
             self._wake.set()
 
-    async def sample(self) -> dict[str, Any]:
+    async def sample(self, local: dict[str, Any] | None = None) -> dict[str, Any]:
         """The totals now, with the rates the stream shows (events per second, jobs per minute)."""
-        snapshot = await self.snapshot()
+        snapshot = await self.snapshot(local)
         now = snapshot["time"]
         events, jobs = snapshot["events_sent"], snapshot["jobs_finished"]
         events_per_s = 0.0
@@ -311,10 +321,11 @@ class Stats:
         while True:
             try:
                 await self.flush()
-                await self._publish_gauges(self.local_gauges())
+                gauges = self.local_gauges()
+                await self._publish_gauges(gauges)
                 # Sampled even when nobody watches, so that "jobs in the last
                 # minute" is right from a dashboard's first event.
-                payload = await self.sample()
+                payload = await self.sample(gauges)
                 if self.topic.subscribers:
                     self.publish_event(payload)
                 elif len(self.topic.history):

@@ -232,6 +232,22 @@ async def test_local_subscribers_are_counted_per_topic(broker: Broker) -> None:
     assert broker.local_subscribers() == {}
 
 
+async def test_subscribers_are_tallied_per_topic_and_kind_as_they_come_and_go(
+    broker: Broker,
+) -> None:
+    tally = broker.subscribers
+    async with broker.subscribe("channel:a", maxlen=10), broker.subscribe("channel:a", maxlen=10):
+        async with broker.subscribe("channel:b", maxlen=10), broker.subscribe("job:x", maxlen=10):
+            assert tally.counts == {"channel:a": 2, "channel:b": 1, "job:x": 1}
+            assert tally.kinds == {"channel": 3, "job": 1}
+            assert next(tally.busiest()) == ("channel:a", 2)
+        assert tally.counts == {"channel:a": 2}
+        assert tally.kinds == {"channel": 2}
+    assert tally.counts == {}
+    assert tally.kinds == {}
+    assert list(tally.busiest()) == []
+
+
 async def test_healthy(broker: Broker) -> None:
     assert await broker.healthy()
 

@@ -36,6 +36,30 @@ async def test_memory_broker_frames_ids_and_expiry() -> None:
         await broker.close()
 
 
+async def test_a_later_publish_pushes_a_topics_expiry_back_and_expiry_ends_its_subscribers() -> (
+    None
+):
+    broker = MemoryBroker()
+    now = time.monotonic()
+    await broker.publish_many("channel:a", [("1", None, None)], maxlen=10, ttl_s=1)
+    await broker.publish_many("channel:a", [("2", None, None)], maxlen=10, ttl_s=30)
+    async with broker.subscribe("channel:a", maxlen=10) as sub:
+        broker.sweep(now + 5)  # the first expiry has passed, the second has not
+        assert await broker.last_seq("channel:a") == 2
+        assert not sub.closed
+        await broker.expire("channel:a", 0.5)  # an explicit, earlier expiry counts too
+        broker.sweep(time.monotonic() + 1)
+        assert await broker.last_seq("channel:a") is None
+        assert sub.closed and sub.reason == "expired"
+        assert broker.subscribers.counts == {}
+    # The same name again: a new topic, with an expiry of its own.
+    await broker.publish_many("channel:a", [("3", None, None)], maxlen=10, ttl_s=30)
+    broker.sweep(time.monotonic() + 5)
+    assert await broker.last_seq("channel:a") == 1
+    broker.sweep(time.monotonic() + 31)
+    assert await broker.last_seq("channel:a") is None
+
+
 async def test_memory_broker_state_and_counters() -> None:
     broker = MemoryBroker()
     await broker.set_state("k", {"a": "1"}, None)

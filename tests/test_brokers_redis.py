@@ -224,3 +224,22 @@ async def test_lost_data_closes_subscribers_so_that_clients_resume(tmp_path: Pat
     finally:
         await broker.close()
         redis.stop()
+
+
+async def test_only_topics_idle_past_the_linger_stop_being_followed(brokers: Any) -> None:
+    broker = await brokers(linger_s=5.0)
+    follower = broker._follower
+    async with broker.subscribe("gone", maxlen=10):
+        pass
+    async with broker.subscribe("back", maxlen=10):
+        pass
+    async with broker.subscribe("back", maxlen=10), broker.subscribe("held", maxlen=10):
+        now = time.monotonic()
+        follower.sweep(now + 1)  # not idle long enough yet
+        assert {"gone", "back", "held"} <= set(follower.topics)
+        follower.sweep(now + 6)
+        # "gone" lingered out; "back" and "held" are in use.
+        assert "gone" not in follower.topics
+        assert {"back", "held"} <= set(follower.topics)
+    follower.sweep(time.monotonic() + 6)
+    assert not {"gone", "back", "held"} & set(follower.topics)

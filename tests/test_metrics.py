@@ -9,13 +9,17 @@ import sys
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from quart_app import create_app, sse
+from quart_app.brokers.base import SubscriberTally
 from quart_app.config import default_config, validate
 from quart_app.logs import JsonFormatter, SecretFilter, redact_query, secrets_of
+from quart_app.metrics import subscriber_gauges
 from quart_app.state import get_state
 
 from .polling import eventually
@@ -221,3 +225,49 @@ def test_access_log_setting_from_the_environment(
     monkeypatch.setenv("QUART_LOG_FORMAT", "json")
     app = create_app({"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "x" * 40})
     assert app.config["ACCESS_LOG"] is True and app.config["LOG_FORMAT"] == "json"
+
+
+_TOPICS = st.sampled_from(
+    ["channel:a", "channel:b", "channel:c", "chat:x", "job:1", "job:2", "ticker"]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_TOPICS, st.booleans()), max_size=60), st.integers(1, 4))
+def test_subscriber_gauges_name_the_busiest_and_sum_the_rest_exactly(
+    steps: list[tuple[str, bool]], shown: int
+) -> None:
+    tally = SubscriberTally()
+    expected: dict[str, int] = {}
+    for topic, joins in steps:
+        if joins:
+            tally.add(topic, 1)
+            expected[topic] = expected.get(topic, 0) + 1
+        elif expected.get(topic):
+            tally.add(topic, -1)
+            expected[topic] -= 1
+    expected = {t: n for t, n in expected.items() if n}
+    assert tally.counts == expected
+    ordered = list(tally.busiest())
+    assert sorted(ordered) == sorted(expected.items())
+    assert [n for _, n in ordered] == sorted(expected.values(), reverse=True)
+
+    gauges = subscriber_gauges(tally, shown)
+    assert not any(name.startswith("job:") for name in gauges)  # job ids never shown
+    named = {t: n for t, n in gauges.items() if "(others)" not in t and t != "job"}
+    assert len(named) <= shown
+    assert all(expected[t] == n for t, n in named.items())
+    # Whatever is not named is summed under its kind: totals per kind are exact.
+    assert gauges.get("job", 0) == sum(n for t, n in expected.items() if t.startswith("job:"))
+    for kind, others in (
+        ("channel", "channel:(others)"),
+        ("chat", "chat:(others)"),
+        ("", "(others)"),
+    ):
+        want = sum(n for t, n in expected.items() if SubscriberTally.kind(t) == kind)
+        listed = sum(n for t, n in named.items() if SubscriberTally.kind(t) == kind)
+        assert gauges.get(others, 0) == want - listed
+    # The named ones are the busiest: none left out has more than one named.
+    left_out = [n for t, n in expected.items() if t not in named and not t.startswith("job:")]
+    if named and left_out:
+        assert max(left_out) <= min(named.values())

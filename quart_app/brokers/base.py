@@ -40,7 +40,7 @@ import enum
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ..sse import LastEventIdError, encode
@@ -302,7 +302,7 @@ class Subscription:
             return
         self.closed = True
         self.reason = reason
-        self.topic.subscribers.discard(self)
+        self.topic.leave(self)
         if self._waiter is not None:
             self.wake()
         elif reason == "overflow" and self.task is not None and not self.task.done():
@@ -310,19 +310,93 @@ class Subscription:
             self.task.cancel()
 
 
-class LocalTopic:
-    """A topic as this process sees it: history plus local subscribers."""
+class SubscriberTally:
+    """This process's subscribers per topic, kept as they come and go.
 
-    __slots__ = ("expires_at", "history", "incarnation", "name", "subscribers")
+    What the statistics show every interval (the busiest topics by name, the
+    totals per kind) is read from here in O(shown) rather than by walking every
+    topic: with 10,000 topics that walk held the event loop for about 9 ms a
+    second, which every delivery due meanwhile waited for.
+    """
+
+    __slots__ = ("_by_count", "counts", "kinds")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        # count -> the topics with that many subscribers (a dict: ordered set).
+        self._by_count: dict[int, dict[str, None]] = {}
+        # kind (the topic name up to its first ":"; "" without one) -> subscribers.
+        self.kinds: dict[str, int] = {}
+
+    @staticmethod
+    def kind(topic: str) -> str:
+        kind, sep, _ = topic.partition(":")
+        return kind if sep else ""
+
+    def add(self, topic: str, delta: int) -> None:
+        old = self.counts.get(topic, 0)
+        new = old + delta
+        if new < 0:
+            raise ValueError(f"{topic}: {new} subscribers")
+        if old:
+            same = self._by_count[old]
+            del same[topic]
+            if not same:
+                del self._by_count[old]
+        if new:
+            self.counts[topic] = new
+            self._by_count.setdefault(new, {})[topic] = None
+        else:
+            del self.counts[topic]
+        kind = self.kind(topic)
+        total = self.kinds.get(kind, 0) + delta
+        if total:
+            self.kinds[kind] = total
+        else:
+            del self.kinds[kind]
+
+    def busiest(self) -> Iterator[tuple[str, int]]:
+        """Topics with subscribers, most first (lazily: take what you show)."""
+        for count in sorted(self._by_count, reverse=True):
+            for topic in self._by_count.get(count, ()):
+                yield topic, count
+
+
+class LocalTopic:
+    """A topic as this process sees it: history plus local subscribers.
+
+    With a ``tally``, its subscribers are counted there as they join and leave.
+    """
+
+    __slots__ = ("expires_at", "history", "incarnation", "name", "subscribers", "tally")
 
     def __init__(
-        self, name: str, maxlen: int, first_seq: int = 1, incarnation: str | None = None
+        self,
+        name: str,
+        maxlen: int,
+        first_seq: int = 1,
+        incarnation: str | None = None,
+        *,
+        tally: SubscriberTally | None = None,
     ) -> None:
         self.name = name
         self.history = TopicHistory(maxlen, first_seq)
         self.subscribers: set[Subscription] = set()
         self.expires_at: float | None = None
         self.incarnation = new_incarnation() if incarnation is None else incarnation
+        self.tally = tally
+
+    def join(self, sub: Subscription) -> None:
+        if sub not in self.subscribers:
+            self.subscribers.add(sub)
+            if self.tally is not None:
+                self.tally.add(self.name, 1)
+
+    def leave(self, sub: Subscription) -> None:
+        if sub in self.subscribers:
+            self.subscribers.discard(sub)
+            if self.tally is not None:
+                self.tally.add(self.name, -1)
 
     def seq(self, value: int) -> Seq:
         """``value`` as a seq of this incarnation (its ``str`` is the SSE id)."""
@@ -384,7 +458,7 @@ class LocalTopic:
             cursor = int(after)
         sub = Subscription(self, cursor, max_lag=max_lag, overflow=overflow, backlog=replay)
         sub.gap = gap
-        self.subscribers.add(sub)
+        self.join(sub)
         return sub
 
 
@@ -464,6 +538,11 @@ class Broker(Protocol):
     async def incr(self, name: str, amount: int = 1) -> int: ...
 
     async def counters(self) -> dict[str, int]: ...
+
+    @property
+    def subscribers(self) -> SubscriberTally:
+        """This process's subscribers per topic, counted as they come and go."""
+        ...
 
     def local_subscribers(self) -> dict[str, int]: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from .base import (
     Fenced,
     LocalTopic,
     Overflow,
+    SubscriberTally,
     Subscription,
     TopicHistory,
     make_message,
@@ -20,7 +22,8 @@ from .base import (
 
 
 class MemoryBroker:
-    """One process, nothing to install.  Expiry is swept once a second.
+    """One process, nothing to install.  Expiry is swept once a second, from a heap
+    of due times (a topic is looked at when it may be due, not every second).
 
     A topic's incarnation is made with its ``LocalTopic``: a new process, or a
     topic forgotten after its TTL and used again, starts a new incarnation.
@@ -29,6 +32,12 @@ class MemoryBroker:
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._topics: dict[str, LocalTopic] = {}
+        self.subscribers = SubscriberTally()
+        # (when, topic): when to look at a topic's expiry again, one entry per
+        # topic (``_due``); a later publish pushes its expiry back, so a topic
+        # found not yet expired is pushed again for its new time.
+        self._expiries: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
         self._state: dict[str, tuple[dict[str, str], float | None]] = {}
         self._counters: dict[str, int] = {}
         # Capped sets: member -> when it leaves (monotonic; inf: never).
@@ -58,8 +67,17 @@ class MemoryBroker:
     def _topic(self, name: str, maxlen: int) -> LocalTopic:
         topic = self._topics.get(name)
         if topic is None:
-            topic = self._topics[name] = LocalTopic(name, maxlen)
+            topic = self._topics[name] = LocalTopic(name, maxlen, tally=self.subscribers)
         return topic
+
+    def _expire_at(self, local: LocalTopic, when: float | None) -> None:
+        local.expires_at = when
+        if when is None:
+            return
+        due = self._due.get(local.name)
+        if due is None or when < due:
+            self._due[local.name] = when
+            heapq.heappush(self._expiries, (when, local.name))
 
     async def publish(
         self,
@@ -92,7 +110,7 @@ class MemoryBroker:
             if len(local.history) or local.history.last_seq >= first_seq:
                 raise Fenced(f"{topic}: seq {first_seq} follows {local.history.last_seq}")
             local.history = TopicHistory(local.history.maxlen, first_seq)
-        local.expires_at = None if ttl_s is None else time.monotonic() + ttl_s
+        self._expire_at(local, None if ttl_s is None else time.monotonic() + ttl_s)
         seq = local.history.last_seq
         messages = []
         for data, event, sse_id in items:
@@ -151,7 +169,7 @@ class MemoryBroker:
     async def expire(self, topic: str, ttl_s: float) -> None:
         local = self._topics.get(topic)
         if local is not None:
-            local.expires_at = time.monotonic() + ttl_s
+            self._expire_at(local, time.monotonic() + ttl_s)
 
     async def set_state(self, key: str, state: dict[str, str], ttl_s: float | None) -> None:
         expires = None if ttl_s is None else time.monotonic() + ttl_s
@@ -178,7 +196,7 @@ class MemoryBroker:
         return dict(self._counters)
 
     def local_subscribers(self) -> dict[str, int]:
-        return {name: len(t.subscribers) for name, t in self._topics.items() if t.subscribers}
+        return dict(self.subscribers.counts)
 
     async def adjust(self, key: str, delta: int, ttl_s: float | None = None) -> int:
         # One process: nothing outlives it, so no expiry is needed.
@@ -259,11 +277,21 @@ class MemoryBroker:
             self.sweep(time.monotonic())
 
     def sweep(self, now: float) -> None:
-        for name, topic in list(self._topics.items()):
-            if topic.expires_at is not None and topic.expires_at <= now:
-                for sub in list(topic.subscribers):
-                    sub.close("expired")
-                del self._topics[name]
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            when, name = heapq.heappop(expiries)
+            if self._due.get(name) != when:
+                continue  # superseded by an earlier time for the same topic
+            del self._due[name]
+            topic = self._topics.get(name)
+            if topic is None or topic.expires_at is None:
+                continue
+            if topic.expires_at > now:
+                self._expire_at(topic, topic.expires_at)  # published since: look again then
+                continue
+            for sub in list(topic.subscribers):
+                sub.close("expired")
+            del self._topics[name]
         for key, (_, expires) in list(self._state.items()):
             if expires is not None and expires <= now:
                 del self._state[key]

@@ -83,6 +83,7 @@ from .base import (
     Message,
     Overflow,
     Seq,
+    SubscriberTally,
     Subscription,
     new_incarnation,
 )
@@ -316,7 +317,7 @@ class CatchUpSubscription(Subscription):
         self.gap = gap
         self.live_from = self.topic.history.last_seq
         self._unplaced = None
-        self.topic.subscribers.add(self)
+        self.topic.join(self)
 
     def pending(self) -> bool:
         return self._unplaced is None and super().pending()
@@ -852,8 +853,12 @@ class RedisBroker:
         pipe.pexpire(self._inc_key(key), ms)
         await self._call(pipe.execute())
 
+    @property
+    def subscribers(self) -> SubscriberTally:
+        return self._follower.tally
+
     def local_subscribers(self) -> dict[str, int]:
-        return self._follower.counts()
+        return dict(self._follower.tally.counts)
 
     # -- state, counters, leases, messages ---------------------------------------------
 

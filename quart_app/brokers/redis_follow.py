@@ -46,7 +46,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import BrokerUnavailable, LocalTopic, Message, TopicHistory, make_message
+from .base import (
+    BrokerUnavailable,
+    LocalTopic,
+    Message,
+    SubscriberTally,
+    TopicHistory,
+    make_message,
+)
 
 if TYPE_CHECKING:
     from .base import Subscription
@@ -142,11 +149,13 @@ class FollowedTopic:
         "waiting",
     )
 
-    def __init__(self, name: str, key: str, channel: str, maxlen: int) -> None:
+    def __init__(
+        self, name: str, key: str, channel: str, maxlen: int, tally: SubscriberTally
+    ) -> None:
         self.name = name
         self.key = key
         self.channel = channel.encode()
-        self.local = LocalTopic(name, maxlen)
+        self.local = LocalTopic(name, maxlen, tally=tally)
         # The newest seq this process has of the topic.
         self.position = 0
         self.ready = asyncio.Event()
@@ -377,6 +386,9 @@ class Follower:
         self.wait_s = wait_s
         self.linger_s = linger_s
         self.topics: dict[str, FollowedTopic] = {}
+        # Followed topics nobody uses, oldest first: what the sweep looks at.
+        self._idle: dict[str, FollowedTopic] = {}
+        self.tally = SubscriberTally()
         self.shards: dict[str, Shard] = {}
         self._joining: list[FollowedTopic] = []
         self._joiner: asyncio.Task[None] | None = None
@@ -414,19 +426,22 @@ class Follower:
             for sub in [*entry.local.subscribers, *entry.waiting]:
                 sub.close("closed")
         self.topics.clear()
+        self._idle.clear()
 
     # -- acquire and release -------------------------------------------------------
 
     def acquire(self, name: str, maxlen: int) -> FollowedTopic:
         entry = self.topics.get(name)
         if entry is None:
-            entry = FollowedTopic(name, self._key(name), self._channel(name), maxlen)
+            entry = FollowedTopic(name, self._key(name), self._channel(name), maxlen, self.tally)
             self.topics[name] = entry
             self._joining.append(entry)
             if self._joiner is None or self._joiner.done():
                 self._joiner = asyncio.create_task(self._join_forever(), name="redis-join")
         entry.users += 1
         entry.idle_since = None
+        if self._idle.get(name) is entry:
+            del self._idle[name]
         return entry
 
     def release(self, entry: FollowedTopic) -> None:
@@ -434,6 +449,9 @@ class Follower:
         if entry.users <= 0:
             entry.users = 0
             entry.idle_since = time.monotonic()
+            if self.followed(entry):
+                self._idle.pop(entry.name, None)
+                self._idle[entry.name] = entry  # the newest idle topic goes last
 
     def followed(self, entry: FollowedTopic) -> bool:
         return self.topics.get(entry.name) is entry
@@ -661,6 +679,8 @@ class Follower:
         """Forget a topic that Redis lost: its subscribers end so that their clients resume."""
         if self.topics.get(entry.name) is entry:
             del self.topics[entry.name]
+        if self._idle.get(entry.name) is entry:
+            del self._idle[entry.name]
         if entry.shard is not None:
             entry.shard.remove([entry])
         for sub in [*entry.local.subscribers, *entry.waiting]:
@@ -679,22 +699,22 @@ class Follower:
             self.sweep(time.monotonic())
 
     def sweep(self, now: float) -> None:
+        """Stop following the topics idle for ``linger_s``: only idle ones are looked at."""
         gone: dict[Shard, list[FollowedTopic]] = {}
-        for name, entry in list(self.topics.items()):
-            if entry.users or entry.idle_since is None or entry.idle_since + self.linger_s > now:
+        idle = self._idle
+        while idle:
+            name, entry = next(iter(idle.items()))
+            since = entry.idle_since
+            if since is not None and since + self.linger_s > now:
+                break  # idle topics are in the order they became idle
+            del idle[name]
+            if entry.users or since is None or not self.followed(entry):
                 continue
             del self.topics[name]
             if entry.shard is not None:
                 gone.setdefault(entry.shard, []).append(entry)
         for shard, entries in gone.items():
             shard.remove(entries)
-
-    def counts(self) -> dict[str, int]:
-        return {
-            name: len(entry.local.subscribers)
-            for name, entry in self.topics.items()
-            if entry.local.subscribers
-        }
 
 
 __all__ = [
