@@ -1064,6 +1064,14 @@ def storm_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, An
     return parts, targets
 
 
+def with_range(cell: str, r: dict[str, Any] | None, key: str, digits: int) -> str:
+    """``cell`` plus the range over the repeats it is the median of: "1,212 (1,064 to 1,300)"."""
+    values = [v for v in (get(r, "repeats", key) or []) if isinstance(v, int | float)]
+    if len(values) < 2:
+        return cell
+    return f"{cell} ({fmt(min(values), digits)} to {fmt(max(values), digits)})"
+
+
 def topic_runs(results: dict[str, Any], kind: str, suffix: str = "") -> list[Any]:
     topics = results.get("topics") or {}
     runs = topics.get(kind) or {}
@@ -1100,13 +1108,13 @@ def topics_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
                         via,
                         fmt(k),
                         f"{fmt(r.get('deliveries'))} of {fmt(r.get('deliveries_expected'))}",
-                        fmt(per_publish_us(r), 0),
+                        with_range(fmt(per_publish_us(r), 0), r, "cpu_per_publish_us", 0),
                         fmt(per_publish_us(r, net=True), 0),
                         fmt(_per(redis_cpu_s(r), r.get("publishes")), 0)
                         if kind != "memory"
                         else "—",
                         fmt(get(r, "latency", "p50_ms"), 2),
-                        fmt(get(r, "latency", "p99_ms"), 2),
+                        with_range(fmt(get(r, "latency", "p99_ms"), 2), r, "p99_ms", 2),
                         fmt(_pct(get(r, "cpu", "client_cpu_util")), 0),
                         noise(r),
                     ]
@@ -1178,7 +1186,15 @@ def topics_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
         "delivers, which is **the Redis read path's cost per process**. Heartbeats are set "
         "to 600 s in these runs (a per-connection cost, measured by *hold*), so that they "
         "do not land in the window. "
-        f"**Target: largest / smallest within {TARGET_TOPIC_RATIO:g}x over K (met: {met} of "
+        + (
+            f"Each (K, broker) ran {params['repeats']} times, interleaved (every broker at "
+            "one K, then the next K, then again), and each row is the run of median worker "
+            "CPU with the median p50 and p99 of all runs; the range over the runs is in "
+            "brackets, and the deliveries are the fewest any run made. "
+            if int(params.get("repeats") or 1) > 1
+            else ""
+        )
+        + f"**Target: largest / smallest within {TARGET_TOPIC_RATIO:g}x over K (met: {met} of "
         f"{len(targets)}).**",
         "",
         table(

@@ -234,3 +234,23 @@ def test_matches_strict_parser(lines: list[str], endings: list[str], cuts: list[
         (e.type, e.data, e.last_event_id) for e in strict.result.events
     ]
     assert parser.comments == len(strict.result.comments)
+
+
+def test_topic_repeats_report_the_median_run_and_never_hide_a_failure() -> None:
+    from bench.scenarios import median_run
+
+    def run(cpu_s: float, p99: float, deliveries: int = 100) -> dict[str, Any]:
+        return {
+            "publishes": 100,
+            "deliveries": deliveries,
+            "cpu": {"server_cpu_s": cpu_s},
+            "latency": {"p50_ms": p99 / 2, "p99_ms": p99},
+        }
+
+    row = median_run([run(0.3, 9.0), run(0.1, 1.0), run(0.2, 2.0, deliveries=99)])
+    assert row["cpu"]["server_cpu_s"] == 0.2  # the run of median CPU
+    assert row["latency"]["p99_ms"] == 2.0  # the median p99 of all runs
+    assert row["deliveries"] == 99  # the fewest any run made
+    assert row["repeats"]["cpu_per_publish_us"] == [3000.0, 1000.0, 2000.0]
+    failed = median_run([run(0.1, 1.0), {"error": "server did not start"}])
+    assert failed["deliveries"] == 0 and failed["repeats"]["failed"] == 1
