@@ -928,8 +928,16 @@ class Publisher:
         if self.broker is not None:
             await self.broker.close()
 
-    async def one(self, slot: int, channel: str, index: int, timeout: float) -> None:  # noqa: ASYNC109
-        body = marked_body(index)
+    async def one(
+        self,
+        slot: int,
+        channel: str,
+        index: int,
+        timeout: float,  # noqa: ASYNC109 - each publish
+        *,
+        marked: bool = True,
+    ) -> None:
+        body = marked_body(index) if marked else b'{"data": "warm-up"}'
         if self.broker is not None:
             text = json.dumps(json.loads(body)["data"])
             try:
@@ -958,6 +966,7 @@ class Publisher:
         rate: float = 0.0,
         timeout: float = 10.0,  # noqa: ASYNC109 - each publish
         after_each: Any = None,
+        marked: bool = True,
     ) -> float:
         """Publish ``plan[i]`` as index ``i``: paced at ``rate`` per second (0: as fast
         as the connections go), one task per connection taking every n-th index;
@@ -972,7 +981,7 @@ class Publisher:
                     delay = started + index / rate - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                await self.one(slot, plan[index], index, timeout)
+                await self.one(slot, plan[index], index, timeout, marked=marked)
                 if after_each is not None:
                     await after_each(index)
 
@@ -1139,13 +1148,23 @@ async def scenario_topics(args: argparse.Namespace) -> dict[str, Any]:
     placed, seen = await wait_placed(control, len(live), args.place_timeout)
     await control.close()
     await asyncio.sleep(args.settle)
+
+    publisher = Publisher(args.port, args.token, args.publishers, args.via_redis)
+    await publisher.start()
+    # Active topics: every channel gets one (unmarked) publish first, as fast as the
+    # connections go, so that the window measures publishing to channels that exist,
+    # not creating them (a channel's first publish also takes its MAX_CHANNELS slot:
+    # one more round trip on Redis); that first publish is measured on its own.
+    warm = CpuMeter(args.rss_pid, args.cpu_pid)
+    warm_s = await publisher.run(names, timeout=args.publish_timeout, marked=False)
+    cpu_first = warm.stop()
+    first_status = dict(publisher.statuses)
+    publisher.statuses.clear()
+    await asyncio.sleep(args.settle)
     # Idle: what the server spends with these streams open and nothing published.
     idle = CpuMeter(args.rss_pid, args.cpu_pid)
     await asyncio.sleep(args.idle)
     cpu_idle = idle.stop()
-
-    publisher = Publisher(args.port, args.token, args.publishers, args.via_redis)
-    await publisher.start()
     plan = [names[i % k] for i in range(args.publishes)]
     meter = CpuMeter(args.rss_pid, args.cpu_pid)
     publish_s = await publisher.run(plan, rate=args.rate, timeout=args.publish_timeout)
@@ -1175,6 +1194,11 @@ async def scenario_topics(args: argparse.Namespace) -> dict[str, Any]:
         "latency": summary_ms(latencies),
         "cpu_idle": cpu_idle,
         "cpu": cpu,
+        # Every channel's first publish (made before the window, unpaced).
+        "first_publishes": k,
+        "first_s": round(warm_s, 3),
+        "first_status": {str(k): v for k, v in sorted(first_status.items())},
+        "cpu_first": cpu_first,
     }
 
 

@@ -895,6 +895,15 @@ def per_publish_us(r: dict[str, Any] | None, net: bool = False) -> float | None:
     return 1e6 * float(cpu) / count
 
 
+def first_publish_us(r: dict[str, Any] | None) -> float | None:
+    """Worker CPU per channel for the first publishes made before the window."""
+    cpu = get(r, "cpu_first", "server_cpu_s")
+    count = get(r, "first_publishes")
+    if not isinstance(cpu, int | float) or not isinstance(count, int) or not count:
+        return None
+    return 1e6 * float(cpu) / count
+
+
 def spread(values: list[float | None]) -> float | None:
     """Largest / smallest (None when any is missing)."""
     if not values or any(v is None or v <= 0 for v in values):
@@ -1090,7 +1099,7 @@ def topics_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
         if kind not in topics:
             continue
         if "error" in topics[kind] and not any(str(k) in topics[kind] for k in ks):
-            rows.append([name, "all", "error: " + str(topics[kind]["error"])[:200], *[""] * 8])
+            rows.append([name, "all", "error: " + str(topics[kind]["error"])[:200], *[""] * 9])
             continue
         for suffix, via in (("", "POST"), ("-read", "into Redis")):
             runs = topic_runs(results, kind, suffix)
@@ -1100,7 +1109,7 @@ def topics_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
                 if r is None:
                     continue
                 if "error" in r:
-                    rows.append([name, via, fmt(k), "error: " + str(r["error"])[:200], *[""] * 7])
+                    rows.append([name, via, fmt(k), "error: " + str(r["error"])[:200], *[""] * 8])
                     continue
                 rows.append(
                     [
@@ -1110,6 +1119,7 @@ def topics_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
                         f"{fmt(r.get('deliveries'))} of {fmt(r.get('deliveries_expected'))}",
                         with_range(fmt(per_publish_us(r), 0), r, "cpu_per_publish_us", 0),
                         fmt(per_publish_us(r, net=True), 0),
+                        fmt(first_publish_us(r), 0),
                         fmt(_per(redis_cpu_s(r), r.get("publishes")), 0)
                         if kind != "memory"
                         else "—",
@@ -1130,6 +1140,7 @@ def topics_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
                         f"{fmt(diag.get('deliveries'))} of {fmt(diag.get('deliveries_expected'))}",
                         fmt(per_publish_us(diag), 0),
                         fmt(per_publish_us(diag, net=True), 0),
+                        fmt(first_publish_us(diag), 0),
                         fmt(_per(redis_cpu_s(diag), diag.get("publishes")), 0)
                         if kind != "memory"
                         else "—",
@@ -1180,7 +1191,11 @@ def topics_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
         "publish*: the worker's CPU (`/proc/<pid>/stat`) from the first publish until every "
         "delivery arrived, divided by the publishes; *net* takes off what the worker spent "
         "at idle over the same time (measured for 3 s just before, with the K streams "
-        "open). *Delivery*: client receive time - send time. On Redis the same load also "
+        "open). The channels are *active*: before the window each got one publish "
+        "(unpaced), so the window measures publishing to channels that exist; those first "
+        "publishes, which also take the channel's `MAX_CHANNELS` slot (one more round trip "
+        "on Redis), are *first publish to a channel*. "
+        "*Delivery*: client receive time - send time. On Redis the same load also "
         "ran with the publishes made straight into Redis by the client (the product's own "
         "broker code, on the client's core): the worker then only reads notifications and "
         "delivers, which is **the Redis read path's cost per process**. Heartbeats are set "
@@ -1205,6 +1220,7 @@ def topics_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
                 "deliveries",
                 "worker CPU per publish (µs)",
                 "net of idle (µs)",
+                "first publish to a channel (µs)",
                 "redis CPU per publish (µs)",
                 "delivery p50 (ms)",
                 "delivery p99 (ms)",
