@@ -47,6 +47,9 @@ from hypercorn.middleware import ProxyFixMiddleware
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Quart
 
+from .security import HSTS, PAGE_HEADERS
+from .web import envelope, is_api_path
+
 log = logging.getLogger("quart_app.edge")
 
 PROXY_MODES = ("legacy", "modern")
@@ -55,6 +58,8 @@ RESOURCE_LOGGERS = ("asyncio", "hypercorn.error")
 _OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
 # What asyncio's accept loop treats as "out of resources, retry in a second".
 _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# The headers the app's own answers carry (``security.py``), on the edge's refusals too.
+_SECURITY_HEADERS = [(k.lower().encode(), v.encode()) for k, v in PAGE_HEADERS.items()]
 
 
 def init_app(app: Quart) -> None:
@@ -62,7 +67,10 @@ def init_app(app: Quart) -> None:
     config = app.config
     hops = config["PROXY_TRUSTED_HOPS"]
     asgi: Any = Edge(
-        app.asgi_app, max_per_client=config["MAX_CONNECTIONS_PER_CLIENT"], forwarded=hops > 0
+        app.asgi_app,
+        max_per_client=config["MAX_CONNECTIONS_PER_CLIENT"],
+        forwarded=hops > 0,
+        hsts=bool(config["SESSION_COOKIE_SECURE"]),
     )
     if hops:
         asgi = TrustedProxies(asgi, mode=config["PROXY_MODE"], trusted_hops=hops)
@@ -114,9 +122,18 @@ def _ambiguous_framing(headers: Any) -> bool:
 
 
 async def refuse(
-    send: ASGISendCallable, status: int, message: str, headers: list[tuple[bytes, bytes]]
+    path: str,
+    send: ASGISendCallable,
+    status: int,
+    message: str,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    hsts: bool = False,
 ) -> None:
-    body = json.dumps({"error": message}).encode()
+    """An answer before the app: the app's error shape (the envelope under the API)
+    and the security headers every page and answer of the app carries."""
+    content = envelope(None, message, status) if is_api_path(path) else {"error": message}
+    body = json.dumps(content).encode()
     await send(
         {
             "type": "http.response.start",
@@ -126,6 +143,8 @@ async def refuse(
                 (b"content-length", str(len(body)).encode()),
                 (b"x-content-type-options", b"nosniff"),
                 (b"cache-control", b"no-store"),
+                *_SECURITY_HEADERS,
+                *([(b"strict-transport-security", HSTS.encode())] if hsts else []),
                 *headers,
             ],
             "trailers": False,
@@ -138,10 +157,16 @@ class Edge:
     """Refuses ambiguous framing; counts requests in progress per client address."""
 
     def __init__(
-        self, app: ASGIFramework, *, max_per_client: int = 0, forwarded: bool = False
+        self,
+        app: ASGIFramework,
+        *,
+        max_per_client: int = 0,
+        forwarded: bool = False,
+        hsts: bool = False,
     ) -> None:
         self.app = app
         self.max_per_client = max_per_client
+        self.hsts = hsts
         # Behind ProxyFixMiddleware, which has copied the scope: tidy its address.
         self.forwarded = forwarded
         self.open: Counter[str] = Counter()
@@ -154,10 +179,12 @@ class Edge:
             return
         if scope["http_version"] in ("1.0", "1.1") and _ambiguous_framing(scope["headers"]):
             await refuse(
+                scope["path"],
                 send,
                 400,
                 "a request may not carry both Content-Length and Transfer-Encoding",
                 [(b"connection", b"close")],
+                hsts=self.hsts,
             )
             return
         peer = scope.get("client")
@@ -171,10 +198,12 @@ class Edge:
         client = peer[0] if peer else "unknown"
         if self.open[client] >= self.max_per_client:
             await refuse(
+                scope["path"],
                 send,
                 429,
                 f"at most {self.max_per_client} requests in progress per client address",
                 [(b"retry-after", b"5")],
+                hsts=self.hsts,
             )
             return
         self.open[client] += 1

@@ -157,6 +157,7 @@ class Stats:
             counters["history_written"] = history.written
             counters["history_dropped"] = history.dropped
             counters["history_failed"] = history.failed
+            counters["history_pruned"] = history.pruned
         return counters
 
     def _task_count(self) -> int:
@@ -267,6 +268,7 @@ class Stats:
                 "written": shared.get("history_written", 0),
                 "dropped": shared.get("history_dropped", 0),
                 "failed": shared.get("history_failed", 0),
+                "pruned": shared.get("history_pruned", 0),
             },
         }
 
@@ -416,7 +418,7 @@ class _SnapshotCollector(Collector):
         records = CounterMetricFamily(
             "quart_app_history_records", "History records, by outcome.", labels=["outcome"]
         )
-        for outcome in ("written", "dropped", "failed"):
+        for outcome in ("written", "dropped", "failed", "pruned"):
             records.add_metric([outcome], history[outcome])
         yield records
         yield GaugeMetricFamily(

@@ -14,6 +14,16 @@ from quart import Response, request
 from .errors import APIError
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# The JSON API: its answers and errors are in one envelope.
+API_PREFIX = "/api/v1"
+
+
+def is_api_path(path: str) -> bool:
+    return path == API_PREFIX or path.startswith(API_PREFIX + "/")
+
+
+def envelope(content: Any, message: str, status: int = 200) -> dict[str, Any]:
+    return {"status": status, "success": status < 400, "message": message, "content": content}
 
 
 def client_address() -> str:

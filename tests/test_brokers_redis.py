@@ -243,3 +243,54 @@ async def test_only_topics_idle_past_the_linger_stop_being_followed(brokers: Any
         assert {"back", "held"} <= set(follower.topics)
     follower.sweep(time.monotonic() + 6)
     assert not {"gone", "back", "held"} & set(follower.topics)
+
+
+async def test_publishes_in_flight_together_each_get_their_own_reply(brokers: Any) -> None:
+    """Publishes share one pipelined connection per node: replies are matched in order."""
+    broker = await brokers()
+    await broker.publish("warm", "x", maxlen=10)  # the lane is open: all 600 go out at once
+    results = await asyncio.gather(
+        *(broker.publish(f"p{i % 30}", f"m{i}", maxlen=100) for i in range(600))
+    )
+    per_topic: dict[int, list[int]] = {}
+    for i, seq in enumerate(results):
+        per_topic.setdefault(i % 30, []).append(int(seq))
+    assert all(sorted(seqs) == list(range(1, 21)) for seqs in per_topic.values())
+    # Each caller got the id of its own message: no reply went to another caller.
+    for i, seq in enumerate(results):
+        [(got, data, _)] = await broker.entries(f"p{i % 30}", int(seq) - 1, 1)
+        assert (got, data) == (int(seq), f"m{i}")
+    assert len(broker._lanes) == 1
+
+
+async def test_a_publish_after_redis_forgot_its_scripts_loads_them_again(
+    brokers: Any, redis_session: RedisServer
+) -> None:
+    broker = await brokers()
+    assert await broker.publish("kept", "a", maxlen=10) == 1
+    redis_session.client().script_flush()
+    assert await broker.publish("kept", "b", maxlen=10) == 2
+    assert await broker.publish("kept", "c", maxlen=10) == 3
+
+
+async def test_a_lost_publish_connection_fails_its_callers_and_is_opened_again(
+    brokers: Any, redis_session: RedisServer
+) -> None:
+    broker = await brokers()
+    assert await broker.publish("t", "a", maxlen=10) == 1
+    lane = broker._lanes["redis"]
+    host, port = lane._conn._writer.get_extra_info("sockname")[:2]
+    redis_session.client().client_kill(f"{host}:{port}")
+    outcomes: list[str] = []
+
+    async def published() -> bool:
+        try:
+            await broker.publish("t", "b", maxlen=10)
+        except BrokerUnavailable:
+            outcomes.append("unavailable")  # told at once, never left hanging
+            return False
+        return True
+
+    await eventually(published, timeout=10)
+    assert outcomes.count("unavailable") <= 1
+    assert await broker.last_seq("t") == 2

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from quart_app.config import default_config, validate
+from quart_app.security import CONTENT_SECURITY_POLICY
 
 from .conftest import FAST
 from .harness import ServerProcess
@@ -226,7 +227,17 @@ async def test_request_budget_per_address(servers: Any) -> None:
             refused = await client.get("/api/v1/time", headers=as_a)
             assert refused.status_code == 429
             assert refused.headers["Retry-After"] == "5"
-            assert "per client address" in refused.json()["error"]
+            # The API's envelope and the app's security headers, though Quart never saw it.
+            answer = refused.json()
+            assert (answer["status"], answer["success"]) == (429, False)
+            assert "per client address" in answer["message"]
+            assert refused.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+            assert refused.headers["X-Frame-Options"] == "DENY"
+            assert refused.headers["X-Content-Type-Options"] == "nosniff"
+            page = await client.get("/", headers=as_a)
+            assert page.status_code == 429
+            assert "per client address" in page.json()["error"]
+            assert page.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
             assert (await client.get("/api/v1/time", headers=as_b)).status_code == 200
         # The streams have ended: the address has its budget back.
         await eventually(
@@ -289,6 +300,8 @@ def test_content_length_with_transfer_encoding_is_refused(servers: Any) -> None:
         refused, closed = exchange(server.port, head + both + CHUNKED_BODY)
         assert refused.startswith(b"HTTP/1.1 400"), refused[:200]
         assert b"Content-Length and Transfer-Encoding" in refused
+        assert b'"success": false' in refused  # /api/v1: the envelope
+        assert b"content-security-policy: default-src 'self'" in refused.lower()
         assert closed
 
 

@@ -271,3 +271,14 @@ def test_subscriber_gauges_name_the_busiest_and_sum_the_rest_exactly(
     left_out = [n for t, n in expected.items() if t not in named and not t.startswith("job:")]
     if named and left_out:
         assert max(left_out) <= min(named.values())
+
+
+async def test_rows_removed_by_retention_are_counted(app: Quart, client: Client) -> None:
+    history = get_state(app).history
+    assert history is not None
+    before = (await scrape(client))["quart_app_history_records"][1][(("outcome", "pruned"),)]
+    history.pruned += 7  # what a pruning round of the writer counts (tests/test_db.py)
+    metrics = await scrape(client)
+    assert metrics["quart_app_history_records"][1][(("outcome", "pruned"),)] == before + 7
+    stats = await _stats_when(client, lambda s: s["history"]["pruned"] == before + 7)
+    assert stats["history"]["written"] >= 0

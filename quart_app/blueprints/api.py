@@ -43,9 +43,9 @@ from ..jobs import JOB_ID_RE
 from ..openapi import Documentation, config_bound, document_body, document_errors, document_stream
 from ..sessions import charset, ensure_session, identities, job_params, owner, selection
 from ..state import get_hub, get_jobs, get_state
-from ..web import client_address
+from ..web import API_PREFIX, client_address, envelope, is_api_path
 
-PREFIX = "/api/v1"
+PREFIX = API_PREFIX
 bp = Blueprint("api", __name__, url_prefix=PREFIX)
 
 T = TypeVar("T")
@@ -89,6 +89,7 @@ class HistoryStats(BaseModel):
     written: int
     dropped: int
     failed: int
+    pruned: int = Field(description="Rows removed by retention (HISTORY_RETENTION_DAYS)")
 
 
 class StatsContent(BaseModel):
@@ -225,14 +226,6 @@ class EchoContent(BaseModel):
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def envelope(content: Any, message: str, status: int = 200) -> dict[str, Any]:
-    return {"status": status, "success": status < 400, "message": message, "content": content}
-
-
-def is_api_path(path: str) -> bool:
-    return path == PREFIX or path.startswith(PREFIX + "/")
 
 
 def json_only(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -71,8 +71,8 @@ from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import AskError, MovedError, NoScriptError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..sse import FieldError
@@ -89,11 +89,14 @@ from .base import (
 )
 from .redis_cluster import cluster_client, is_cluster_url, node_url
 from .redis_follow import JOIN_WINDOW, FollowedTopic, Follower, entry_message, entry_seq
+from .redis_lane import Lane
 
 log = logging.getLogger("quart_app.brokers.redis")
 
 # What "Redis is not there" looks like; anything else (e.g. WRONGTYPE) is a bug to surface.
 _DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+# Error replies to a command that did not run (so it may be sent again).
+_NOT_RUN = (NoScriptError, MovedError, AskError, TryAgainError)
 _FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\x00]")
 
 # Entries per XRANGE page when a subscriber catches up, and per stream per XREAD.
@@ -450,6 +453,8 @@ class RedisBroker:
             by_slot=self.cluster,
         )
         self._pubsub_pools: dict[str, ConnectionPool] = {}
+        # One pipelined connection per node for publishes (``redis_lane``).
+        self._lanes: dict[str, Lane] = {}
         self._slots = asyncio.Semaphore(max_connections) if self.cluster else None
         self._fetches: dict[tuple[str, int, int, int], asyncio.Future[list[Message]]] = {}
         self._handlers: list[Callable[[str], None]] = []
@@ -514,6 +519,9 @@ class RedisBroker:
         await self._follower.close()
         await self._tasks.close()
         self._reader = None
+        for lane in self._lanes.values():
+            await lane.close()
+        self._lanes.clear()
         for client in (self._redis, self._reader_redis):
             if client is not None:
                 if self.cluster:
@@ -640,7 +648,15 @@ class RedisBroker:
         args.append(self._channel(topic))
         args.append(first_seq or 0)
         script = self._scripts["publish"]
-        last_id, inc = await self._call(script(keys=[key, self._inc_key(key)], args=args))
+        keys = [key, self._inc_key(key)]
+        try:
+            lane = await self._lane_for(key)
+            last_id, inc = await self._call_lane(lane.call("EVALSHA", script.sha, 2, *keys, *args))
+        except _NOT_RUN:
+            # NOSCRIPT (Redis restarted or flushed its scripts) or a cluster
+            # redirection: the script did not run; redis-py loads it, follows
+            # the redirection and refreshes its slot table for the next lane.
+            last_id, inc = await self._call(script(keys=keys, args=args))
         if not last_id:
             raise Fenced(f"{topic}: seq {first_seq} is already taken (newest {inc.decode()})")
         return Seq(entry_seq(last_id), inc.decode())
@@ -837,6 +853,20 @@ class RedisBroker:
             (inc.decode(), [(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in newest])
             for inc, newest in replies
         ]
+
+    async def _lane_for(self, key: str) -> Lane:
+        name, connect = await self._shard_for(key)
+        lane = self._lanes.get(name)
+        if lane is None:
+            lane = self._lanes[name] = Lane(name, connect)
+        return lane
+
+    async def _call_lane(self, awaitable: Awaitable[Any]) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await awaitable
+        except _DOWN as error:
+            raise BrokerUnavailable(f"Redis is unavailable: {error!r}") from error
 
     async def _shard_for(self, key: str) -> tuple[str, Callable[[], AbstractConnection]]:
         """The shard that owns ``key``'s slot, and how to open a pub/sub connection to it."""
