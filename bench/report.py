@@ -1081,6 +1081,24 @@ def with_range(cell: str, r: dict[str, Any] | None, key: str, digits: int) -> st
     return f"{cell} ({fmt(min(values), digits)} to {fmt(max(values), digits)})"
 
 
+def topic_row(name: str, via: str, k: int, r: dict[str, Any], kind: str) -> list[str]:
+    """One row of the topics table (a median of repeats shows their range)."""
+    return [
+        name,
+        via,
+        fmt(k),
+        f"{fmt(r.get('deliveries'))} of {fmt(r.get('deliveries_expected'))}",
+        with_range(fmt(per_publish_us(r), 0), r, "cpu_per_publish_us", 0),
+        fmt(per_publish_us(r, net=True), 0),
+        fmt(first_publish_us(r), 0),
+        fmt(_per(redis_cpu_s(r), r.get("publishes")), 0) if kind != "memory" else "—",
+        fmt(get(r, "latency", "p50_ms"), 2),
+        with_range(fmt(get(r, "latency", "p99_ms"), 2), r, "p99_ms", 2),
+        fmt(_pct(get(r, "cpu", "client_cpu_util")), 0),
+        noise(r),
+    ]
+
+
 def topic_runs(results: dict[str, Any], kind: str, suffix: str = "") -> list[Any]:
     topics = results.get("topics") or {}
     runs = topics.get(kind) or {}
@@ -1111,45 +1129,11 @@ def topics_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
                 if "error" in r:
                     rows.append([name, via, fmt(k), "error: " + str(r["error"])[:200], *[""] * 8])
                     continue
-                rows.append(
-                    [
-                        name,
-                        via,
-                        fmt(k),
-                        f"{fmt(r.get('deliveries'))} of {fmt(r.get('deliveries_expected'))}",
-                        with_range(fmt(per_publish_us(r), 0), r, "cpu_per_publish_us", 0),
-                        fmt(per_publish_us(r, net=True), 0),
-                        fmt(first_publish_us(r), 0),
-                        fmt(_per(redis_cpu_s(r), r.get("publishes")), 0)
-                        if kind != "memory"
-                        else "—",
-                        fmt(get(r, "latency", "p50_ms"), 2),
-                        with_range(fmt(get(r, "latency", "p99_ms"), 2), r, "p99_ms", 2),
-                        fmt(_pct(get(r, "cpu", "client_cpu_util")), 0),
-                        noise(r),
-                    ]
-                )
+                rows.append(topic_row(name, via, k, r, kind))
             top = ks[-1] if ks else 0
             diag = (topics.get(kind) or {}).get(f"{top}{suffix}-nostats")
             if diag is not None and "error" not in diag:
-                rows.append(
-                    [
-                        name,
-                        f"{via}, statistics every 600 s",
-                        fmt(top),
-                        f"{fmt(diag.get('deliveries'))} of {fmt(diag.get('deliveries_expected'))}",
-                        fmt(per_publish_us(diag), 0),
-                        fmt(per_publish_us(diag, net=True), 0),
-                        fmt(first_publish_us(diag), 0),
-                        fmt(_per(redis_cpu_s(diag), diag.get("publishes")), 0)
-                        if kind != "memory"
-                        else "—",
-                        fmt(get(diag, "latency", "p50_ms"), 2),
-                        fmt(get(diag, "latency", "p99_ms"), 2),
-                        fmt(_pct(get(diag, "cpu", "client_cpu_util")), 0),
-                        noise(diag),
-                    ]
-                )
+                rows.append(topic_row(name, f"{via}, statistics every 600 s", top, diag, kind))
             if suffix:
                 continue
             cpu_spread = spread([per_publish_us(r) for r in runs])

@@ -737,6 +737,20 @@ def median_run(repeats: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def topic_args(plan: Plan, k: int) -> list[str]:
+    """The client's arguments for K channels and the plan's publishes."""
+    return [
+        "--n",
+        str(k),
+        "--publishes",
+        str(plan.topic_publishes),
+        "--rate",
+        str(plan.topic_rate),
+        "--token",
+        TOKEN,
+    ]
+
+
 def run_topics(bench: Bench, plan: Plan) -> dict[str, Any]:
     """K channels with one subscriber each, for each K and broker: P publishes by
     POST; on Redis also P publishes made straight into Redis (the read path alone).
@@ -765,16 +779,7 @@ def run_topics(bench: Bench, plan: Plan) -> dict[str, Any]:
         repeats: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for rep in range(plan.topic_repeats):
             for k in plan.topic_ks:
-                args = [
-                    "--n",
-                    str(k),
-                    "--publishes",
-                    str(plan.topic_publishes),
-                    "--rate",
-                    str(plan.topic_rate),
-                    "--token",
-                    TOKEN,
-                ]
+                args = topic_args(plan, k)
                 for kind, back in backs.items():
                     label = f"topics-{k}-{kind}-{rep + 1}"
                     repeats.setdefault((kind, str(k)), []).append(
@@ -801,17 +806,7 @@ def run_topics(bench: Bench, plan: Plan) -> dict[str, Any]:
         # no per-second work grows with the number of topics.
         k = max(plan.topic_ks)
         for kind, back in backs.items():
-            args = [
-                "--n",
-                str(k),
-                "--publishes",
-                str(plan.topic_publishes),
-                "--rate",
-                str(plan.topic_rate),
-                "--token",
-                TOKEN,
-                *(["--via-redis", back.url] if back.url else []),
-            ]
+            args = [*topic_args(plan, k), *(["--via-redis", back.url] if back.url else [])]
             out[kind][f"{k}{'-read' if back.url else ''}-nostats"] = run_on_backend(
                 bench,
                 plan,

@@ -855,10 +855,12 @@ class RedisBroker:
         ]
 
     async def _lane_for(self, key: str) -> Lane:
-        name, connect = await self._shard_for(key)
+        # Per publish: only the node's name; its URL and pool are made once.
+        name = str(self.redis.get_node_from_key(key).name) if self.cluster else "redis"
         lane = self._lanes.get(name)
         if lane is None:
-            lane = self._lanes[name] = Lane(name, connect)
+            name, connect = await self._shard_for(key)
+            lane = self._lanes.setdefault(name, Lane(name, connect))
         return lane
 
     async def _call_lane(self, awaitable: Awaitable[Any]) -> Any:
