@@ -1186,10 +1186,21 @@ def topics_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
         "to 600 s in these runs (a per-connection cost, measured by *hold*), so that they "
         "do not land in the window. "
         + (
-            f"Each (K, broker) ran {params['repeats']} times, interleaved (every broker at "
-            "one K, then the next K, then again), and each row is the run of median worker "
-            "CPU with the median p50 and p99 of all runs; the range over the runs is in "
-            "brackets, and the deliveries are the fewest any run made. "
+            (
+                f"Each (K, broker) ran {params['repeats']} times. A repeat runs every "
+                "broker in turn, and a broker's redis-servers run only for its own block: "
+                "started, warmed by one discarded run at the largest K, then its Ks in "
+                "an order rotated from repeat to repeat, then stopped; so no idle server "
+                "of another broker shares the worker's core, and no fresh server's first "
+                "run is measured. "
+                if params.get("order") == "blocks"
+                else f"Each (K, broker) ran {params['repeats']} times, interleaved (every "
+                "broker at one K, then the next K, then again), with every broker's "
+                "servers up for the whole run. "
+            )
+            + "Each row is the run of median worker CPU with the median p50 and p99 of "
+            "all runs; the range over the runs is in brackets, and the deliveries are the "
+            "fewest any run made. "
             if int(params.get("repeats") or 1) > 1
             else ""
         )

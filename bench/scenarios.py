@@ -16,8 +16,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -751,72 +751,96 @@ def topic_args(plan: Plan, k: int) -> list[str]:
     ]
 
 
+def topic_order(ks: Sequence[int], rep: int) -> list[int]:
+    """The Ks of repeat ``rep``, rotated (a Latin square): over as many repeats as Ks,
+    every K runs once first, once second ... after its broker's servers start."""
+    shift = rep % len(ks)
+    return [*ks[shift:], *ks[:shift]]
+
+
 def run_topics(bench: Bench, plan: Plan) -> dict[str, Any]:
     """K channels with one subscriber each, for each K and broker: P publishes by
     POST; on Redis also P publishes made straight into Redis (the read path alone).
 
-    Every (K, broker) runs ``topic_repeats`` times, interleaved (K = 10 on memory,
-    Redis, the cluster, then K = 1,000 ...), so that a slow minute of a shared
-    machine does not land on one broker only; each row is the median run."""
+    Each repeat runs every broker in turn (memory, Redis, the cluster, then again),
+    and a broker's redis-servers run only for its own block: started, warmed by
+    one discarded run at the largest K, its Ks in rotated order, stopped.  So no
+    idle server of another broker shares the worker's core, a fresh server's first
+    run is never measured, and a slow minute of a shared machine does not land on
+    one broker only.  Each row is the median run."""
     out: dict[str, Any] = {
         "params": {
             "ks": list(plan.topic_ks),
             "publishes": plan.topic_publishes,
             "rate": plan.topic_rate,
             "repeats": plan.topic_repeats,
+            "order": "blocks",
         }
     }
-    with ExitStack() as stack:
-        backs: dict[str, Backend] = {}
+    budget_of = 120 + max(plan.topic_ks) / 100 + plan.topic_publishes / plan.topic_rate
+    top = max(plan.topic_ks)
+    warm_args = [*topic_args(plan, top)]
+    warm_args[warm_args.index("--publishes") + 1] = str(max(1, plan.topic_publishes // 10))
+    repeats: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for rep in range(plan.topic_repeats):
+        last = rep == plan.topic_repeats - 1
         for kind in plan.topic_brokers:
+            if "error" in out.get(kind, {}):
+                continue
             try:
-                backs[kind] = stack.enter_context(backend(bench, kind))
-                out[kind] = {"backend": backs[kind].info}
+                with backend(bench, kind) as back:
+                    out.setdefault(kind, {"backend": back.info})
+                    run_on_backend(
+                        bench,
+                        plan,
+                        back,
+                        "topics",
+                        f"topics-{kind}-{rep + 1}-warm-up",
+                        warm_args,
+                        budget_of,
+                        QUIET_STREAMS,
+                    )
+                    for k in topic_order(plan.topic_ks, rep):
+                        args = topic_args(plan, k)
+                        label = f"topics-{k}-{kind}-{rep + 1}"
+                        repeats.setdefault((kind, str(k)), []).append(
+                            run_on_backend(
+                                bench, plan, back, "topics", label, args, budget_of, QUIET_STREAMS
+                            )
+                        )
+                        if back.url:
+                            repeats.setdefault((kind, f"{k}-read"), []).append(
+                                run_on_backend(
+                                    bench,
+                                    plan,
+                                    back,
+                                    "topics",
+                                    f"{label}-read-path",
+                                    [*args, "--via-redis", back.url],
+                                    budget_of,
+                                    QUIET_STREAMS,
+                                )
+                            )
+                    if last:
+                        # The largest K again with the statistics gauges spaced out: a
+                        # check that no per-second work grows with the number of topics.
+                        via = ["--via-redis", back.url] if back.url else []
+                        out[kind][f"{top}{'-read' if back.url else ''}-nostats"] = run_on_backend(
+                            bench,
+                            plan,
+                            back,
+                            "topics",
+                            f"topics-{top}-{kind}-stats-600s",
+                            [*topic_args(plan, top), *via],
+                            budget_of,
+                            {**QUIET_STREAMS, **STATS_SPACED},
+                        )
             except (RuntimeError, OSError, RedisError) as error:
                 log(f"  -> topics on {kind} failed: {str(error)[:300]}")
                 out[kind] = {"error": str(error)[-2000:]}
-        budget_of = 120 + max(plan.topic_ks) / 100 + plan.topic_publishes / plan.topic_rate
-        repeats: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for rep in range(plan.topic_repeats):
-            for k in plan.topic_ks:
-                args = topic_args(plan, k)
-                for kind, back in backs.items():
-                    label = f"topics-{k}-{kind}-{rep + 1}"
-                    repeats.setdefault((kind, str(k)), []).append(
-                        run_on_backend(
-                            bench, plan, back, "topics", label, args, budget_of, QUIET_STREAMS
-                        )
-                    )
-                    if back.url:
-                        repeats.setdefault((kind, f"{k}-read"), []).append(
-                            run_on_backend(
-                                bench,
-                                plan,
-                                back,
-                                "topics",
-                                f"{label}-read-path",
-                                [*args, "--via-redis", back.url],
-                                budget_of,
-                                QUIET_STREAMS,
-                            )
-                        )
-        for (kind, key), runs in repeats.items():
+    for (kind, key), runs in repeats.items():
+        if "error" not in out[kind]:
             out[kind][key] = median_run(runs)
-        # The largest K again with the statistics gauges spaced out: a check that
-        # no per-second work grows with the number of topics.
-        k = max(plan.topic_ks)
-        for kind, back in backs.items():
-            args = [*topic_args(plan, k), *(["--via-redis", back.url] if back.url else [])]
-            out[kind][f"{k}{'-read' if back.url else ''}-nostats"] = run_on_backend(
-                bench,
-                plan,
-                back,
-                "topics",
-                f"topics-{k}-{kind}-stats-600s",
-                args,
-                budget_of,
-                {**QUIET_STREAMS, **STATS_SPACED},
-            )
     return out
 
 

@@ -254,3 +254,14 @@ def test_topic_repeats_report_the_median_run_and_never_hide_a_failure() -> None:
     assert row["repeats"]["cpu_per_publish_us"] == [3000.0, 1000.0, 2000.0]
     failed = median_run([run(0.1, 1.0), {"error": "server did not start"}])
     assert failed["deliveries"] == 0 and failed["repeats"]["failed"] == 1
+
+
+def test_topic_runs_rotate_the_ks_so_each_k_runs_first_once() -> None:
+    from bench.scenarios import topic_order
+
+    ks = [10, 1000, 10000]
+    orders = [topic_order(ks, rep) for rep in range(len(ks))]
+    assert all(sorted(order) == ks for order in orders)  # every K in every repeat
+    for place in range(len(ks)):  # and in every place once
+        assert sorted(order[place] for order in orders) == ks
+    assert topic_order(ks, len(ks)) == ks

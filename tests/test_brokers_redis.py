@@ -263,6 +263,17 @@ async def test_publishes_in_flight_together_each_get_their_own_reply(brokers: An
     assert len(broker._lanes) == 1
 
 
+async def test_a_published_text_comes_back_byte_for_byte(brokers: Any) -> None:
+    """The lane packs commands itself (hiredis): any text must arrive as it was sent."""
+    broker = await brokers()
+    texts = ["h\u00e9llo \u2713 \U0001f600", "two\nlines\r\n", "", "x" * 70_000, "\\0 \u0000"]
+    seqs = [await broker.publish("bytes", text, maxlen=10, event="\u00e9v") for text in texts]
+    stored = await broker.entries("bytes", 0, 10)
+    assert [(seq, data, event) for seq, data, event in stored] == [
+        (int(seq), text, "\u00e9v") for seq, text in zip(seqs, texts, strict=True)
+    ]
+
+
 async def test_a_publish_after_redis_forgot_its_scripts_loads_them_again(
     brokers: Any, redis_session: RedisServer
 ) -> None:

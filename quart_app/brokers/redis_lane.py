@@ -29,10 +29,19 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.utils import HIREDIS_AVAILABLE
 
 log = logging.getLogger("quart_app.brokers.redis")
+
+# redis-py's asyncio connection packs commands in Python (about 10 µs for a
+# publish's 14 arguments); its hiredis packer, which its synchronous client
+# uses, does the same in C (about 1.5 µs), with the same bytes on the wire.
+_PACK: Callable[..., list[bytes]] | None = (
+    HiredisRespSerializer().pack if HIREDIS_AVAILABLE else None
+)
 
 
 class Lane:
@@ -52,7 +61,7 @@ class Lane:
         if conn is None or self._reader is None or self._reader.done():
             conn = await self._open()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        packed = conn.pack_command(*args)
+        packed = conn.pack_command(*args) if _PACK is None else _PACK(*args)
         # No suspension between queueing the future and writing the command
         # (the write is synchronous on a connected socket): the order of the
         # queue is the order of the commands on the wire.
