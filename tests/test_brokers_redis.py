@@ -305,3 +305,32 @@ async def test_a_lost_publish_connection_fails_its_callers_and_is_opened_again(
     await eventually(published, timeout=10)
     assert outcomes.count("unavailable") <= 1
     assert await broker.last_seq("t") == 2
+
+
+async def test_a_caller_that_stops_waiting_leaves_later_replies_to_their_callers(
+    redis_session: RedisServer,
+) -> None:
+    """A timed-out command keeps its place in the lane's queue: the reader skips its
+    reply, and the replies after it still reach their own callers."""
+    from redis.asyncio import ConnectionPool
+
+    from quart_app.brokers.redis_lane import Lane
+
+    pool = ConnectionPool.from_url(f"redis://127.0.0.1:{redis_session.port}/0")
+    lane = Lane("test", pool.make_connection)
+    try:
+        assert await lane.call("SET", "lane:k", "v") in (True, b"OK")
+        # Redis holds this connection for 0.3 s; its caller gives up after 0.05 s.
+        slow = asyncio.ensure_future(lane.call("BLPOP", "lane:nothing", "0.3"))
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await asyncio.shield(slow)
+        slow.cancel()
+        # Sent after the slow one, answered after it: each gets its own reply.
+        got = await asyncio.gather(*(lane.call("GET", "lane:k") for _ in range(3)))
+        assert got == [b"v", b"v", b"v"]
+        assert await lane.call("ECHO", "after") == b"after"
+        assert slow.cancelled()
+    finally:
+        await lane.close()
+        await pool.disconnect()
