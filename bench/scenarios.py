@@ -78,8 +78,8 @@ class Plan:
     topic_ks: tuple[int, ...] = (10, 1000, 10000)
     topic_publishes: int = 2500
     topic_rate: float = 250.0
-    # Each (K, broker) this many times, interleaved; the median run is reported.
-    topic_repeats: int = 3
+    # Each (K, broker) this many times (a block per broker each time); the median run.
+    topic_repeats: int = 5
     topic_brokers: tuple[str, ...] = BROKERS
     # Jobs' memory (0: the product's MAX_JOBS, MAX_AMOUNT and MAX_LENGTH).
     jobmem_jobs: int = 0
