@@ -7,6 +7,7 @@ Used by views and by the domain modules that need to know who asks
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from quart import Response, request
@@ -26,6 +27,34 @@ def envelope(content: Any, message: str, status: int = 200) -> dict[str, Any]:
     return {"status": status, "success": status < 400, "message": message, "content": content}
 
 
+# A JSON string may escape a lone UTF-16 surrogate ("\\udc80"): it parses, but it
+# is no character, and no UTF-8 text (an SSE frame, Redis, the database) can hold it.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _not_json(constant: str) -> Any:
+    # Python's parser takes NaN and Infinity, which are not JSON (RFC 8259): passed
+    # on, they would reach subscribers as frames that JSON.parse refuses.
+    raise ValueError(f"{constant} is not JSON")
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """A JSON body; ``400`` unless it is valid JSON (RFC 8259) of valid Unicode text."""
+    try:
+        text = raw if isinstance(raw, str) else raw.decode("utf-8")
+        body = json.loads(text, parse_constant=_not_json)
+        if _SURROGATE_ESCAPE.search(text):
+            # Pairs were joined by the parser; a lone half does not encode.
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(
+            400, "the request body is not valid JSON: it escapes a lone surrogate"
+        ) from None
+    except ValueError:  # UnicodeDecodeError included
+        raise APIError(400, "the request body is not valid JSON") from None
+    return body
+
+
 def client_address() -> str:
     return request.remote_addr or "unknown"
 
@@ -42,10 +71,7 @@ async def read_body(max_bytes: int | None = None) -> dict[str, Any]:
     if not raw and not mimetype:
         return {}
     if mimetype == "application/json" or mimetype.endswith("+json"):
-        try:
-            body = json.loads(raw if isinstance(raw, str) else raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise APIError(400, "the request body is not valid JSON") from None
+        body = parse_json(raw)
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
         return body

@@ -353,3 +353,37 @@ async def test_odd_input_never_gets_a_5xx(
     registry = app.extensions["quart_app"].jobs
     for job in list(registry.jobs):
         await registry.cancel(job)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('{"data": "half \\udc80 a pair"}', "lone surrogate"),
+        ('{"data": ["\\uD83D"]}', "lone surrogate"),
+        ('{"data": {"\\ude00": 1}}', "lone surrogate"),
+        ('{"data": NaN}', "not valid JSON"),
+        ('{"data": [1, -Infinity]}', "not valid JSON"),
+    ],
+)
+async def test_json_that_no_client_could_read_back_is_refused(
+    client: Client, body: str, message: str
+) -> None:
+    """A lone surrogate escape or NaN parses in Python but is no JSON text a
+    subscriber could decode (nor UTF-8 for Redis): 400, and nothing is published."""
+    client.app.config["PUBLISH_TOKEN"] = TOKEN
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    for path, member in (
+        ("/channels/odd", "data"),
+        ("/chat", "message"),
+        ("/api/v1/jobs", "amount"),
+        ("/api/v1/echo", "data"),
+    ):
+        answer = await client.post(path, data=body.replace("data", member), headers=headers)
+        assert answer.status_code == 400, (path, answer.status_code)
+        assert message in (await answer.get_data(as_text=True)), path
+    # A pair is one character: accepted, and the refused bodies took no seq.
+    answer = await client.post("/channels/odd", data='{"data": "\\ud83d\\ude00"}', headers=headers)
+    assert answer.status_code == 202
+    assert (await answer.get_json())["id"].split(".")[0] == "1"
+    chat = await client.post("/chat", data='{"message": "\\ud83d\\ude00"}', headers=headers)
+    assert chat.status_code == 202

@@ -15,7 +15,6 @@ OpenAPI (``/openapi.json``) documents the API and the operations endpoints;
 from __future__ import annotations
 
 import hmac
-import json
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -43,7 +42,7 @@ from ..jobs import JOB_ID_RE
 from ..openapi import Documentation, config_bound, document_body, document_errors, document_stream
 from ..sessions import charset, ensure_session, identities, job_params, owner, selection
 from ..state import get_hub, get_jobs, get_state
-from ..web import API_PREFIX, client_address, envelope, is_api_path
+from ..web import API_PREFIX, client_address, envelope, is_api_path, parse_json
 
 PREFIX = API_PREFIX
 bp = Blueprint("api", __name__, url_prefix=PREFIX)
@@ -236,10 +235,7 @@ def json_only(func: Callable[..., Any]) -> Callable[..., Any]:
         mimetype = request.mimetype
         if mimetype != "application/json" and not mimetype.endswith("+json"):
             raise APIError(415, "send a JSON body (Content-Type: application/json)")
-        try:
-            json.loads(await request.get_data(cache=True))
-        except ValueError:  # UnicodeDecodeError included
-            raise APIError(400, "the request body is not valid JSON") from None
+        parse_json(await request.get_data(cache=True))
         return await func(*args, **kwargs)
 
     return wrapper
@@ -506,10 +502,7 @@ async def echo() -> dict[str, Any]:
     form: dict[str, list[str]] = {}
     files: dict[str, list[str]] = {}
     if raw and (mimetype == "application/json" or mimetype.endswith("+json")):
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, ValueError):
-            raise APIError(400, "the request body is not valid JSON") from None
+        body = parse_json(raw)
     elif mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         form = _lists(await request.form)
         files = _lists(await request.files, lambda file: file.filename or "")
