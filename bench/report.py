@@ -897,11 +897,7 @@ def per_publish_us(r: dict[str, Any] | None, net: bool = False) -> float | None:
 
 def first_publish_us(r: dict[str, Any] | None) -> float | None:
     """Worker CPU per channel for the first publishes made before the window."""
-    cpu = get(r, "cpu_first", "server_cpu_s")
-    count = get(r, "first_publishes")
-    if not isinstance(cpu, int | float) or not isinstance(count, int) or not count:
-        return None
-    return 1e6 * float(cpu) / count
+    return _per(get(r, "cpu_first", "server_cpu_s"), get(r, "first_publishes"))
 
 
 def spread(values: list[float | None]) -> float | None:
@@ -1099,6 +1095,31 @@ def topic_row(name: str, via: str, k: int, r: dict[str, Any], kind: str) -> list
     ]
 
 
+def repeats_sentence(params: dict[str, Any]) -> str:
+    """How the repeats of each topic cell were run and reduced to one row."""
+    repeats = int(params.get("repeats") or 1)
+    if repeats < 2:
+        return ""
+    if params.get("order") == "blocks":
+        how = (
+            "A repeat runs every broker in turn, and a broker's redis-servers run only for "
+            "its own block: started, warmed by one discarded run at the largest K, then its "
+            "Ks in an order rotated from repeat to repeat, then stopped; so no idle server "
+            "of another broker shares the worker's core, and no fresh server's first run is "
+            "measured. "
+        )
+    else:  # the results of runs made before the blocks
+        how = (
+            "They were interleaved (every broker at one K, then the next K, then again), "
+            "with every broker's servers up for the whole run. "
+        )
+    return (
+        f"Each (K, broker) ran {repeats} times. {how}Each row is the run of median worker "
+        "CPU with the median p50 and p99 of all runs; the range over the runs is in "
+        "brackets, and the deliveries are the fewest any run made. "
+    )
+
+
 def topic_runs(results: dict[str, Any], kind: str, suffix: str = "") -> list[Any]:
     topics = results.get("topics") or {}
     runs = topics.get(kind) or {}
@@ -1185,25 +1206,7 @@ def topics_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
         "delivers, which is **the Redis read path's cost per process**. Heartbeats are set "
         "to 600 s in these runs (a per-connection cost, measured by *hold*), so that they "
         "do not land in the window. "
-        + (
-            (
-                f"Each (K, broker) ran {params['repeats']} times. A repeat runs every "
-                "broker in turn, and a broker's redis-servers run only for its own block: "
-                "started, warmed by one discarded run at the largest K, then its Ks in "
-                "an order rotated from repeat to repeat, then stopped; so no idle server "
-                "of another broker shares the worker's core, and no fresh server's first "
-                "run is measured. "
-                if params.get("order") == "blocks"
-                else f"Each (K, broker) ran {params['repeats']} times, interleaved (every "
-                "broker at one K, then the next K, then again), with every broker's "
-                "servers up for the whole run. "
-            )
-            + "Each row is the run of median worker CPU with the median p50 and p99 of "
-            "all runs; the range over the runs is in brackets, and the deliveries are the "
-            "fewest any run made. "
-            if int(params.get("repeats") or 1) > 1
-            else ""
-        )
+        + repeats_sentence(params)
         + f"**Target: largest / smallest within {TARGET_TOPIC_RATIO:g}x over K (met: {met} of "
         f"{len(targets)}).**",
         "",

@@ -737,13 +737,13 @@ def median_run(repeats: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def topic_args(plan: Plan, k: int) -> list[str]:
-    """The client's arguments for K channels and the plan's publishes."""
+def topic_args(plan: Plan, k: int, publishes: int | None = None) -> list[str]:
+    """The client's arguments for K channels and the plan's publishes (or ``publishes``)."""
     return [
         "--n",
         str(k),
         "--publishes",
-        str(plan.topic_publishes),
+        str(plan.topic_publishes if publishes is None else publishes),
         "--rate",
         str(plan.topic_rate),
         "--token",
@@ -758,16 +758,45 @@ def topic_order(ks: Sequence[int], rep: int) -> list[int]:
     return [*ks[shift:], *ks[:shift]]
 
 
+def topic_budget(plan: Plan) -> float:
+    """Seconds a topics client run may take: connects at the largest K, then publishes."""
+    return 120 + max(plan.topic_ks) / 100 + plan.topic_publishes / plan.topic_rate
+
+
+def topic_block(
+    bench: Bench,
+    plan: Plan,
+    back: Backend,
+    rep: int,
+    repeats: dict[tuple[str, str], list[dict[str, Any]]],
+) -> None:
+    """One broker's block of one repeat: a discarded warm-up at the largest K, then
+    every K in this repeat's order (and on Redis its read path), into ``repeats``."""
+    budget = topic_budget(plan)
+    top, kind = max(plan.topic_ks), back.kind
+    warm_up = topic_args(plan, top, publishes=max(1, plan.topic_publishes // 10))
+    label = f"topics-{kind}-{rep + 1}-warm-up"
+    run_on_backend(bench, plan, back, "topics", label, warm_up, budget, QUIET_STREAMS)
+    for k in topic_order(plan.topic_ks, rep):
+        args, label = topic_args(plan, k), f"topics-{k}-{kind}-{rep + 1}"
+        runs = [(str(k), label, args)]
+        if back.url:
+            runs.append((f"{k}-read", f"{label}-read-path", [*args, "--via-redis", back.url]))
+        for key, name, argv in runs:
+            result = run_on_backend(bench, plan, back, "topics", name, argv, budget, QUIET_STREAMS)
+            repeats.setdefault((kind, key), []).append(result)
+
+
 def run_topics(bench: Bench, plan: Plan) -> dict[str, Any]:
     """K channels with one subscriber each, for each K and broker: P publishes by
     POST; on Redis also P publishes made straight into Redis (the read path alone).
 
     Each repeat runs every broker in turn (memory, Redis, the cluster, then again),
-    and a broker's redis-servers run only for its own block: started, warmed by
-    one discarded run at the largest K, its Ks in rotated order, stopped.  So no
-    idle server of another broker shares the worker's core, a fresh server's first
-    run is never measured, and a slow minute of a shared machine does not land on
-    one broker only.  Each row is the median run."""
+    and a broker's redis-servers run only for its own block (``topic_block``):
+    started, warmed by one discarded run at the largest K, its Ks in rotated order,
+    stopped.  So no idle server of another broker shares the worker's core, a fresh
+    server's first run is never measured, and a slow minute of a shared machine
+    does not land on one broker only.  Each row is the median run."""
     out: dict[str, Any] = {
         "params": {
             "ks": list(plan.topic_ks),
@@ -777,51 +806,17 @@ def run_topics(bench: Bench, plan: Plan) -> dict[str, Any]:
             "order": "blocks",
         }
     }
-    budget_of = 120 + max(plan.topic_ks) / 100 + plan.topic_publishes / plan.topic_rate
     top = max(plan.topic_ks)
-    warm_args = [*topic_args(plan, top)]
-    warm_args[warm_args.index("--publishes") + 1] = str(max(1, plan.topic_publishes // 10))
     repeats: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for rep in range(plan.topic_repeats):
-        last = rep == plan.topic_repeats - 1
         for kind in plan.topic_brokers:
             if "error" in out.get(kind, {}):
                 continue
             try:
                 with backend(bench, kind) as back:
                     out.setdefault(kind, {"backend": back.info})
-                    run_on_backend(
-                        bench,
-                        plan,
-                        back,
-                        "topics",
-                        f"topics-{kind}-{rep + 1}-warm-up",
-                        warm_args,
-                        budget_of,
-                        QUIET_STREAMS,
-                    )
-                    for k in topic_order(plan.topic_ks, rep):
-                        args = topic_args(plan, k)
-                        label = f"topics-{k}-{kind}-{rep + 1}"
-                        repeats.setdefault((kind, str(k)), []).append(
-                            run_on_backend(
-                                bench, plan, back, "topics", label, args, budget_of, QUIET_STREAMS
-                            )
-                        )
-                        if back.url:
-                            repeats.setdefault((kind, f"{k}-read"), []).append(
-                                run_on_backend(
-                                    bench,
-                                    plan,
-                                    back,
-                                    "topics",
-                                    f"{label}-read-path",
-                                    [*args, "--via-redis", back.url],
-                                    budget_of,
-                                    QUIET_STREAMS,
-                                )
-                            )
-                    if last:
+                    topic_block(bench, plan, back, rep, repeats)
+                    if rep == plan.topic_repeats - 1:
                         # The largest K again with the statistics gauges spaced out: a
                         # check that no per-second work grows with the number of topics.
                         via = ["--via-redis", back.url] if back.url else []
@@ -832,7 +827,7 @@ def run_topics(bench: Bench, plan: Plan) -> dict[str, Any]:
                             "topics",
                             f"topics-{top}-{kind}-stats-600s",
                             [*topic_args(plan, top), *via],
-                            budget_of,
+                            120 + top / 100 + plan.topic_publishes / plan.topic_rate,
                             {**QUIET_STREAMS, **STATS_SPACED},
                         )
             except (RuntimeError, OSError, RedisError) as error:

@@ -80,7 +80,8 @@ async def publish(data: Any, *, type: str | None = None, channel: str = "sse") -
         raise ValueError(f"invalid channel name {channel!r}")
     if type is not None and not is_event_type(type):
         raise ValueError(f"invalid event type {type!r}")
-    text = json.dumps(data, ensure_ascii=False)
+    # NaN and Infinity are no JSON: a subscriber's JSON.parse would refuse the frame.
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
     await admit(channel)
     config = current_app.config
     seq = await get_state().broker.publish_many(

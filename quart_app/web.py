@@ -32,6 +32,11 @@ def envelope(content: Any, message: str, status: int = 200) -> dict[str, Any]:
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
+def is_json(mimetype: str) -> bool:
+    """``application/json`` or a ``+json`` type (``application/merge-patch+json``)."""
+    return mimetype == "application/json" or mimetype.endswith("+json")
+
+
 def _not_json(constant: str) -> Any:
     # Python's parser takes NaN and Infinity, which are not JSON (RFC 8259): passed
     # on, they would reach subscribers as frames that JSON.parse refuses.
@@ -70,7 +75,7 @@ async def read_body(max_bytes: int | None = None) -> dict[str, Any]:
     mimetype = request.mimetype
     if not raw and not mimetype:
         return {}
-    if mimetype == "application/json" or mimetype.endswith("+json"):
+    if is_json(mimetype):
         body = parse_json(raw)
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")

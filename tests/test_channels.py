@@ -165,6 +165,12 @@ async def test_publish_from_code_like_flask_sse(app: Quart, client: Client) -> N
             await sse.publish(1, type="a\nb", channel="news")
         with pytest.raises(ValueError):
             await sse.publish(1, channel="no/slash")
+        # Not JSON: no subscriber's JSON.parse could read it; nothing is published.
+        with pytest.raises(ValueError):
+            await sse.publish({"x": float("nan")}, channel="news")
+        with pytest.raises(ValueError):
+            await sse.publish([float("inf")], channel="news")
+        assert await state(app).broker.last_seq("channel:news") == int(event_id.split(".")[0])
 
 
 INJECTIONS = [

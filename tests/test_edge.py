@@ -393,3 +393,28 @@ def test_out_of_files_is_logged_once_per_interval(server_factory: Any) -> None:
     # ... and no storm behind it: about one failed accept() a second, not thousands.
     assert len(lines) + not_logged <= 2 * (stamps[-1] - stamps[0] + INTERVAL) + 5
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("secure", [True, False])
+async def test_the_edges_refusals_carry_hsts_exactly_when_the_app_does(
+    secure: bool, app_config: dict[str, Any]
+) -> None:
+    """HSTS goes with secure cookies (SESSION_COOKIE_SECURE), on the app's answers and
+    on the answers the edge gives before the app."""
+    from quart_app.edge import refuse
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await refuse("/", send, 429, "busy", [(b"retry-after", b"5")], hsts=secure)
+    headers = dict(sent[0]["headers"])
+    assert (b"strict-transport-security" in headers) is secure
+    assert headers[b"retry-after"] == b"5"
+    from quart_app import create_app
+
+    app = create_app({**app_config, "SESSION_COOKIE_SECURE": secure})
+    async with app.test_app():
+        answer = await app.test_client().get("/healthz")
+    assert ("Strict-Transport-Security" in answer.headers) is secure

@@ -42,10 +42,9 @@ from ..jobs import JOB_ID_RE
 from ..openapi import Documentation, config_bound, document_body, document_errors, document_stream
 from ..sessions import charset, ensure_session, identities, job_params, owner, selection
 from ..state import get_hub, get_jobs, get_state
-from ..web import API_PREFIX, client_address, envelope, is_api_path, parse_json
+from ..web import API_PREFIX, client_address, envelope, is_api_path, is_json, parse_json
 
-PREFIX = API_PREFIX
-bp = Blueprint("api", __name__, url_prefix=PREFIX)
+bp = Blueprint("api", __name__, url_prefix=API_PREFIX)
 
 T = TypeVar("T")
 
@@ -232,8 +231,7 @@ def json_only(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        mimetype = request.mimetype
-        if mimetype != "application/json" and not mimetype.endswith("+json"):
+        if not is_json(request.mimetype):
             raise APIError(415, "send a JSON body (Content-Type: application/json)")
         parse_json(await request.get_data(cache=True))
         return await func(*args, **kwargs)
@@ -415,7 +413,7 @@ async def create_job(data: JobCreate) -> tuple[dict[str, Any], int, dict[str, st
     job = await get_jobs().create(params, charset(selection()), who, identities())
     state = await get_jobs().state(job.id)
     assert state is not None
-    location = f"{PREFIX}/jobs/{job.id}"
+    location = f"{API_PREFIX}/jobs/{job.id}"
     content = {**_live_job(state), "key": job.key}
     return envelope(content, "job started", 201), 201, {"Location": location}
 
@@ -501,7 +499,7 @@ async def echo() -> dict[str, Any]:
     body: Any = None
     form: dict[str, list[str]] = {}
     files: dict[str, list[str]] = {}
-    if raw and (mimetype == "application/json" or mimetype.endswith("+json")):
+    if raw and is_json(mimetype):
         body = parse_json(raw)
     elif mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         form = _lists(await request.form)
