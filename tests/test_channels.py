@@ -170,6 +170,8 @@ async def test_publish_from_code_like_flask_sse(app: Quart, client: Client) -> N
             await sse.publish({"x": float("nan")}, channel="news")
         with pytest.raises(ValueError):
             await sse.publish([float("inf")], channel="news")
+        with pytest.raises(ValueError):
+            await sse.publish("half \udc80 a pair", channel="news")
         assert await state(app).broker.last_seq("channel:news") == int(event_id.split(".")[0])
 
 
