@@ -14,6 +14,7 @@ from quart_schema import tag_blueprint
 from . import channels, db, edge, errors, logs, metrics, security, sse, state
 from .blueprints import api, generator, ops, pages, push
 from .config import default_config, validate
+from .routing import UrlMap
 from .secrets_store import load_or_create_secret
 
 __all__ = ["create_app", "sse"]
@@ -26,10 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("quart_app")
 
 
+class App(Quart):
+    # Matching a request leaves no garbage cycle behind (see routing.py).
+    url_map_class = UrlMap
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Quart:
     overrides = dict(config or {})
     instance = overrides.get("INSTANCE_PATH") or os.environ.get("QUART_INSTANCE_PATH")
-    app = Quart(
+    app = App(
         __name__,
         instance_path=str(Path(instance).resolve()) if instance else None,
         template_folder=str(ROOT / "templates"),

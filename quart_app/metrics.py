@@ -65,6 +65,8 @@ JOB_STATUSES = ("done", "cancelled", "failed")
 _BUCKET_S = 60
 # Topics listed by name in the subscriber gauges; the others are summed by kind.
 TOPICS_SHOWN = 100
+# Counting the tasks takes at most 1 / TASK_COUNT_SHARE of the time (0.01%).
+TASK_COUNT_SHARE = 10_000
 
 
 def subscriber_gauges(tally: SubscriberTally, shown: int = TOPICS_SHOWN) -> dict[str, int]:
@@ -117,7 +119,7 @@ class Stats:
         self._task: asyncio.Task[None] | None = None
         self._last_warning = -math.inf
         self._tasks = 0
-        self._tasks_counted_at = -math.inf
+        self._tasks_due = -math.inf
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -161,11 +163,18 @@ class Stats:
         return counters
 
     def _task_count(self) -> int:
-        """asyncio tasks alive here, counted at most every ten intervals (a walk over all)."""
+        """asyncio tasks alive here.
+
+        Counting walks every task: about 12 ms at 20,000 streams, a pause that every
+        stream feels.  So it runs at most every ten intervals, and no more often
+        than keeps it under 0.01% of the time (every 2 minutes at that size).
+        """
         now = time.monotonic()
-        if now >= self._tasks_counted_at + 10 * self.interval_s:
+        if now >= self._tasks_due:
+            started = time.perf_counter()
             self._tasks = len(asyncio.all_tasks())
-            self._tasks_counted_at = now
+            spent = time.perf_counter() - started
+            self._tasks_due = now + max(10 * self.interval_s, spent * TASK_COUNT_SHARE)
         return self._tasks
 
     def local_gauges(self) -> dict[str, Any]:
