@@ -567,6 +567,7 @@ def markdown(
         "the other sections' raw results.",
         "",
         f"Run: {started}, {minutes:.1f} minutes"
+        + (f", product {meta['revision']}" if meta.get("revision") else "")
         + (" — **quick smoke run: figures are indicative only**" if plan.quick else "")
         + ".",
         "",
