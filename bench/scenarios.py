@@ -787,6 +787,18 @@ def topic_block(
             repeats.setdefault((kind, key), []).append(result)
 
 
+def topic_stats_spaced(bench: Bench, plan: Plan, back: Backend) -> dict[str, Any]:
+    """The largest K again with the statistics gauges spaced out: a check that no
+    per-second work grows with the number of topics (on Redis, its read path)."""
+    top, kind = max(plan.topic_ks), back.kind
+    via = ["--via-redis", back.url] if back.url else []
+    key = f"{top}{'-read' if back.url else ''}-nostats"
+    label = f"topics-{top}-{kind}-stats-600s"
+    argv = [*topic_args(plan, top), *via]
+    env = {**QUIET_STREAMS, **STATS_SPACED}
+    return {key: run_on_backend(bench, plan, back, "topics", label, argv, topic_budget(plan), env)}
+
+
 def run_topics(bench: Bench, plan: Plan) -> dict[str, Any]:
     """K channels with one subscriber each, for each K and broker: P publishes by
     POST; on Redis also P publishes made straight into Redis (the read path alone).
@@ -806,7 +818,6 @@ def run_topics(bench: Bench, plan: Plan) -> dict[str, Any]:
             "order": "blocks",
         }
     }
-    top = max(plan.topic_ks)
     repeats: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for rep in range(plan.topic_repeats):
         for kind in plan.topic_brokers:
@@ -817,19 +828,7 @@ def run_topics(bench: Bench, plan: Plan) -> dict[str, Any]:
                     out.setdefault(kind, {"backend": back.info})
                     topic_block(bench, plan, back, rep, repeats)
                     if rep == plan.topic_repeats - 1:
-                        # The largest K again with the statistics gauges spaced out: a
-                        # check that no per-second work grows with the number of topics.
-                        via = ["--via-redis", back.url] if back.url else []
-                        out[kind][f"{top}{'-read' if back.url else ''}-nostats"] = run_on_backend(
-                            bench,
-                            plan,
-                            back,
-                            "topics",
-                            f"topics-{top}-{kind}-stats-600s",
-                            [*topic_args(plan, top), *via],
-                            120 + top / 100 + plan.topic_publishes / plan.topic_rate,
-                            {**QUIET_STREAMS, **STATS_SPACED},
-                        )
+                        out[kind].update(topic_stats_spaced(bench, plan, back))
             except (RuntimeError, OSError, RedisError) as error:
                 log(f"  -> topics on {kind} failed: {str(error)[:300]}")
                 out[kind] = {"error": str(error)[-2000:]}

@@ -91,9 +91,10 @@ class _Walk:
                 if test_part.suffixed and found.groups()[-1] == "/":
                     # A slash suffix: check for the slash redirect next.
                     remaining = [""]
+                # The converters' values in the order of their group names.
                 groups = [
                     value
-                    for key, value in sorted(found.groupdict().items(), key=lambda entry: entry[0])
+                    for key, value in sorted(found.groupdict().items())
                     if key[:11] == "__werkzeug_"
                 ]
                 rv = self.match(new_state, remaining, values + groups)
@@ -129,7 +130,7 @@ class Matcher(StateMachineMatcher):
                 raise RequestPath(f"{path}/") from None
             if rv is None or rv[0].merge_slashes is False:
                 raise NoMatch(walk.have_match_for, walk.websocket_mismatch)
-            raise RequestPath(f"{path}")
+            raise RequestPath(path)
         if rv is None:
             raise NoMatch(walk.have_match_for, walk.websocket_mismatch)
 
@@ -157,4 +158,3 @@ class UrlMap(QuartMap):
             if not rule.build_only:
                 matcher.add(rule)
         self._matcher = matcher
-        self._remap = True

@@ -855,8 +855,8 @@ class RedisBroker:
         ]
 
     async def _lane_for(self, key: str) -> Lane:
-        # Per publish: only the node's name; its URL and pool are made once.
-        name = str(self.redis.get_node_from_key(key).name) if self.cluster else "redis"
+        # Per publish: only the shard's name; its URL and pool are made once.
+        name = self._shard_name(key)
         lane = self._lanes.get(name)
         if lane is None:
             name, connect = await self._shard_for(key)
@@ -870,16 +870,19 @@ class RedisBroker:
         except _DOWN as error:
             raise BrokerUnavailable(f"Redis is unavailable: {error!r}") from error
 
+    def _shard_name(self, key: str) -> str:
+        """The name of the shard that owns ``key``'s slot (its node's, on a cluster)."""
+        return str(self.redis.get_node_from_key(key).name) if self.cluster else "redis"
+
     async def _shard_for(self, key: str) -> tuple[str, Callable[[], AbstractConnection]]:
         """The shard that owns ``key``'s slot, and how to open a pub/sub connection to it."""
-        if self.cluster:
-            node = self.redis.get_node_from_key(key)
-            name = str(node.name)
-            url = node_url(self.url, node.host, int(node.port))
-        else:
-            name, url = "redis", self.url
+        name = self._shard_name(key)
         pool = self._pubsub_pools.get(name)
         if pool is None:
+            url = self.url
+            if self.cluster:
+                node = self.redis.get_node_from_key(key)
+                url = node_url(self.url, node.host, int(node.port))
             pool = self._pubsub_pools[name] = ConnectionPool.from_url(
                 url,
                 protocol=2,
