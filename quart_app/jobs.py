@@ -914,9 +914,21 @@ class JobRegistry:
         return self.results_dir / f"job-{job_id}.txt"
 
     def committed_bytes(self, job_id: str) -> int | None:
-        """How much of a local job's result file holds whole lines (None: not local)."""
+        """How much of this process's result file of a job is committed (None: not ours).
+
+        The file is the job's result only while this process owns the job: it
+        runs it, or ran it to its end.  A file left behind by a former owner (a
+        takeover, a hand-off at shutdown, a worker that died) is partial and
+        stale; the job's result is then its stream (Redis).  On the memory
+        broker the journal in this instance folder is the job's storage.
+        """
         job = self.jobs.get(job_id)
-        return None if job is None else job.committed
+        if job is None:
+            return None
+        if not self.durable and job.status == "running":
+            if job.task is None or job.task.done():
+                return None  # handed off: another process goes on with it
+        return job.committed
 
     @staticmethod
     def _key(job_id: str) -> str:
@@ -1000,7 +1012,6 @@ class JobRegistry:
                     text = "\n".join(strings) + "\n"
                     await out.write(text)
                     await out.flush()
-                    job.committed += len(text)  # ASCII only: characters are bytes
                     write: Callable[[], Awaitable[object]]
                     if self.durable:
                         write = functools.partial(
@@ -1011,6 +1022,8 @@ class JobRegistry:
                             self._publish_fenced, job, topic, items, maxlen, job.produced + 1
                         )
                     await self._persist(topic, write, self._published(topic, index))
+                    # Committed once published: a fenced batch is never served.
+                    job.committed += len(text)  # ASCII only: characters are bytes
                     job.produced = index
                     await asyncio.sleep(params.delay_ms / 1000 if params.delay_ms else 0)
             finally:

@@ -139,14 +139,15 @@ async def job_result(job_id: str) -> Response:
     await get_jobs().lookup(job_id, identities(), _job_key())
     jobs = get_jobs()
     path = jobs.result_path(job_id)
+    committed = jobs.committed_bytes(job_id)
+    if committed is None and not jobs.durable:
+        # Not this process's job (run elsewhere, or taken over from here): what
+        # the job committed is its stream, whatever file lies in this folder.
+        return _attachment(job_id, jobs.result_from_stream(job_id), None)
     try:
         size = (await aiofiles.os.stat(path)).st_size
     except FileNotFoundError:
-        if jobs.durable:
-            raise NotFound("this job's result file is gone") from None
-        # Not run here (several workers or hosts): the strings from the job's stream.
-        return _attachment(job_id, jobs.result_from_stream(job_id), None)
-    committed = jobs.committed_bytes(job_id)
+        raise NotFound("this job's result file is gone") from None
     if committed is not None:
         size = min(size, committed)
 
