@@ -13,11 +13,8 @@ from __future__ import annotations
 
 from quart import Quart
 
-import quart_app.jobs
 from quart_app import create_app as product_app
-
-quart_app.jobs.JOB_WINDOW = 1 << 62
 
 
 def create_app() -> Quart:
-    return product_app()
+    return product_app({"JOB_WINDOW": 1 << 62})

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from quart import Quart, current_app
 
 from .brokers import Broker, Overflow
-from .brokers.base import parse_seq
+from .brokers.base import Item, parse_seq
 from .errors import InvalidInput, Overloaded, TooLarge
 from .state import AppState, get_state
 from .streams import Feed
@@ -86,7 +86,7 @@ async def publish(data: Any, *, type: str | None = None, channel: str = "sse") -
     config = current_app.config
     seq = await get_state().broker.publish_many(
         topic_for(channel),
-        [(text, type, None)],
+        [Item(text, type)],
         maxlen=config["CHANNEL_HISTORY"],
         ttl_s=config["CHANNEL_TTL_S"],
     )
@@ -183,12 +183,8 @@ async def restore_chat(
         messages = await history.recent_chat(limit)
         if not messages:
             return 0
-        items: list[tuple[str, str | None, str | None]] = [
-            (
-                json.dumps({k: m[k] for k in ("user", "message", "time")}, ensure_ascii=False),
-                None,
-                None,
-            )
+        items = [
+            Item(json.dumps({k: m[k] for k in ("user", "message", "time")}, ensure_ascii=False))
             for m in messages
         ]
         await broker.publish_many(topic, items, maxlen=maxlen, ttl_s=ttl_s)

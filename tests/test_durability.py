@@ -18,8 +18,9 @@ import pytest
 from quart import Quart
 
 from quart_app import create_app
-from quart_app.jobs import JOB_WINDOW, item_data
-from quart_app.journal import Journal
+from quart_app.config import Defaults
+from quart_app.jobs import item_data
+from quart_app.jobs.journal import Journal
 
 from .conftest import FAST
 from .polling import eventually
@@ -125,9 +126,9 @@ async def test_a_killed_process_leaves_a_journal_that_is_resumed_after_its_last_
         state = registry.jobs[job]
         # What a SIGKILL leaves: no pause, the lock gone with the process.
         state.task.cancel()
-        state.cancel_reason = None
+        state.stop_reason = None
         registry.jobs.pop(job)
-        registry.journal.release(state.lock)
+        registry.ownership.let_go(state)
     seen = strings(first.parsed.events)
     path = tmp_path / "instance" / "results" / f"job-{job}.txt"
     whole = len(path.read_text().splitlines())
@@ -151,13 +152,13 @@ async def test_a_killed_process_leaves_a_journal_that_is_resumed_after_its_last_
 async def test_replay_comes_from_the_file_not_from_memory(tmp_path: Path) -> None:
     """A finished job keeps only a window of events in the broker; a watcher from the
     start still gets every string, read back from the result file."""
-    amount = JOB_WINDOW * 4
+    amount = Defaults.JOB_WINDOW * 4
     async with running(tmp_path) as app:
         job, key = await start_job(app, amount, 3, 0)
         registry = jobs(app)
         await eventually(lambda: registry.jobs[job].status == "done", timeout=10)
         topic = app.extensions["quart_app"].broker._topics[f"job:{job}"]
-        assert len(topic.history) <= JOB_WINDOW * 2
+        assert len(topic.history) <= Defaults.JOB_WINDOW * 2
         result = await watch(
             app,
             job,
@@ -253,6 +254,6 @@ async def test_replayed_frames_are_the_bytes_the_job_published(tmp_path: Path) -
         await eventually(lambda: registry.jobs[job].status == "done", timeout=10)
         topic = app.extensions["quart_app"].broker._topics[f"job:{job}"]
         live = topic.history.since(60, 40, 1 << 20)[:40]
-        replayed = await registry._replayed(registry.jobs[job], 60, 40)
+        replayed = await registry.ownership._replayed(registry.jobs[job], 60, 40)
     assert [m.seq for m in replayed] == [m.seq for m in live] == list(range(61, 101))
     assert [m.frame for m in replayed] == [m.frame for m in live]

@@ -288,12 +288,12 @@ def test_short_tokens_are_refused_at_start_up(tmp_path: Path, key: str) -> None:
 async def test_a_job_whose_set_up_fails_ends_failed(
     app: Quart, client: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from quart_app import jobs
+    from quart_app.jobs import runner
 
     def broken(_charset: str) -> Any:
         raise RuntimeError("no strings today")
 
-    monkeypatch.setattr(jobs, "StringMaker", broken)
+    monkeypatch.setattr(runner, "StringMaker", broken)
     created = await client.post("/jobs", json={"amount": 3, "length": 4})
     assert created.status_code == 201
     job = (await created.get_json())["id"]

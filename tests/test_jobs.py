@@ -105,7 +105,7 @@ async def test_per_session_and_global_limits(app: Quart, client: Client) -> None
     assert int(refused.headers["Retry-After"]) > 0
     # Another session (no cookie) hits the global cap instead.
     registry = app.extensions["quart_app"].jobs
-    registry.max_jobs = registry.running()
+    registry.limits.max_jobs = registry.running()
     other = app.test_client()
     refused = await other.post("/jobs", json=body)
     assert refused.status_code == 503

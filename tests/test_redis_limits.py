@@ -21,8 +21,8 @@ from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from quart_app import create_app
-from quart_app import jobs as jobs_module
 from quart_app.brokers import Broker, create_broker
+from quart_app.jobs import leased
 
 from .conftest import FAST, cluster_url
 from .polling import eventually
@@ -113,9 +113,10 @@ def registry(app: Quart) -> Any:
 async def die(app: Quart) -> None:
     """What the others see of a SIGKILL: its work stops, nothing is cleaned up."""
     jobs = registry(app)
-    tasks = [jobs._heartbeat, jobs._scanner, jobs._holder]
+    await jobs.loops.close()  # its heartbeat, scans and renewals stop
+    tasks = []
     for job in list(jobs.jobs.values()):
-        job.cancel_reason = None
+        job.stop_reason = None
         tasks.append(job.task)
     jobs.jobs.clear()
     for task in tasks:
@@ -200,9 +201,9 @@ async def test_max_jobs_counts_across_workers(
 
 @pytest.fixture
 def fast_takeover(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs_module, "LEASE_S", 1.0)
-    monkeypatch.setattr(jobs_module, "HEARTBEAT_S", 0.2)
-    monkeypatch.setattr(jobs_module, "TAKEOVER_SCAN_S", 0.2)
+    monkeypatch.setattr(leased, "LEASE_S", 1.0)
+    monkeypatch.setattr(leased, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(leased, "TAKEOVER_SCAN_S", 0.2)
 
 
 @pytest.mark.usefixtures("fast_takeover")
@@ -241,7 +242,7 @@ async def test_the_places_of_a_dead_worker_nobody_took_over_lapse_after_their_le
 ) -> None:
     # Its jobs' leases outlast the test, so nobody takes them over: only their
     # places under the limits (JOB_LIMIT_LEASE_S) lapse.
-    monkeypatch.setattr(jobs_module, "LEASE_S", 60.0)
+    monkeypatch.setattr(leased, "LEASE_S", 60.0)
     async with workers(1, JOB_LIMIT_LEASE_S=1.5) as doomed, workers(1) as alive:
         one, two = one_user([*doomed, *alive])
         assert (await one.get("/")).status_code == 200

@@ -17,9 +17,10 @@ import pytest
 from quart import Quart
 
 from quart_app import create_app
-from quart_app import jobs as jobs_module
 from quart_app.brokers import create_broker
 from quart_app.brokers.base import Fenced
+from quart_app.config import Defaults
+from quart_app.jobs import leased
 
 from .conftest import FAST
 from .polling import eventually
@@ -28,9 +29,9 @@ from .streaming import read_stream
 
 @pytest.fixture(autouse=True)
 def fast_leases(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs_module, "LEASE_S", 1.0)
-    monkeypatch.setattr(jobs_module, "HEARTBEAT_S", 0.2)
-    monkeypatch.setattr(jobs_module, "TAKEOVER_SCAN_S", 0.2)
+    monkeypatch.setattr(leased, "LEASE_S", 1.0)
+    monkeypatch.setattr(leased, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(leased, "TAKEOVER_SCAN_S", 0.2)
 
 
 def config(tmp_path: Path, name: str, url: str) -> dict[str, Any]:
@@ -59,9 +60,10 @@ def registry(app: Quart) -> Any:
 async def die(app: Quart) -> None:
     """What the others see of a SIGKILL: its work stops, nothing is cleaned up."""
     jobs = registry(app)
-    tasks = [jobs._heartbeat, jobs._scanner]
+    await jobs.loops.close()  # its heartbeat, scans and renewals stop
+    tasks = []
     for job in list(jobs.jobs.values()):
-        job.cancel_reason = None
+        job.stop_reason = None
         tasks.append(job.task)
     jobs.jobs.clear()
     for task in tasks:
@@ -205,7 +207,7 @@ async def test_a_watcher_behind_the_window_pages_from_the_stream(
     """A process keeps only a window of a job's events in memory; a watcher from the
     start pages the rest from the job's Redis stream, exactly."""
     one, two = workers
-    amount = jobs_module.JOB_WINDOW * 4
+    amount = Defaults.JOB_WINDOW * 4
     response = await one.test_client().post("/jobs", json={"amount": amount, "length": 4})
     job = await response.get_json()
     await eventually(lambda: registry(one).jobs[job["id"]].status == "done", timeout=20)

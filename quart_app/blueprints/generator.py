@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import aiofiles
-import aiofiles.os
 from quart import Blueprint, Response, current_app, jsonify, render_template, request
 
 from ..errors import Forbidden, NotFound
@@ -137,43 +133,15 @@ async def job_events(job_id: str) -> Response:
 @bp.get("/jobs/<job_id>/result")
 async def job_result(job_id: str) -> Response:
     await get_jobs().lookup(job_id, identities(), _job_key())
-    jobs = get_jobs()
-    path = jobs.result_path(job_id)
-    committed = jobs.committed_bytes(job_id)
-    if committed is None and not jobs.durable:
-        # Not this process's job (run elsewhere, or taken over from here): what
-        # the job committed is its stream, whatever file lies in this folder.
-        return _attachment(job_id, jobs.result_from_stream(job_id), None)
-    try:
-        size = (await aiofiles.os.stat(path)).st_size
-    except FileNotFoundError:
-        raise NotFound("this job's result file is gone") from None
-    if committed is not None:
-        size = min(size, committed)
-
-    async def chunks():
-        # Up to what the job had written when the request came: whole lines only.
-        remaining = size
-        async with aiofiles.open(path, "rb") as source:
-            while remaining > 0:
-                chunk = await source.read(min(65536, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                yield chunk
-
-    return _attachment(job_id, chunks(), size)
-
-
-def _attachment(job_id: str, body: AsyncIterator[bytes], size: int | None) -> Response:
+    result = await get_jobs().result(job_id)
     headers = {
         "Content-Type": "text/plain; charset=utf-8",
         "Content-Disposition": f'attachment; filename="job-{job_id}.txt"',
         # Generated strings may be passwords: never kept by a cache.
         "Cache-Control": "no-store",
     }
-    if size is not None:
-        headers["Content-Length"] = str(size)
-    response = Response(body, headers=headers)
+    if result.size is not None:
+        headers["Content-Length"] = str(result.size)
+    response = Response(result.chunks, headers=headers)
     response.timeout = None
     return response

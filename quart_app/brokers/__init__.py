@@ -8,12 +8,13 @@ the one-process broker, ``redis`` the broker for several workers and hosts
 
 from __future__ import annotations
 
-from .base import Broker, BrokerUnavailable, Message, Overflow, Subscription
+from .base import Broker, BrokerUnavailable, Item, Message, Overflow, Subscription
 from .memory import MemoryBroker
 
 __all__ = [
     "Broker",
     "BrokerUnavailable",
+    "Item",
     "MemoryBroker",
     "Message",
     "Overflow",

@@ -41,11 +41,19 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..sse import LastEventIdError, encode
 
 _SEQ_ID_RE = re.compile(r"(\d{1,19})(?:\.([a-z0-9]{1,16}))?")
+
+
+class Item(NamedTuple):
+    """One event to publish: its ``data:``, its ``event:`` type and its ``id:``."""
+
+    data: str
+    event: str | None = None
+    sse_id: str | None = None
 
 
 class Overflow(enum.Enum):
@@ -548,6 +556,8 @@ class Broker(Protocol):
 
     # What several processes need to cooperate; trivial in one process.
     node: str  # this process, as ``send`` addresses it
+    # Whether other processes share this broker (jobs are then owned by leases).
+    shared: bool
     reconnects: int  # times the broker connection was restored
 
     async def adjust(self, key: str, delta: int, ttl_s: float | None = None) -> int:

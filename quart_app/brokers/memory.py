@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from ..tasks import cancel_and_wait
 from .base import (
     Fenced,
+    Item,
     LocalTopic,
     Overflow,
     SubscriberTally,
@@ -49,6 +50,7 @@ class MemoryBroker:
         self._handlers: list[Callable[[str], None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.node = "local"
+        self.shared = False
         self.reconnects = 0
 
     async def start(self) -> None:
@@ -88,7 +90,7 @@ class MemoryBroker:
         sse_id: str | None = None,
         maxlen: int,
     ) -> int:
-        return await self.publish_many(topic, [(data, event, sse_id)], maxlen=maxlen)
+        return await self.publish_many(topic, [Item(data, event, sse_id)], maxlen=maxlen)
 
     async def publish_many(
         self,

@@ -80,6 +80,7 @@ from ..tasks import TaskSet, cancel_and_wait
 from .base import (
     BrokerUnavailable,
     Fenced,
+    Item,
     Message,
     Overflow,
     Seq,
@@ -426,6 +427,7 @@ class RedisBroker:
         self.prefix = prefix
         # This process, as other processes address it (job cancels).
         self.node = secrets.token_hex(8)
+        self.shared = True
         self.reconnects = 0
         self.timeout_s = timeout_s
         self.block_s = block_s
@@ -617,7 +619,7 @@ class RedisBroker:
         sse_id: str | None = None,
         maxlen: int,
     ) -> int:
-        return await self.publish_many(topic, [(data, event, sse_id)], maxlen=maxlen)
+        return await self.publish_many(topic, [Item(data, event, sse_id)], maxlen=maxlen)
 
     async def publish_many(
         self,

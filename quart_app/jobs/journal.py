@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("quart_app.journal")
+from .model import TERMINAL
 
-TERMINAL = frozenset({"done", "cancelled", "failed"})
+log = logging.getLogger("quart_app.journal")
 
 
 @dataclass(slots=True)

@@ -1,0 +1,229 @@
+"""Jobs owned through a lease in the broker (several workers or hosts on Redis).
+
+The process that runs a job holds its lease (``job:<id>``, renewed every
+second, gone three seconds after its holder died) and lists it in the shared
+set of running jobs.  Every process looks at that set every second; a running
+job whose lease is free is taken over: the new owner copies its strings from
+the job's stream into a result file of its own and goes on after the stream's
+last index.  Its events are published at explicit stream ids ``0-<index>``, so
+a former owner that was only slow is refused by the broker (``Fenced``) and
+stops, never repeating an index.  A draining process releases its leases at once.
+
+The result of a job is what it committed: this process's file while it owns
+the job (runs it, or ran it to its end), else the job's stream.  A file left
+behind by a former owner is partial and stale, and never served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+
+from ..brokers import Broker, BrokerUnavailable, Item, Subscription
+from ..brokers.base import Fenced
+from .limits import holds
+from .model import (
+    TERMINAL,
+    Job,
+    JobStatus,
+    StopReason,
+    is_job_id,
+    record_key,
+    replay_bound,
+    topic_for,
+)
+from .ownership import JobHost
+
+log = logging.getLogger("quart_app.jobs")
+
+# A job's lease, how often its owner renews it, and how often every process
+# looks for running jobs whose owner is gone.
+LEASE_S = 3.0
+HEARTBEAT_S = 1.0
+TAKEOVER_SCAN_S = 1.0
+# The shared set of running jobs.
+RUNNING_SET = "running-jobs"
+# Strings per page read back from a job's stream.
+REPLAY_PAGE = 512
+
+
+def lease_name(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+class RedisLease:
+    def __init__(self, broker: Broker, results_dir: Path, ttl_s: float) -> None:
+        self.broker = broker
+        self.results_dir = results_dir
+        self.ttl_s = ttl_s
+
+    @property
+    def scan_s(self) -> float:
+        return TAKEOVER_SCAN_S
+
+    def result_path(self, job_id: str) -> Path:
+        return self.results_dir / f"job-{job_id}.txt"
+
+    def maxlen(self, amount: int) -> int:
+        return replay_bound(amount)
+
+    def record(self, job: Job) -> dict[str, str]:
+        # ``pid``: which worker of a host runs it (operators; the failover tests).
+        return {**job.record(), "node": self.broker.node, "pid": str(os.getpid())}
+
+    async def claim(self, job: Job) -> None:
+        await self.broker.lease(lease_name(job.id), self.broker.node, LEASE_S)
+        await self.broker.track(RUNNING_SET, job.id)
+
+    async def publish(self, job: Job, items: Sequence[Item], first_seq: int) -> None:
+        topic = topic_for(job.id)
+        maxlen = self.maxlen(job.params.amount)
+        try:
+            await self.broker.publish_many(topic, items, maxlen=maxlen, first_seq=first_seq)
+        except Fenced:
+            # Our own earlier try whose answer was lost, if the job is still ours.
+            if not await self.broker.lease(lease_name(job.id), self.broker.node, LEASE_S):
+                raise
+            if (await self.broker.last_seq(topic) or 0) < first_seq + len(items) - 1:
+                raise
+
+    def loops(self, host: JobHost) -> list[Coroutine[Any, Any, None]]:
+        return [self._heartbeat_forever(host)]
+
+    async def _heartbeat_forever(self, host: JobHost) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            for job in list(host.jobs.values()):
+                if not job.running_here:
+                    continue
+                # Broker unavailable: the lease may lapse; the job stops when it learns so.
+                with contextlib.suppress(BrokerUnavailable):
+                    if not await self.broker.lease(lease_name(job.id), self.broker.node, LEASE_S):
+                        log.warning("job %s: another process took it over; stopping", job.id)
+                        host.stop(job, StopReason.FENCED)
+                        continue
+                    # Rewritten each beat: it comes back if the broker lost its data.
+                    await self.broker.set_state(record_key(job.id), self.record(job), None)
+                    await self.broker.track(RUNNING_SET, job.id)
+
+    async def recover(self, host: JobHost) -> list[Job]:
+        """Take over the running jobs whose owner is gone."""
+        taken = []
+        for job_id in await self.broker.tracked(RUNNING_SET):
+            if job_id in host.jobs or not is_job_id(job_id):
+                continue
+            if not await self.broker.lease(lease_name(job_id), self.broker.node, LEASE_S):
+                continue  # its owner is alive, or someone else got there first
+            try:
+                job = await self._adopt(job_id)
+            except BaseException:
+                with contextlib.suppress(BrokerUnavailable):
+                    await self.broker.release(lease_name(job_id), self.broker.node)
+                raise
+            if job is not None:
+                taken.append(job)
+        return taken
+
+    async def _adopt(self, job_id: str) -> Job | None:
+        record = await self.broker.get_state(record_key(job_id))
+        topic = topic_for(job_id)
+        if record is None or record.get("status") != JobStatus.RUNNING or "charset" not in record:
+            await self._untrack(job_id)
+            return None
+        job = Job.from_snapshot(record, self.result_path(job_id))
+        last_seq = await self.broker.last_seq(topic) or 0
+        last = await self.broker.entries(topic, max(0, last_seq - 1), 2)
+        if last and last[-1][2] in TERMINAL:
+            # It had ended; only its record was not written: write it now.
+            seq, data, event = last[-1]
+            job.status = JobStatus(str(event))
+            job.produced = seq - 1
+            job.message = str(json.loads(data).get("message", ""))
+            job.finished_at = time.time()
+            await self.broker.set_state(record_key(job_id), job.record(), self.ttl_s)
+            await self.broker.drop_holds(holds(job))
+            await self._untrack(job_id)
+            return None
+        job.produced = last[-1][0] if last else 0
+        # This process's result file: what the stream holds, then what it makes.
+        lines = 0
+        async with aiofiles.open(job.result_path, "w", encoding="utf-8") as out:
+            async for chunk, count in self._stream_lines(job_id, job.produced):
+                await out.write(chunk)
+                lines += count
+        job.committed = lines * (job.params.length + 1)
+        log.warning(
+            "job %s: taken over after string %d of %d", job_id, job.produced, job.params.amount
+        )
+        await self.broker.set_state(record_key(job_id), self.record(job), None)
+        return job
+
+    async def _untrack(self, job_id: str) -> None:
+        await self.broker.track(RUNNING_SET, job_id, present=False)
+        await self.broker.release(lease_name(job_id), self.broker.node)
+
+    async def pause(self, job: Job) -> None:
+        """A shutdown: another process takes the job over at once."""
+        log.info("job %s: handed off after string %d (shutdown)", job.id, job.produced)
+        with contextlib.suppress(BrokerUnavailable):  # else the lease lapses by itself
+            await self.broker.release(lease_name(job.id), self.broker.node)
+
+    async def ended(self, job: Job) -> None:
+        pass  # its end is its terminal event in the stream, and its record
+
+    async def release(self, job: Job) -> None:
+        await self.broker.track(RUNNING_SET, job.id, present=False)
+        with contextlib.suppress(BrokerUnavailable):  # else it lapses by itself
+            await self.broker.release(lease_name(job.id), self.broker.node)
+
+    def let_go(self, job: Job) -> None:
+        pass  # its lease lapses by itself, or was released at the hand-off
+
+    def forget(self, job_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.result_path(job_id).unlink()
+
+    def subscription(
+        self, inner: AbstractAsyncContextManager[Subscription], job: Job | None, after: int
+    ) -> AbstractAsyncContextManager[Subscription]:
+        return inner  # the broker pages what its window no longer holds from the stream
+
+    # -- the result ------------------------------------------------------------------
+
+    def owns_result(self, job: Job | None) -> bool:
+        if job is None:
+            return False
+        # A job handed off at shutdown stays known here, but runs elsewhere.
+        return job.status != JobStatus.RUNNING or job.running_here
+
+    async def result_elsewhere(self, job_id: str) -> AsyncIterator[bytes]:
+        """The strings in the job's stream, as result-file text."""
+        upto = await self.broker.last_seq(topic_for(job_id)) or 0
+        async for chunk, _count in self._stream_lines(job_id, upto):
+            yield chunk.encode()
+
+    async def _stream_lines(self, job_id: str, upto: int) -> AsyncIterator[tuple[str, int]]:
+        """A job's strings as result-file text, from its stream, in pages."""
+        after = 0
+        topic = topic_for(job_id)
+        while after < upto:
+            page = await self.broker.entries(topic, after, REPLAY_PAGE)
+            texts = []
+            for seq, data, event in page:
+                if seq > upto or event is not None:
+                    break
+                texts.append(json.loads(data)["generated_string"])
+                after = seq
+            if not texts:
+                return
+            yield "\n".join(texts) + "\n", len(texts)
