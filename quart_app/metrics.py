@@ -52,6 +52,7 @@ from .brokers.base import (
     Subscription,
     make_message,
 )
+from .jobs import TERMINAL, JobStatus
 from .streams import CLOSE_REASONS, KINDS, Feed
 from .tasks import cancel_and_wait
 
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("quart_app.metrics")
 
 STREAM_KIND = "stats"
-JOB_STATUSES = ("done", "cancelled", "failed")
+JOB_STATUSES = tuple(status.value for status in JobStatus if status in TERMINAL)
 _BUCKET_S = 60
 # Topics listed by name in the subscriber gauges; the others are summed by kind.
 TOPICS_SHOWN = 100

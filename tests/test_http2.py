@@ -49,6 +49,7 @@ class H2Client:
         self.data: dict[int, bytes] = {}
         self.ended: set[int] = set()
         self.settings_received = False
+        self.pings_acked = 0
 
     def flush(self) -> None:
         if data := self.conn.data_to_send():
@@ -68,6 +69,11 @@ class H2Client:
 
     def reset(self, stream_id: int) -> None:
         self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        self.flush()
+
+    def ping(self) -> None:
+        """A PING: its ACK comes after the server has read every frame sent before it."""
+        self.conn.ping(b"quart-h2")
         self.flush()
 
     def pump(self, until: Callable[[], bool], timeout: float = 10) -> None:
@@ -94,6 +100,8 @@ class H2Client:
                     self.ended.add(event.stream_id)
                 elif isinstance(event, h2.events.RemoteSettingsChanged):
                     self.settings_received = True
+                elif isinstance(event, h2.events.PingAckReceived):
+                    self.pings_acked += 1
             self.flush()
 
     def close(self) -> None:
@@ -148,6 +156,10 @@ def test_rapid_reset_leaves_no_ghost_streams(h2c_server: ServerProcess) -> None:
             for _ in range(90):
                 client.reset(client.get("/numbers"))
         flood_done = time.monotonic()
+        # Every HEADERS and RST_STREAM read by the server (so none of the flood's
+        # streams opens after the count below says none is open).
+        client.ping()
+        client.pump(lambda: client.pings_acked == 1)
         wait_until(
             lambda: stats(h2c_server),
             lambda s: s["open_streams"]["numbers"] == 0 and s["open_streams_total"] == 0,
