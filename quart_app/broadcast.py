@@ -62,6 +62,8 @@ class Broadcast:
         self.backlog = backlog
         self.listeners = 0
         self.task: asyncio.Task[None] | None = None
+        # A task cancelled by the last listener's leaving, until it has ended.
+        self._stopping: asyncio.Task[None] | None = None
         self.started_total = 0
         # This process publishes only while it holds the lease.
         self.leading = False
@@ -94,26 +96,32 @@ class Broadcast:
         self.listeners += 1
         if not self.running:
             self.started_total += 1
-            self.task = asyncio.create_task(self._run(), name=f"broadcast-{self.topic}")
+            # A listener that comes back at once waits for the stopped task to end:
+            # never two of this process's tasks publishing side by side.
+            previous, self._stopping = self._stopping, None
+            self.task = asyncio.create_task(self._run(previous), name=f"broadcast-{self.topic}")
 
     def left(self, _sub: object = None, _grace_s: float = 0.0) -> None:
         self.listeners -= 1
         if self.listeners <= 0:
             self.listeners = 0
             if self.task is not None:
-                self.task.cancel()
-                self.task = None
+                self.task.cancel()  # awaited by the next task, or by close()
+                self._stopping, self.task = self.task, None
 
     async def _stop(self) -> None:
         task, self.task = self.task, None
-        await cancel_and_wait(task)
+        stopping, self._stopping = self._stopping, None
+        await cancel_and_wait(task, stopping)
         await self._releases.wait()
 
     async def tick(self) -> int:
         data, event = self.make()
         return await self.broker.publish(self.topic, data, event=event, maxlen=self.buffer)
 
-    async def _run(self) -> None:
+    async def _run(self, previous: asyncio.Task[None] | None = None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         # One holder id per run: a release left over from an earlier run of

@@ -112,7 +112,7 @@ class Defaults:
     # Request bodies larger than this are refused with 413.
     MAX_CONTENT_LENGTH = 1024 * 1024
 
-    # Tune the garbage collector for many long-lived streams (see state.tune_gc).
+    # Tune the garbage collector for many long-lived streams (see collector.tune_gc).
     GC_TUNE = True
     # With GC_TUNE, a full collection runs this often (frees connection cycles).
     GC_FULL_INTERVAL_S = 60.0

@@ -39,6 +39,8 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 from typing import Any
 
+from .tasks import cancel_and_wait
+
 log = logging.getLogger("quart_app.lifecycle")
 
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT") if hasattr(signal, name))
@@ -84,13 +86,8 @@ class DrainTrigger:
             if signal.getsignal(sig) == self._handle:
                 signal.signal(sig, previous)
         self._previous.clear()
-        if self._poller is not None:
-            self._poller.cancel()
-            try:
-                await self._poller
-            except asyncio.CancelledError:
-                pass
-            self._poller = None
+        await cancel_and_wait(self._poller)
+        self._poller = None
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self._loop is not None and not self._loop.is_closed():

@@ -11,7 +11,7 @@ Two kinds of numbers, kept differently so that they add up across workers:
   one interval late.  With Redis the totals live as long as Redis does.
 * **Gauges** (open streams by kind, running jobs, subscribers per topic) are
   true of one process only.  Each process publishes its own, with a
-  timestamp, every interval (``set_state("stats:workers:<minute>", ...)``);
+  timestamp, every interval (``set_record("stats:workers:<minute>", ...)``);
   a total sums this process's live values and the other workers' fresh
   snapshots (newer than three intervals).  A stopped worker drops out at
   once (it publishes an empty snapshot when it stops) or, if it was killed,
@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 
 from .brokers.base import (
     BrokerUnavailable,
+    CloseReason,
     LocalTopic,
     Overflow,
     SubscriberTally,
@@ -131,7 +132,7 @@ class Stats:
         await cancel_and_wait(self._task)
         self._task = None
         for sub in list(self.topic.subscribers):
-            sub.close("closed")
+            sub.close(CloseReason.CLOSED)
         try:
             await self.flush()
             # An empty snapshot: the others stop counting this worker at once.
@@ -210,7 +211,7 @@ class Stats:
 
     async def _publish_gauges(self, gauges: dict[str, Any]) -> None:
         bucket = int(time.time() // _BUCKET_S)
-        await self.broker.set_state(
+        await self.broker.set_record(
             self._bucket_key(bucket), {self.worker: json.dumps(gauges)}, 2 * _BUCKET_S + 10
         )
 
@@ -219,7 +220,7 @@ class Stats:
         bucket = int(now // _BUCKET_S)
         newest: dict[str, dict[str, Any]] = {}
         for key in (self._bucket_key(bucket - 1), self._bucket_key(bucket)):
-            for worker, text in ((await self.broker.get_state(key)) or {}).items():
+            for worker, text in ((await self.broker.get_record(key)) or {}).items():
                 if worker == self.worker:
                     continue
                 try:
@@ -250,7 +251,9 @@ class Stats:
         for key, value in shared.items():
             if key.startswith("jobs_finished:"):
                 jobs_by_status[key.partition(":")[2]] = value
-        closes = {r: shared.get(f"stream_closes:{r}", 0) for r in CLOSE_REASONS}
+        closes: dict[str, int] = {
+            r.value: shared.get(f"stream_closes:{r}", 0) for r in CLOSE_REASONS
+        }
         for key, value in shared.items():
             if key.startswith("stream_closes:"):
                 closes[key.partition(":")[2]] = value
@@ -293,7 +296,7 @@ class Stats:
         try:
             yield sub
         finally:
-            sub.close("unsubscribed")
+            sub.close(CloseReason.UNSUBSCRIBED)
 
     def feed(self) -> Feed:
         return Feed(self.subscribe(), kind=STREAM_KIND, on_open=self.joined)
@@ -392,8 +395,9 @@ class _SnapshotCollector(Collector):
         )
         ends = CounterMetricFamily(
             "quart_app_stream_disconnects",
-            "Streams ended, by reason: ended (the stream finished), client (went away), overflow "
-            "(fell behind), max_age, drain (shutdown), expired, closed.",
+            "Streams ended, by reason: "
+            + "; ".join(f"{reason} ({reason.meaning})" for reason in CLOSE_REASONS)
+            + ".",
             labels=["reason"],
         )
         for reason, count in sorted(s["stream_disconnects"].items()):

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import logging
-import time
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quart import Quart, current_app
 
+from . import collector, servers
 from .broadcast import Broadcast, local_time, random_number
 from .brokers import Broker, create_broker
 from .jobs import JobRegistry
 from .lifecycle import DrainTrigger
 from .streams import StreamHub
-from .tasks import cancel_and_wait
 
 EXTENSION = "quart_app"
 log = logging.getLogger("quart_app")
@@ -30,6 +29,7 @@ class AppState:
     jobs: JobRegistry
     ticker: Broadcast
     clock: Broadcast
+    config: Mapping[str, Any] = field(default_factory=dict)
     services: list[Any] = field(default_factory=list)
     trigger: DrainTrigger | None = None
     tune_gc: bool = True
@@ -40,12 +40,13 @@ class AppState:
     # Must not block: schedule slow work as a task.
     on_chat: list[Any] = field(default_factory=list)
     # The history database (``db.History``) and the statistics (``metrics.Stats``).
-    # They start last and stop after the jobs, so they see the jobs that a
-    # shutdown interrupts; the stats flush to the broker before it closes.
+    # They start before the jobs and stop after them, so they see the jobs that
+    # a shutdown interrupts; the stats flush to the broker before it closes.
     history: Any = None
     stats: Any = None
     gc_interval_s: float = 60.0
-    _gc_task: asyncio.Task[None] | None = None
+    # What is running while serving, in the order it started.
+    _serving: AsyncExitStack | None = None
 
     def drain(self) -> None:
         """A shutdown began: end open streams (last jittered retry), start no new jobs."""
@@ -53,38 +54,35 @@ class AppState:
         self.hub.drain()
 
     async def start(self) -> None:
-        self.trigger = DrainTrigger(self.drain)
-        await self.trigger.start()
-        await self.broker.start()
-        await self.hub.start()
-        await self.jobs.start()
-        for service in self.services:
-            await service.start()
-        if self.history is not None:
-            await self.history.start()
-        if self.stats is not None:
-            await self.stats.start()
-        if self.tune_gc:
-            tune_gc()
-            self._gc_task = asyncio.create_task(
-                collect_periodically(self.gc_interval_s, self.hub), name="gc-collect"
-            )
+        """Start every service in order; a failure half-way stops those already started."""
+        async with AsyncExitStack() as stack:
+            servers.adapt(self.config)
+            self.trigger = DrainTrigger(self.drain)
+            await _enter(stack, self.trigger)
+            await _enter(stack, self.broker)
+            for optional in (self.history, self.stats):
+                if optional is not None:
+                    await _enter(stack, optional)
+            await _enter(stack, self.hub)
+            await _enter(stack, self.jobs)
+            for service in self.services:
+                await _enter(stack, service)
+            if self.tune_gc:
+                await stack.enter_async_context(collector.tuned(self.gc_interval_s, self.hub))
+            self._serving = stack.pop_all()
 
     async def close(self) -> None:
+        """Drain, then stop everything in the exact reverse of :meth:`start`."""
         self.drain()
-        await cancel_and_wait(self._gc_task)
-        self._gc_task = None
-        if self.trigger is not None:
-            await self.trigger.close()
-        for service in reversed(self.services):
-            await service.close()
-        await self.jobs.close()
-        await self.hub.close()
-        if self.history is not None:
-            await self.history.close()
-        if self.stats is not None:
-            await self.stats.close()
-        await self.broker.close()
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            await serving.aclose()
+
+
+async def _enter(stack: AsyncExitStack, service: Any) -> None:
+    """Start ``service`` (``start()``/``close()``) and have ``stack`` close it."""
+    await service.start()
+    stack.push_async_callback(service.close)
 
 
 def init_app(app: Quart) -> AppState:
@@ -113,6 +111,7 @@ def init_app(app: Quart) -> AppState:
         broker, "clock", local_time, interval_s=config["CLOCK_INTERVAL_S"], buffer=10, backlog=0
     )
     state = AppState(
+        config=config,
         gc_interval_s=config["GC_FULL_INTERVAL_S"],
         broker=broker,
         hub=hub,
@@ -126,60 +125,6 @@ def init_app(app: Quart) -> AppState:
     app.before_serving(state.start)
     app.after_serving(state.close)
     return state
-
-
-def tune_gc() -> None:
-    """Keep the garbage collector from freezing the loop under many streams.
-
-    Each open stream keeps ~160 objects the collector tracks (mostly Hypercorn,
-    h11 and Quart's); with thousands of streams every full collection walks
-    nearly a million objects and stalls every stream for up to a second
-    (measured: docs/BENCHMARKS.md).  Objects alive after start-up are frozen
-    out of collections for good, and the youngest generation is collected
-    less often, so short-lived garbage is mostly freed by reference counting
-    before a collection sees it.  Full collections still run when garbage
-    really builds up (the oldest threshold keeps its default).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
-
-
-async def collect_periodically(interval_s: float, hub: StreamHub) -> None:
-    """Full collections at thresholds, so cycles left by closed connections are freed.
-
-    With many long-lived streams CPython's oldest generation is collected
-    rarely, and what closed connections leave in cycles (sockets, readers, task
-    groups, frames) piled up (the RSS creep of 0.1).  A full collection walks
-    every live connection (about 1 s at 10,000 open streams), so it runs only
-    when enough connections have closed since the last one to be worth it: at
-    least a quarter of those open now (and 100), at most once per
-    ``interval_s``, and at least every ten intervals.  Its cost per closed
-    connection is then bounded, a steady crowd that does not churn pays once in
-    ten intervals, and a server without streams is collected every interval.
-    """
-    last_closed = 0
-    last_at = time.monotonic()
-    while True:
-        await asyncio.sleep(interval_s)
-        closed = sum(hub.closes.values())
-        churned = closed - last_closed >= max(100, len(hub.open) // 4)
-        # Plain requests close connections too, uncounted here: at least every 10 intervals.
-        overdue = time.monotonic() - last_at >= 10 * interval_s
-        if hub.open and not churned and not overdue:
-            continue
-        last_closed = closed
-        last_at = time.monotonic()
-        started = time.perf_counter()
-        freed = gc.collect()
-        spent = time.perf_counter() - started
-        log.log(
-            logging.INFO if spent > 0.1 else logging.DEBUG,
-            "gc: full collection freed %d objects in %.0f ms (%d streams open)",
-            freed,
-            spent * 1000,
-            len(hub.open),
-        )
 
 
 def get_state(app: Quart | None = None) -> AppState:

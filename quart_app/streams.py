@@ -26,14 +26,14 @@ from dataclasses import dataclass
 
 from quart import Response
 
-from .brokers import Subscription
+from .brokers import CloseReason, Subscription
 from .errors import LimitExceeded, Overloaded
 from .sse import HEADERS, KEEP_ALIVE, encode
 from .tasks import cancel_and_wait
 
-_DRAIN_REASONS = frozenset({"drain", "max_age"})
-# Why streams end; "overflow" is a subscriber that fell behind its queue bound.
-CLOSE_REASONS = ("ended", "client", "overflow", "max_age", "drain", "expired", "closed")
+_DRAIN_REASONS = frozenset({CloseReason.DRAIN, CloseReason.MAX_AGE})
+# Why streams end, as counted (a subscription ends "unsubscribed" only after its stream).
+CLOSE_REASONS = tuple(r for r in CloseReason if r is not CloseReason.UNSUBSCRIBED)
 # Every kind of stream, so that counts have a stable shape.
 KINDS = ("job", "numbers", "clock", "chat", "channel")
 
@@ -116,7 +116,7 @@ class StreamHub:
         """End every open stream with a last jittered ``retry:`` (shutdown)."""
         self.draining = True
         for sub in list(self.open):
-            sub.close("drain")
+            sub.close(CloseReason.DRAIN)
 
     def reconnect_grace_s(self, sub: Subscription) -> float:
         """How long a client whose stream just ended may take to come back."""
@@ -137,7 +137,7 @@ class StreamHub:
         silent_since = now - self.heartbeat_s
         for sub in self.open:
             if sub.deadline <= now:
-                sub.close("max_age")
+                sub.close(CloseReason.MAX_AGE)
             elif sub.last_sent <= silent_since and not sub.heartbeat_due:
                 sub.heartbeat_due = True
                 sub.wake()
@@ -172,7 +172,7 @@ class StreamHub:
             self.by_client[client] += 1
             if self.draining:
                 # The drain began while this stream was still subscribing.
-                sub.close("drain")
+                sub.close(CloseReason.DRAIN)
             if feed.on_open is not None:
                 feed.on_open(sub)
             # One generator from subscription to bytes: every layer of async
@@ -189,7 +189,7 @@ class StreamHub:
                 pending: bytes | None = b"".join(head)
                 max_bytes = self.max_chunk_bytes
                 while True:
-                    if sub.reason == "overflow":
+                    if sub.reason is CloseReason.OVERFLOW:
                         # Behind past its bound: end now; the client resumes from history.
                         return
                     messages = sub.take(max_bytes=max_bytes)
@@ -242,14 +242,14 @@ class StreamHub:
                     on_close(sub, self.reconnect_grace_s(sub))
 
 
-def close_reason(sub: Subscription) -> str:
+def close_reason(sub: Subscription) -> CloseReason:
     if sub.reason is not None:
         return sub.reason
     # Called from the stream's ``finally``: an exception in flight means the
     # server stopped writing because the client went away.
     if sys.exc_info()[0] in (asyncio.CancelledError, GeneratorExit):
-        return "client"
-    return "ended"
+        return CloseReason.CLIENT
+    return CloseReason.ENDED
 
 
 def sse_response(body: AsyncIterator[bytes], *, status: int = 200) -> Response:

@@ -1,6 +1,7 @@
 // The generator page: session-bound character sets, the job form, and one
 // job watched live (progress, strings, ending).
 
+import { JobStatus } from './job-status.js';
 import { GenerationStream } from './job-stream.js';
 import { Toaster } from './toasts.js';
 import { VirtualList } from './virtual-list.js';
@@ -239,7 +240,7 @@ function start(params, resume = null) {
   download.hidden = true;
   list.reset();
   setRunning(true);
-  setStatus('running', 'Starting…');
+  setStatus(JobStatus.RUNNING, 'Starting…');
   scheduleRender();
   revealResults();
 
@@ -276,7 +277,7 @@ function start(params, resume = null) {
         droppedAt ||= performance.now();
         setStatus('reconnecting', 'Reconnecting…');
       } else if (state === 'open') {
-        setStatus('running', 'Streaming');
+        setStatus(JobStatus.RUNNING, 'Streaming');
         // Streams are ended on purpose now and then (server restarts,
         // rebalancing) and resume at once: only a noticeable outage is news.
         if (droppedAt && performance.now() - droppedAt > OUTAGE_MS) {
@@ -288,9 +289,9 @@ function start(params, resume = null) {
     end(type, data) {
       setRunning(false);
       remember(null);
-      if (type === 'done') {
+      if (type === JobStatus.DONE) {
         percent = 100;
-        setStatus('done', 'Done');
+        setStatus(JobStatus.DONE, 'Done');
         toaster.show(data.message || 'Done.', { kind: 'success', title: 'Job done' });
         revealResults();
       } else {
@@ -298,7 +299,7 @@ function start(params, resume = null) {
           ? ` ${formatNumber(data.produced)} of ${formatNumber(amount)} strings were made;` +
             ' the download has them.'
           : '';
-        const failed = type === 'failed';
+        const failed = type === JobStatus.FAILED;
         setStatus(type, failed ? 'Failed' : 'Cancelled');
         toaster.show(`${data.message || `Job ${type}.`}${made}`, {
           kind: failed ? 'error' : 'warning',
@@ -312,7 +313,7 @@ function start(params, resume = null) {
       remember(null);
       amount = 0;
       scheduleRender();
-      setStatus('failed', 'Not started');
+      setStatus(JobStatus.FAILED, 'Not started');
       const input = fields.find((candidate) => candidate.name === field);
       if (input) {
         showProblem(input, error);
@@ -327,7 +328,7 @@ function start(params, resume = null) {
     lost(message) {
       setRunning(false);
       remember(null);
-      setStatus('failed', 'Disconnected');
+      setStatus(JobStatus.FAILED, 'Disconnected');
       toaster.show(message, { kind: 'error', title: 'Stream lost' });
     },
   }, resume);
@@ -339,7 +340,7 @@ cancelButton.addEventListener('click', async () => {
   if (stream.job === null) {
     // Nothing has come back yet, so there is no job to cancel by id: stop
     // watching, and a job the server did start is cancelled once orphaned.
-    stream.finish('cancelled', { message: 'Stopped before the job started.' });
+    stream.finish(JobStatus.CANCELLED, { message: 'Stopped before the job started.' });
     return;
   }
   try {
@@ -354,7 +355,7 @@ cancelButton.addEventListener('click', async () => {
         title: 'Not cancelled',
       });
       cancelButton.disabled = !running;
-    } else if (!stream.connected && body.status !== 'running') {
+    } else if (!stream.connected && body.status !== JobStatus.RUNNING) {
       // Connected, the stream brings the `cancelled` event itself; otherwise
       // the answer is all there is to say how the job ended.
       stream.finish(body.status, body);

@@ -1,5 +1,6 @@
 // The dashboard: live charts fed by the stats stream, and the job history from the API.
 import { dots, followWidth, gapAfter, line, makeChart, oncePerFrame, withGaps } from './charts.js';
+import { JobStatus, TERMINAL } from './job-status.js';
 import { SharedEventSource } from './shared-stream.js';
 import { formatTime, timeElement } from './time.js';
 
@@ -13,7 +14,12 @@ const HISTORY_RELOAD_MS = 2000;
 // How long after a job finishes the history keeps being reloaded.
 const HISTORY_CATCH_UP_MS = 5000;
 const KINDS = ['job', 'numbers', 'clock', 'chat', 'channel', 'stats'];
-const STATUSES = ['done', 'cancelled', 'failed'];
+// The colour token of each terminal status in the history chart (the badges' colours).
+const STATUS_COLOURS = {
+  [JobStatus.DONE]: '--success',
+  [JobStatus.CANCELLED]: '--warning',
+  [JobStatus.FAILED]: '--danger',
+};
 
 const urls = document.body.dataset;
 const $ = (id) => document.getElementById(id);
@@ -270,7 +276,7 @@ function renderHistoryChart() {
   // Oldest first: uPlot wants x ascending. One series per status, points only.
   const jobs = history.recent.slice().sort((a, b) => a.finished_at - b.finished_at);
   const x = jobs.map((job) => job.finished_at);
-  const ys = STATUSES.map((status) => jobs.map((job) => (job.status === status ? job.duration_s : null)));
+  const ys = TERMINAL.map((status) => jobs.map((job) => (job.status === status ? job.duration_s : null)));
   charts.history.setData([x, ...ys]);
   setLatest('history', String(jobs.length));
 }
@@ -307,11 +313,7 @@ charts.jobs = makeChart($('chart-jobs'), [
   line('finished in the last minute', '--s3', { fill: true }),
   line('running', '--s2', { dash: [6, 4] }),
 ], { ...timeSteps, y: { range: fromZero } });
-charts.history = makeChart($('chart-history'), [
-  dots('done', '--success'),
-  dots('cancelled', '--warning'),
-  dots('failed', '--danger'),
-], {
+charts.history = makeChart($('chart-history'), TERMINAL.map((status) => dots(status, STATUS_COLOURS[status])), {
   ...timeSteps,
   cursorPoints: true,
   x: { range: padded },

@@ -8,7 +8,8 @@
 // started yet (400 with the bad field, 429 or 503 with a message), or
 // /jobs/<id> when a job was already running.
 
-const ENDINGS = ['done', 'cancelled', 'failed'];
+import { TERMINAL } from './job-status.js';
+
 const MAX_REATTACH = 3;
 
 function withParam(url, name, value) {
@@ -85,7 +86,7 @@ export class GenerationStream {
       }
       this.on.item(data);
     };
-    for (const type of ENDINGS) {
+    for (const type of TERMINAL) {
       source.addEventListener(type, (event) => this.finish(type, JSON.parse(event.data)));
     }
     source.addEventListener('gap', (event) => this.on.gap?.(JSON.parse(event.data)));
@@ -122,7 +123,7 @@ export class GenerationStream {
     try {
       if (this.job === null) await this.whyRefused();
       else await this.whatBecameOfJob();
-    } catch (error) {
+    } catch {
       if (this.ended) return;
       if (this.job !== null && this.reattached < MAX_REATTACH) {
         // A server restarting, say: jobs outlive restarts, so come back and resume.
@@ -195,7 +196,7 @@ export class GenerationStream {
     if (!response.ok) {
       this.stop();
       this.on.lost(body.error || `The job is gone (${response.status}).`);
-    } else if (ENDINGS.includes(body.status)) {
+    } else if (TERMINAL.includes(body.status)) {
       this.finish(body.status, body);
     } else if (this.reattached < MAX_REATTACH) {
       // Still running but this stream was refused (a server restarting, say).

@@ -107,7 +107,7 @@ async def test_other_workers_fresh_snapshots_are_added(app: Quart, client: Clien
         "history_queued": 7,
     }
     stale = {**other, "t": time.time() - 60}
-    await state.broker.set_state(
+    await state.broker.set_record(
         f"stats:workers:{bucket}", {"other": json.dumps(other), "gone": json.dumps(stale)}, 120
     )
     content = await stats(client)

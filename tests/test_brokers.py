@@ -184,17 +184,17 @@ async def test_adjust_is_a_shared_integer_that_vanishes_at_zero(broker: Broker) 
 
 
 async def test_state_merges_and_expires(broker: Broker) -> None:
-    await broker.set_state("job", {"status": "running", "produced": "0"}, None)
-    await broker.set_state("job", {"produced": "5"}, None)
-    assert await broker.get_state("job") == {"status": "running", "produced": "5"}
-    await broker.set_state("job", {"status": "done"}, 0.1)
-    assert await broker.get_state("job") == {"status": "done", "produced": "5"}
+    await broker.set_record("job", {"status": "running", "produced": "0"}, None)
+    await broker.set_record("job", {"produced": "5"}, None)
+    assert await broker.get_record("job") == {"status": "running", "produced": "5"}
+    await broker.set_record("job", {"status": "done"}, 0.1)
+    assert await broker.get_record("job") == {"status": "done", "produced": "5"}
 
     async def gone() -> bool:
-        return await broker.get_state("job") is None
+        return await broker.get_record("job") is None
 
     await eventually(gone)
-    assert await broker.get_state("never") is None
+    assert await broker.get_record("never") is None
 
 
 async def test_expire_drops_a_topic(broker: Broker) -> None:

@@ -62,11 +62,11 @@ async def test_a_later_publish_pushes_a_topics_expiry_back_and_expiry_ends_its_s
 
 async def test_memory_broker_state_and_counters() -> None:
     broker = MemoryBroker()
-    await broker.set_state("k", {"a": "1"}, None)
-    await broker.set_state("k", {"b": "2"}, 0.05)
-    assert await broker.get_state("k") == {"a": "1", "b": "2"}
+    await broker.set_record("k", {"a": "1"}, None)
+    await broker.set_record("k", {"b": "2"}, 0.05)
+    assert await broker.get_record("k") == {"a": "1", "b": "2"}
     broker.sweep(time.monotonic() + 1)
-    assert await broker.get_state("k") is None
+    assert await broker.get_record("k") is None
     results = await asyncio.gather(*(broker.incr("views") for _ in range(1000)))
     assert sorted(results) == list(range(1, 1001))
     assert (await broker.counters())["views"] == 1000

@@ -174,7 +174,7 @@ async def test_an_outage_fails_fast_keeps_streams_and_loses_nothing_accepted(
             with pytest.raises(BrokerUnavailable):
                 await broker.publish("chat", "lost", maxlen=1000)
             with pytest.raises(BrokerUnavailable):
-                await broker.set_state("k", {"a": "1"}, None)
+                await broker.set_record("k", {"a": "1"}, None)
             assert time.monotonic() - started < 2.0
             assert not await broker.healthy()
             # A read opens anyway (its stream sends heartbeats) and heals with Redis.
@@ -228,7 +228,7 @@ async def test_lost_data_closes_subscribers_so_that_clients_resume(tmp_path: Pat
 
 async def test_only_topics_idle_past_the_linger_stop_being_followed(brokers: Any) -> None:
     broker = await brokers(linger_s=5.0)
-    follower = broker._follower
+    follower = broker.follower
     async with broker.subscribe("gone", maxlen=10):
         pass
     async with broker.subscribe("back", maxlen=10):

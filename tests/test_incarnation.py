@@ -190,7 +190,7 @@ async def test_redis_subscribers_are_closed_when_the_incarnation_changes(redis_u
             client = Redis.from_url(redis_url)
             # The stream and its incarnation deleted, then written again by
             # someone else, up to the same seq: only the incarnation tells.
-            key = broker._k("t", "news")  # type: ignore[attr-defined]
+            key = broker.key("news")  # type: ignore[attr-defined]
             await client.delete(key, f"{key}:inc")
             await client.aclose()
             other = create_broker(redis_url)

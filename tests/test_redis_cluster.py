@@ -46,8 +46,8 @@ async def test_topics_spread_over_the_shards_with_one_connection_each(
             for sub in subs:
                 await receive(sub, 1)  # noqa: F405
             # Sixty topics over three masters: one pub/sub connection per shard.
-            assert len(broker._follower.shards) == 3
-            assert sum(len(s.channels) for s in broker._follower.shards.values()) == 60
+            assert len(broker.follower.shards) == 3
+            assert sum(len(s.channels) for s in broker.follower.shards.values()) == 60
         finally:
             for context in contexts:
                 await context.__aexit__(None, None, None)
@@ -95,7 +95,7 @@ async def test_state_writes_never_leave_the_event_loop(
 
     monkeypatch.setattr(threading.Thread, "start", counted)
     for i in range(5):
-        await broker.set_state(f"w{i}", {"a": str(i), "b": "x"}, 30)
-        await broker.set_state(f"w{i}", {"a": "again"}, None)
-        assert await broker.get_state(f"w{i}") == {"a": "again", "b": "x"}
+        await broker.set_record(f"w{i}", {"a": str(i), "b": "x"}, 30)
+        await broker.set_record(f"w{i}", {"a": "again"}, None)
+        assert await broker.get_record(f"w{i}") == {"a": "again", "b": "x"}
     assert started == []

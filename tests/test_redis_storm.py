@@ -213,7 +213,7 @@ async def test_a_join_larger_than_the_cluster_pools_waits_for_connections(
         contexts = [broker.subscribe(f"j{i}", maxlen=10) for i in range(300)]
         subs = await asyncio.gather(*(context.__aenter__() for context in contexts))
         try:
-            assert all(broker._follower.topics[f"j{i}"].ready.is_set() for i in range(300))
+            assert all(broker.follower.topics[f"j{i}"].ready.is_set() for i in range(300))
             for i in range(300):
                 await broker.publish(f"j{i}", f"m{i}", maxlen=10)
             for sub in subs:

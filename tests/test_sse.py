@@ -13,6 +13,7 @@ from quart_app.sse import (
     ServerSentEvent,
     comment,
     encode,
+    encode_line,
     last_event_id,
     parse_seq_id,
 )
@@ -56,6 +57,18 @@ def test_retry_must_be_non_negative_int(retry: object) -> None:
 def test_empty_frame_is_refused() -> None:
     with pytest.raises(ValueError):
         encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "sse_id"),
+    [
+        ('{"job": "j", "index": 1, "generated_string": "a\\nb"}', "j:1"),
+        ("{}", "Zx_-:123456"),
+        ('"\\u2028 and \\r"', "j:done"),
+    ],
+)
+def test_encode_line_is_encode_for_one_line_events(data: str, sse_id: str) -> None:
+    assert encode_line(data, sse_id) == encode(data, id=sse_id)
 
 
 def test_comment() -> None:

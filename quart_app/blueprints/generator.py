@@ -6,13 +6,12 @@ from quart import Blueprint, Response, current_app, jsonify, render_template, re
 
 from ..errors import Forbidden, NotFound
 from ..jobs import parse_event_id
+from ..jobs.service import start_job
 from ..sessions import (
     CHARSETS,
-    charset,
     ensure_session,
     identities,
     job_params,
-    owner,
     selection,
     update_selection,
 )
@@ -84,16 +83,14 @@ async def generate() -> Response:
     if hub.draining:
         return hub.drain_response()
     hub.admit(client_address())  # refuse before starting a job nobody could watch
-    job = await get_jobs().create(params, charset(selection()), owner(), identities())
+    # A stream writes nothing to the session (SPEC §7): no session is given here.
+    job = await start_job(get_jobs(), params, give_session=False)
     return await _job_stream(job.id, 0)
 
 
 @bp.post("/jobs")
 async def create_job() -> tuple[Response, int, dict[str, str]]:
-    params = job_params(await read_body())
-    who = owner()  # before ensure_session: a client without a session is its address
-    ensure_session()
-    job = await get_jobs().create(params, charset(selection()), who, identities())
+    job = await start_job(get_jobs(), job_params(await read_body()))
     location = f"/jobs/{job.id}"
     body = {
         "id": job.id,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hmac
-
 from quart import Blueprint, Response, current_app, jsonify, render_template, request, session
 
 from .. import channels
+from ..auth import check_bearer
 from ..errors import APIError, NotFound
 from ..sse import read_last_event_id
 from ..state import get_broker, get_hub, get_state
@@ -41,20 +40,11 @@ async def channel_events(name: str) -> Response:
 
 
 def _check_publish_token() -> None:
-    token = current_app.config.get("PUBLISH_TOKEN")
-    if not token:
-        raise APIError(
-            403,
-            "HTTP publishing is off: set QUART_PUBLISH_TOKEN and send "
-            "'Authorization: Bearer <token>' to turn it on",
-        )
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode("utf-8", "surrogateescape"), str(token).encode()
-    ):
-        raise APIError(
-            401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-        )
+    check_bearer(
+        current_app.config.get("PUBLISH_TOKEN"),
+        off="HTTP publishing is off: set QUART_PUBLISH_TOKEN and send "
+        "'Authorization: Bearer <token>' to turn it on",
+    )
 
 
 @bp.post("/channels/<name>")

@@ -1,6 +1,7 @@
 """Brokers: topics with history and exact resume, shared state and counters.
 
-``base`` holds the protocol and the topic core both brokers share, ``memory``
+``protocols`` holds the two protocols (``Topics``, ``Coordination``; a
+``Broker`` is both), ``base`` the topic core both brokers share, ``memory``
 the one-process broker, ``redis`` the broker for several workers and hosts
 (the only module that imports redis-py).  :func:`create_broker` picks one by
 ``BROKER_URL``.
@@ -8,17 +9,21 @@ the one-process broker, ``redis`` the broker for several workers and hosts
 
 from __future__ import annotations
 
-from .base import Broker, BrokerUnavailable, Item, Message, Overflow, Subscription
+from .base import BrokerUnavailable, CloseReason, Item, Message, Overflow, Subscription
 from .memory import MemoryBroker
+from .protocols import Broker, Coordination, Topics
 
 __all__ = [
     "Broker",
     "BrokerUnavailable",
+    "CloseReason",
+    "Coordination",
     "Item",
     "MemoryBroker",
     "Message",
     "Overflow",
     "Subscription",
+    "Topics",
     "create_broker",
 ]
 

@@ -1,4 +1,4 @@
-"""Topics with bounded history, cursor subscribers, and the Broker protocol.
+"""Topics with bounded history and cursor subscribers: the core both brokers share.
 
 Every topic keeps an ordered history of messages numbered ``1, 2, 3, ...``
 (``seq``).  A message's SSE frame is encoded **once**, when the process first
@@ -41,7 +41,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from ..sse import LastEventIdError, encode
 
@@ -54,6 +54,41 @@ class Item(NamedTuple):
     data: str
     event: str | None = None
     sse_id: str | None = None
+
+
+class CloseReason(enum.StrEnum):
+    """Why a subscription (and so its stream) ended; ``/metrics`` counts streams by it."""
+
+    ENDED = "ended"
+    CLIENT = "client"
+    OVERFLOW = "overflow"
+    MAX_AGE = "max_age"
+    DRAIN = "drain"
+    EXPIRED = "expired"
+    CLOSED = "closed"
+    RESET = "reset"
+    TRIMMED = "trimmed"
+    UNAVAILABLE = "unavailable"
+    UNSUBSCRIBED = "unsubscribed"
+
+    @property
+    def meaning(self) -> str:
+        return _CLOSE_MEANINGS[self]
+
+
+_CLOSE_MEANINGS = {
+    CloseReason.ENDED: "the stream finished",
+    CloseReason.CLIENT: "the client went away",
+    CloseReason.OVERFLOW: "it fell behind its queue bound",
+    CloseReason.MAX_AGE: "SSE_MAX_AGE_S passed, so that clients rebalance",
+    CloseReason.DRAIN: "the server shuts down",
+    CloseReason.EXPIRED: "its topic expired",
+    CloseReason.CLOSED: "the broker closed",
+    CloseReason.RESET: "the broker lost the topic's data",
+    CloseReason.TRIMMED: "the broker no longer holds what it still needed",
+    CloseReason.UNAVAILABLE: "the broker went away while it caught up",
+    CloseReason.UNSUBSCRIBED: "the subscription ended after its stream",
+}
 
 
 class Overflow(enum.Enum):
@@ -232,7 +267,7 @@ class Subscription:
         self.backlog: list[Message] = list(backlog)
         self.gap: tuple[int, int] | None = None
         self.closed = False
-        self.reason: str | None = None
+        self.reason: CloseReason | None = None
         self.heartbeat_due = False
         self.kind = ""
         self.last_sent = time.monotonic()
@@ -266,7 +301,7 @@ class Subscription:
             self.cursor = max(self.cursor, history.last_seq - self.max_lag)
         if self.cursor < history.first_seq - 1:
             # Fell out of the history: the client must resume (and get a gap).
-            self.close("overflow")
+            self.close(CloseReason.OVERFLOW)
             return []
         chunk = history.since(self.cursor, max_count, max_bytes)
         if chunk:
@@ -296,7 +331,7 @@ class Subscription:
         upto = self.topic.history.first_seq - 1
         page = await self.source(self.cursor, upto)
         if not page or page[0].seq != self.cursor + 1:
-            self.close("trimmed")  # the storage lost it too: the client is told (gap)
+            self.close(CloseReason.TRIMMED)  # the storage lost it too: the client is told (gap)
             return
         self.backlog.extend(m for m in page if m.seq <= upto)
 
@@ -305,7 +340,7 @@ class Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: CloseReason) -> None:
         if self.closed:
             return
         self.closed = True
@@ -313,7 +348,7 @@ class Subscription:
         self.topic.leave(self)
         if self._waiter is not None:
             self.wake()
-        elif reason == "overflow" and self.task is not None and not self.task.done():
+        elif reason is CloseReason.OVERFLOW and self.task is not None and not self.task.done():
             # Stuck writing to a client that does not read: end its request.
             self.task.cancel()
 
@@ -435,7 +470,7 @@ class LocalTopic:
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
         for sub in overflowed:
-            sub.close("overflow")
+            sub.close(CloseReason.OVERFLOW)
 
     def attach(
         self,
@@ -468,146 +503,3 @@ class LocalTopic:
         sub.gap = gap
         self.join(sub)
         return sub
-
-
-class Broker(Protocol):
-    """What the rest of the app needs from a broker; memory and Redis implement it."""
-
-    url: str
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def healthy(self) -> bool: ...
-
-    async def publish(
-        self,
-        topic: str,
-        data: str,
-        *,
-        event: str | None = None,
-        sse_id: str | None = None,
-        maxlen: int,
-    ) -> int: ...
-
-    async def publish_many(
-        self,
-        topic: str,
-        items: Sequence[tuple[str, str | None, str | None]],
-        *,
-        maxlen: int,
-        ttl_s: float | None = None,
-        first_seq: int | None = None,
-    ) -> int:
-        """Append ``(data, event, sse_id)`` items atomically; the newest seq.
-
-        With ``ttl_s`` the topic (history and seqs) is forgotten that long after
-        this publish unless another one comes.  With ``first_seq`` the items get
-        seqs ``first_seq, first_seq + 1, ...`` and the batch is refused whole
-        (:class:`Fenced`) if the topic already has ``first_seq``: the fencing of
-        a job's writers.
-        """
-        ...
-
-    def subscribe(
-        self,
-        topic: str,
-        *,
-        after: int | None = None,
-        backlog: int = 0,
-        max_lag: int | None = None,
-        overflow: Overflow = Overflow.DISCONNECT,
-        maxlen: int,
-    ) -> Any:  # an async context manager yielding a Subscription
-        ...
-
-    async def last_seq(self, topic: str) -> int | None: ...
-
-    async def entries(
-        self, topic: str, after: int, count: int
-    ) -> list[tuple[int, str, str | None]]:
-        """Up to ``count`` entries ``(seq, data, event)`` after seq ``after`` that the
-        broker still holds (Redis: the whole stream; memory: the topic's history)."""
-        ...
-
-    async def track(self, key: str, member: str, present: bool = True) -> None:
-        """Add ``member`` to (or, ``present=False``, remove it from) the plain set ``key``."""
-        ...
-
-    async def tracked(self, key: str) -> list[str]: ...
-
-    async def expire(self, topic: str, ttl_s: float) -> None: ...
-
-    async def set_state(self, key: str, state: dict[str, str], ttl_s: float | None) -> None: ...
-
-    async def get_state(self, key: str) -> dict[str, str] | None: ...
-
-    async def incr(self, name: str, amount: int = 1) -> int: ...
-
-    async def counters(self) -> dict[str, int]: ...
-
-    @property
-    def subscribers(self) -> SubscriberTally:
-        """This process's subscribers per topic, counted as they come and go."""
-        ...
-
-    def local_subscribers(self) -> dict[str, int]: ...
-
-    # What several processes need to cooperate; trivial in one process.
-    node: str  # this process, as ``send`` addresses it
-    # Whether other processes share this broker (jobs are then owned by leases).
-    shared: bool
-    reconnects: int  # times the broker connection was restored
-
-    async def adjust(self, key: str, delta: int, ttl_s: float | None = None) -> int:
-        """Add ``delta`` to a shared integer (not one of ``counters()``); gone at <= 0."""
-        ...
-
-    async def add_member(
-        self, key: str, member: str, limit: int, ttl_s: float | None = None
-    ) -> bool:
-        """Put ``member`` in set ``key`` unless it already holds ``limit`` others.
-
-        True if ``member`` is in the set afterwards.  With ``ttl_s`` each
-        member leaves the set that long after it was last added, freeing its
-        room.
-        """
-        ...
-
-    async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
-        """Take or renew lease ``name`` for ``holder``; False while someone else holds it."""
-        ...
-
-    async def release(self, name: str, holder: str) -> None: ...
-
-    # Counted sets (running jobs per owner and per deployment): each member is
-    # counted until ``ttl_s`` after it was last held or renewed, so what a dead
-    # process held stops counting by itself.  One set is one key (one slot on a
-    # cluster); nothing is atomic across sets.
-
-    async def hold(self, key: str, member: str, limit: int, ttl_s: float) -> bool:
-        """Count ``member`` in set ``key`` unless ``limit`` others are counted there.
-
-        Atomic on the set; True if ``member`` is counted afterwards (holding a
-        member that is counted already renews it).
-        """
-        ...
-
-    async def renew_holds(self, holds: Sequence[tuple[str, str]], ttl_s: float) -> None:
-        """Count each ``(key, member)`` for ``ttl_s`` more, whatever the limit (it runs)."""
-        ...
-
-    async def drop_holds(self, holds: Sequence[tuple[str, str]]) -> None:
-        """Stop counting each ``(key, member)``."""
-        ...
-
-    async def held(self, key: str) -> int:
-        """How many members set ``key`` counts now."""
-        ...
-
-    async def send(self, node: str, message: str) -> None:
-        """Deliver ``message`` to the ``on_message`` handlers of process ``node``."""
-        ...
-
-    def on_message(self, handler: Callable[[str], None]) -> None: ...

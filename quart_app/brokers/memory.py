@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from ..tasks import cancel_and_wait
 from .base import (
+    CloseReason,
     Fenced,
     Item,
     LocalTopic,
@@ -39,7 +40,7 @@ class MemoryBroker:
         # found not yet expired is pushed again for its new time.
         self._expiries: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}
-        self._state: dict[str, tuple[dict[str, str], float | None]] = {}
+        self._records: dict[str, tuple[dict[str, str], float | None]] = {}
         self._counters: dict[str, int] = {}
         # Capped sets: member -> when it leaves (monotonic; inf: never).
         self._sets: dict[str, dict[str, float]] = {}
@@ -61,7 +62,7 @@ class MemoryBroker:
         self._sweeper = None
         for topic in self._topics.values():
             for sub in list(topic.subscribers):
-                sub.close("closed")
+                sub.close(CloseReason.CLOSED)
 
     async def healthy(self) -> bool:
         return True
@@ -138,7 +139,7 @@ class MemoryBroker:
         try:
             yield sub
         finally:
-            sub.close("unsubscribed")
+            sub.close(CloseReason.UNSUBSCRIBED)
             local = self._topics.get(topic)
             if local is not None and not local.subscribers and local.history.last_seq == 0:
                 # Never published to: a subscribe alone leaves nothing behind.
@@ -173,19 +174,19 @@ class MemoryBroker:
         if local is not None:
             self._expire_at(local, time.monotonic() + ttl_s)
 
-    async def set_state(self, key: str, state: dict[str, str], ttl_s: float | None) -> None:
+    async def set_record(self, key: str, record: dict[str, str], ttl_s: float | None) -> None:
         expires = None if ttl_s is None else time.monotonic() + ttl_s
-        old = self._state.get(key)
-        merged = {**old[0], **state} if old is not None else dict(state)
-        self._state[key] = (merged, expires)
+        old = self._records.get(key)
+        merged = {**old[0], **record} if old is not None else dict(record)
+        self._records[key] = (merged, expires)
 
-    async def get_state(self, key: str) -> dict[str, str] | None:
-        entry = self._state.get(key)
+    async def get_record(self, key: str) -> dict[str, str] | None:
+        entry = self._records.get(key)
         if entry is None:
             return None
         state, expires = entry
         if expires is not None and expires <= time.monotonic():
-            del self._state[key]
+            del self._records[key]
             return None
         return dict(state)
 
@@ -292,8 +293,8 @@ class MemoryBroker:
                 self._expire_at(topic, topic.expires_at)  # published since: look again then
                 continue
             for sub in list(topic.subscribers):
-                sub.close("expired")
+                sub.close(CloseReason.EXPIRED)
             del self._topics[name]
-        for key, (_, expires) in list(self._state.items()):
+        for key, (_, expires) in list(self._records.items()):
             if expires is not None and expires <= now:
-                del self._state[key]
+                del self._records[key]

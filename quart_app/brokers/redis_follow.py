@@ -31,359 +31,78 @@ The subscribe path (:class:`Follower`):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
-import random
 import time
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, Protocol
 
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import (
-    BrokerUnavailable,
-    LocalTopic,
-    Message,
-    SubscriberTally,
-    TopicHistory,
-    make_message,
-)
-
-if TYPE_CHECKING:
-    from .base import Subscription
+from ..retry import Backoff
+from ..tasks import cancel_and_wait
+from .base import BrokerUnavailable, CloseReason, Message, SubscriberTally, TopicHistory
+from .redis_replies import entry_seq, messages_of, parse_notification
+from .redis_shard import JOIN_BATCH, FollowedTopic, Shard
 
 log = logging.getLogger("quart_app.brokers.redis")
 
 DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError, BrokerUnavailable)
 
-# The notification a publish sends on the topic's channel (see ``redis.py``'s
-# publish script): "<first seq>\0<incarnation>\0<count>\0" then per entry
-# "<event>\0<id>\0<bytes>\0<data>" (an empty event or id: none).
-
 # Newest entries read when a process starts following a topic.
 JOIN_WINDOW = 100
-# Topics joined per round, and commands per pipeline.
-JOIN_BATCH = 1000
 PAGE = 1000
 
 
-def parse_notification(payload: bytes) -> tuple[int, str, list[Message]]:
-    """A notification's first seq, incarnation and messages (frames encoded here, once)."""
-    index = payload.index
-    end = index(b"\0")
-    seq = first = int(payload[:end])
-    start = end + 1
-    end = index(b"\0", start)
-    incarnation = payload[start:end].decode()
-    start = end + 1
-    end = index(b"\0", start)
-    count = int(payload[start:end])
-    pos = end + 1
-    messages = []
-    for _ in range(count):
-        end_e = index(b"\0", pos)
-        end_i = index(b"\0", end_e + 1)
-        end_n = index(b"\0", end_i + 1)
-        size = int(payload[end_i + 1 : end_n])
-        data = payload[end_n + 1 : end_n + 1 + size].decode()
-        event = payload[pos:end_e].decode() or None
-        sse_id = payload[end_e + 1 : end_i].decode() or None
-        messages.append(make_message(seq, data, event, sse_id, incarnation))
-        seq += 1
-        pos = end_n + 1 + size
-    return first, incarnation, messages
+class Source(Protocol):
+    """What a follower reads from Redis (``RedisTopics`` is one)."""
 
+    timeout_s: float
+    # How long a burst of joins may wait for Redis before streams open without it.
+    wait_s: float
 
-def entry_seq(entry_id: bytes | str) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.partition("-")[2])
+    def key(self, topic: str) -> str:
+        """The topic's stream key."""
+        ...
 
+    def channel(self, topic: str) -> str:
+        """The topic's pub/sub channel."""
+        ...
 
-def entry_message(entry_id: bytes, fields: dict[bytes, bytes], incarnation: str) -> Message | None:
-    try:
-        event = fields.get(b"e")
-        sse_id = fields.get(b"i")
-        return make_message(
-            entry_seq(entry_id),
-            fields[b"d"].decode(),
-            None if event is None else event.decode(),
-            None if sse_id is None else sse_id.decode(),
-            incarnation,
-        )
-    except (KeyError, ValueError):
-        # Not written by us (publish validates): skip it rather than stop the reader.
-        log.warning("skipping a malformed stream entry %r", entry_id)
-        return None
+    async def shard_for(self, key: str) -> tuple[str, Callable[[], AbstractConnection]]:
+        """The shard that owns ``key``'s slot, and how to open a pub/sub connection to it."""
+        ...
 
+    async def heads(self, entries: Sequence[FollowedTopic]) -> list[tuple[str, list[Any]]]:
+        """Per topic: its incarnation and newest entries (newest first), reserving
+        an incarnation for a topic nobody has published to yet."""
+        ...
 
-def messages_of(
-    entries: Iterable[tuple[bytes, dict[bytes, bytes]]], incarnation: str
-) -> list[Message]:
-    messages = [entry_message(entry_id, fields, incarnation) for entry_id, fields in entries]
-    return [m for m in messages if m is not None]
+    async def tips(self, keys: Sequence[str]) -> list[tuple[int, str | None]]:
+        """Per stream: its newest seq (0: empty) and its incarnation (None: none)."""
+        ...
 
+    async def read(self, key: str, after: int, upto: int, count: int) -> list[Any]:
+        """Raw entries of stream ``key`` with ``after < seq <= upto``, at most ``count``."""
+        ...
 
-class FollowedTopic:
-    """A topic this process follows, shared by its local subscribers."""
+    async def newest(self, key: str) -> int: ...
 
-    __slots__ = (
-        "channel",
-        "held",
-        "idle_since",
-        "key",
-        "local",
-        "name",
-        "position",
-        "ready",
-        "shard",
-        "start",
-        "subscribed",
-        "users",
-        "verifying",
-        "waiting",
-    )
-
-    def __init__(
-        self, name: str, key: str, channel: str, maxlen: int, tally: SubscriberTally
-    ) -> None:
-        self.name = name
-        self.key = key
-        self.channel = channel.encode()
-        self.local = LocalTopic(name, maxlen, tally=tally)
-        # The newest seq this process has of the topic.
-        self.position = 0
-        self.ready = asyncio.Event()
-        # Notifications that arrive while the topic joins or catches up (None: live).
-        self.held: list[tuple[int, str, list[Message]]] | None = []
-        self.verifying = False
-        self.users = 0
-        self.idle_since: float | None = None
-        self.shard: Shard | None = None
-        # SSUBSCRIBE confirmed on ``shard``.
-        self.subscribed = False
-        # The seq after which everything was published once this process
-        # subscribed: where subscribers that waited for the join start live.
-        self.start = 0
-        # Subscribers that opened before the topic was ready (woken when it is).
-        self.waiting: set[Subscription] = set()
-
-
-class Shard:
-    """One pub/sub connection to one Redis node, carrying the channels of its topics."""
-
-    def __init__(
-        self,
-        follower: Follower,
-        name: str,
-        connect: Callable[[], AbstractConnection],
-        *,
-        timeout_s: float,
-        ping_s: float = 5.0,
-    ) -> None:
-        self.follower = follower
-        self.name = name
-        self._make = connect
-        self.timeout_s = timeout_s
-        self.ping_s = ping_s
-        self.channels: dict[bytes, FollowedTopic] = {}
-        self._confirms: dict[bytes, deque[asyncio.Future[None]]] = {}
-        self._unsubscribing: Counter[bytes] = Counter()
-        self._conn: AbstractConnection | None = None
-        self.up = False
-        self.connects = 0
-        self._last_read = time.monotonic()
-        self.task = asyncio.create_task(self._run(), name=f"redis-shard-{name}")
-
-    async def close(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-        self._fail_confirms()
-
-    def add(self, entries: Sequence[FollowedTopic]) -> asyncio.Future[Any]:
-        """Subscribe to the entries' channels; the future is done when all are confirmed."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[None]] = []
-        channels: list[bytes] = []
-        for entry in entries:
-            entry.shard = self
-            self.channels[entry.channel] = entry
-            future = loop.create_future()
-            self._confirms.setdefault(entry.channel, deque()).append(future)
-            futures.append(future)
-            channels.append(entry.channel)
-        if self._conn is not None and self.up:
-            self._send("SSUBSCRIBE", channels)
-        # Not connected: the connection subscribes to every channel when it is up.
-        return asyncio.gather(*futures)
-
-    def remove(self, entries: Sequence[FollowedTopic]) -> None:
-        channels = []
-        for entry in entries:
-            if self.channels.get(entry.channel) is entry:
-                del self.channels[entry.channel]
-                channels.append(entry.channel)
-                self._unsubscribing[entry.channel] += 1
-                for future in self._confirms.pop(entry.channel, ()):
-                    if not future.done():
-                        future.set_exception(BrokerUnavailable("unsubscribed"))
-        if channels and self._conn is not None and self.up:
-            self._send("SUNSUBSCRIBE", channels)
-
-    def _send(self, command: str, channels: Sequence[bytes]) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        groups = self.follower.groups(channels)
-        for start in range(0, len(groups), JOIN_BATCH):
-            packed = conn.pack_commands([(command, *g) for g in groups[start : start + JOIN_BATCH]])
-            self.follower.spawn(self._write(conn, packed), "redis-shard-send")
-
-    async def _write(self, conn: AbstractConnection, packed: list[bytes]) -> None:
-        try:
-            await conn.send_packed_command(packed, check_health=False)
-        except Exception as error:  # the reader notices the broken connection too
-            log.warning("shard %s: write failed: %r", self.name, error)
-            with contextlib.suppress(Exception):
-                await conn.disconnect(nowait=True)
-
-    def _fail_confirms(self) -> None:
-        for futures in self._confirms.values():
-            for future in futures:
-                if not future.done():
-                    future.set_exception(BrokerUnavailable(f"shard {self.name} is down"))
-        self._confirms.clear()
-
-    async def _run(self) -> None:
-        delay = 0.05
-        while True:
-            conn = self._make()
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    await conn.connect()
-                self._conn = conn
-                self.up = True
-                self.connects += 1
-                if self.connects > 1:
-                    log.warning("shard %s: pub/sub connection restored", self.name)
-                channels = list(self.channels)
-                if channels:
-                    self._send("SSUBSCRIBE", channels)
-                    # What was published while no connection listened is read from the streams.
-                    self.follower.resync(list(self.channels.values()))
-                delay = 0.05
-                await self._read(conn)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                if self.up or self.connects == 0:
-                    log.warning("shard %s: pub/sub connection lost (%r)", self.name, error)
-            finally:
-                self.up = False
-                self._conn = None
-                self._fail_confirms()
-                with contextlib.suppress(Exception):
-                    await conn.disconnect(nowait=True)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 2.0)
-
-    async def _read(self, conn: AbstractConnection) -> None:
-        follower = self.follower
-        self._last_read = time.monotonic()
-        watchdog = asyncio.create_task(self._watch(conn), name=f"redis-shard-watch-{self.name}")
-        try:
-            await self._read_replies(conn, follower)
-        finally:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
-
-    async def _watch(self, conn: AbstractConnection) -> None:
-        """PING a silent connection; drop it if nothing comes back (a dead peer)."""
-        while True:
-            await asyncio.sleep(self.ping_s)
-            silent = time.monotonic() - self._last_read
-            if silent > 2 * self.ping_s + self.timeout_s:
-                log.warning("shard %s: no answer for %.0f s; reconnecting", self.name, silent)
-                await conn.disconnect(nowait=True)
-                return
-            if silent >= self.ping_s:
-                await self._write(conn, conn.pack_command("PING"))
-
-    async def _read_replies(self, conn: AbstractConnection, follower: Follower) -> None:
-        while True:
-            # No timeout on the read itself: a read cut in the middle of a reply
-            # would lose the protocol's place; the watchdog closes a dead connection.
-            reply = await conn.read_response(timeout=math.inf)
-            self._last_read = time.monotonic()
-            if isinstance(reply, ResponseError):
-                log.warning("shard %s: %s", self.name, reply)
-                continue
-            if not isinstance(reply, list) or len(reply) < 2:
-                continue
-            kind = reply[0]
-            if kind == b"smessage":
-                entry = self.channels.get(reply[1])
-                if entry is not None:
-                    follower.notified(entry, reply[2])
-            elif kind == b"ssubscribe":
-                futures = self._confirms.get(reply[1])
-                if futures:
-                    future = futures.popleft()
-                    if not futures:
-                        del self._confirms[reply[1]]
-                    if not future.done():
-                        future.set_result(None)
-            elif kind == b"sunsubscribe":
-                channel = reply[1]
-                if self._unsubscribing[channel] > 0:
-                    self._unsubscribing[channel] -= 1
-                    if not self._unsubscribing[channel]:
-                        del self._unsubscribing[channel]
-                elif channel in self.channels:
-                    # The server dropped it (its slot moved): follow it afresh.
-                    follower.moved(self.channels[channel])
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> Any: ...
 
 
 class Follower:
     """The topics this process follows; see the module docstring."""
 
-    def __init__(
-        self,
-        *,
-        key: Callable[[str], str],
-        channel: Callable[[str], str],
-        shard_for: Callable[[str], Awaitable[tuple[str, Callable[[], AbstractConnection]]]],
-        command: Callable[[], Any],
-        heads: Callable[[Sequence[FollowedTopic]], Awaitable[list[tuple[str, list[Any]]]]],
-        inc_key: Callable[[str], str],
-        call: Callable[..., Awaitable[Any]],
-        spawn: Callable[[Awaitable[Any], str], Any],
-        timeout_s: float,
-        wait_s: float,
-        linger_s: float,
-        by_slot: bool = False,
-    ) -> None:
-        self._key = key
+    def __init__(self, source: Source, *, linger_s: float, by_slot: bool = False) -> None:
+        self.source = source
         # A cluster: one (S)SUBSCRIBE per slot, as it refuses one across slots.
         self.by_slot = by_slot
-        self._channel = channel
-        self._shard_for = shard_for
-        self._command = command  # the command client (Redis or RedisCluster)
-        # Per topic: its incarnation and newest entries (newest first), reserving
-        # an incarnation for a topic nobody has published to yet.
-        self._heads = heads
-        self._inc_key = inc_key
-        self._call = call
-        self.spawn = spawn
-        self.timeout_s = timeout_s
-        self.wait_s = wait_s
+        self.timeout_s = source.timeout_s
+        self.wait_s = source.wait_s
         self.linger_s = linger_s
         self.topics: dict[str, FollowedTopic] = {}
         # Followed topics nobody uses, oldest first: what the sweep looks at.
@@ -395,6 +114,9 @@ class Follower:
         self._sweeper: asyncio.Task[None] | None = None
         self._resyncing: set[FollowedTopic] = set()
         self._resync_task: asyncio.Task[None] | None = None
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> Any:
+        return self.source.spawn(coro, name)
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="redis-follow-sweep")
@@ -414,17 +136,13 @@ class Follower:
         ]
 
     async def close(self) -> None:
-        for task in (self._joiner, self._sweeper, self._resync_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(self._joiner, self._sweeper, self._resync_task)
         for shard in self.shards.values():
             await shard.close()
         self.shards.clear()
         for entry in list(self.topics.values()):
             for sub in [*entry.local.subscribers, *entry.waiting]:
-                sub.close("closed")
+                sub.close(CloseReason.CLOSED)
         self.topics.clear()
         self._idle.clear()
 
@@ -433,7 +151,9 @@ class Follower:
     def acquire(self, name: str, maxlen: int) -> FollowedTopic:
         entry = self.topics.get(name)
         if entry is None:
-            entry = FollowedTopic(name, self._key(name), self._channel(name), maxlen, self.tally)
+            entry = FollowedTopic(
+                name, self.source.key(name), self.source.channel(name), maxlen, self.tally
+            )
             self.topics[name] = entry
             self._joining.append(entry)
             if self._joiner is None or self._joiner.done():
@@ -459,7 +179,7 @@ class Follower:
     # -- joining ---------------------------------------------------------------------
 
     async def _join_forever(self) -> None:
-        delay = 0.05
+        backoff = Backoff(0.05, 2.0)
         while self._joining:
             batch = self._joining[:JOIN_BATCH]
             del self._joining[:JOIN_BATCH]
@@ -468,7 +188,7 @@ class Follower:
                 continue
             try:
                 await self._join(batch)
-                delay = 0.05
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -480,15 +200,14 @@ class Follower:
                     e for e in batch if self.followed(e) and not (e.subscribed and e.ready.is_set())
                 ]
                 self._joining[:0] = pending
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 2.0)
+                await backoff.wait()
 
     async def _join(self, batch: list[FollowedTopic]) -> None:
         groups: dict[str, list[FollowedTopic]] = {}
         for entry in batch:
             shard = entry.shard
             if shard is None or shard.channels.get(entry.channel) is not entry:
-                name, connect = await self._shard_for(entry.key)
+                name, connect = await self.source.shard_for(entry.key)
                 shard = self.shards.get(name)
                 if shard is None:
                     shard = self.shards[name] = Shard(self, name, connect, timeout_s=self.timeout_s)
@@ -512,7 +231,7 @@ class Follower:
         fresh = [entry for entry in batch if not entry.ready.is_set()]
         # Subscribed: whatever is published from now on is notified, so the
         # newest entries read now are where the notifications take over.
-        heads = await self._heads(fresh) if fresh else []
+        heads = await self.source.heads(fresh) if fresh else []
         for entry, (incarnation, reply) in zip(fresh, heads, strict=True):
             if not self.followed(entry) or entry.ready.is_set():
                 continue
@@ -567,7 +286,7 @@ class Follower:
             # Already had it (it raced a catch-up) or the topic went back to 1.
             if first < position and not entry.verifying:
                 entry.verifying = True
-                self.spawn(self._verify(entry), "redis-verify")
+                self.source.spawn(self._verify(entry), "redis-verify")
             return
         if first <= position:
             messages = messages[position + 1 - first :]
@@ -596,51 +315,38 @@ class Follower:
             self._resync_task = asyncio.create_task(self._resync_forever(), name="redis-resync")
 
     async def _resync_forever(self) -> None:
-        delay = 0.05
+        backoff = Backoff(0.05, 2.0)
         while self._resyncing:
             batch = [e for e in list(self._resyncing)[:JOIN_BATCH] if self.followed(e)]
             self._resyncing.difference_update(batch)
             self._resyncing = {e for e in self._resyncing if self.followed(e)}
             try:
                 await self._catch_up(batch)
-                delay = 0.05
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 if not isinstance(error, DOWN):
                     log.exception("catching up %d topic(s) failed; retrying", len(batch))
                 self._resyncing.update(e for e in batch if self.followed(e))
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 2.0)
+                await backoff.wait()
 
     async def _catch_up(self, batch: list[FollowedTopic]) -> None:
         if not batch:
             return
-        pipe = self._command().pipeline(transaction=False)
-        for entry in batch:
-            pipe.xrevrange(entry.key, "+", "-", count=1)
-            pipe.get(self._inc_key(entry.key))
         # Positions taken before asking: a reply cannot be older than them unless the topic reset.
         positions = [entry.position for entry in batch]
-        replies = await self._call(pipe.execute(), limit_s=self.wait_s)
-        for entry, position, reply, inc in zip(
-            batch, positions, replies[::2], replies[1::2], strict=True
-        ):
+        tips = await self.source.tips([entry.key for entry in batch])
+        for entry, position, (newest, inc) in zip(batch, positions, tips, strict=True):
             if not self.followed(entry):
                 continue
-            newest = entry_seq(reply[0][0]) if reply else 0
             incarnation = entry.local.incarnation
-            if newest < position or (inc is not None and inc.decode().lstrip("?") != incarnation):
+            if newest < position or (inc is not None and inc.lstrip("?") != incarnation):
                 log.warning("topic %s was reset in Redis: closing its subscribers", entry.name)
                 self.reset(entry)
                 continue
             while entry.position < newest:
-                entries = await self._call(
-                    self._command().xrange(
-                        entry.key, f"(0-{entry.position}", f"0-{newest}", count=PAGE
-                    ),
-                    limit_s=self.wait_s,
-                )
+                entries = await self.source.read(entry.key, entry.position, newest, PAGE)
                 page = [m for m in messages_of(entries, incarnation) if m.seq > entry.position]
                 if not page:
                     break  # trimmed meanwhile: the notifications take over
@@ -651,10 +357,7 @@ class Follower:
     async def _verify(self, entry: FollowedTopic) -> None:
         try:
             position = entry.position
-            reply = await self._call(
-                self._command().xrevrange(entry.key, "+", "-", count=1), limit_s=self.wait_s
-            )
-            newest = entry_seq(reply[0][0]) if reply else 0
+            newest = await self.source.newest(entry.key)
             if newest < position and self.followed(entry):
                 log.warning("topic %s went back in Redis: closing its subscribers", entry.name)
                 self.reset(entry)
@@ -684,7 +387,7 @@ class Follower:
         if entry.shard is not None:
             entry.shard.remove([entry])
         for sub in [*entry.local.subscribers, *entry.waiting]:
-            sub.close("reset")
+            sub.close(CloseReason.RESET)
 
     def reset_all(self) -> None:
         for entry in list(self.topics.values()):
@@ -717,13 +420,4 @@ class Follower:
             shard.remove(entries)
 
 
-__all__ = [
-    "DOWN",
-    "FollowedTopic",
-    "Follower",
-    "Shard",
-    "entry_message",
-    "entry_seq",
-    "messages_of",
-    "parse_notification",
-]
+__all__ = ["DOWN", "FollowedTopic", "Follower", "Source"]

@@ -34,6 +34,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.utils import HIREDIS_AVAILABLE
 
+from ..tasks import cancel_and_wait
+
 log = logging.getLogger("quart_app.brokers.redis")
 
 # redis-py's asyncio connection packs commands in Python (about 10 µs for a
@@ -127,10 +129,7 @@ class Lane:
 
     async def close(self) -> None:
         reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        await cancel_and_wait(reader)
         if self._opening is not None and not self._opening.done():
             self._opening.cancel()
         conn, self._conn = self._conn, None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..brokers import Broker, Item, Message, Subscription
+from ..sse import encode_line
 from .journal import Found, Journal
 from .model import TERMINAL, Job, JobStatus, record_key, replay_bound, topic_for
 from .ownership import JobHost
@@ -103,7 +104,7 @@ class LocalJournal:
             )
             job.produced = min(lines, job.params.amount)
         job.committed = job.produced * (length + 1)
-        await self.broker.set_state(
+        await self.broker.set_record(
             record_key(job.id), {**job.record(), "node": self.broker.node}, None
         )
         if job.status == JobStatus.RUNNING:
@@ -158,11 +159,8 @@ class LocalJournal:
 
     async def _replayed(self, job: Job, after: int, count: int) -> list[Message]:
         items = await self._items(job, after, count)
-        # The frames encode() would make, built directly: a job's ids are
-        # ``<job>:<i>`` and its data one line of JSON (json.dumps escapes line
-        # breaks), so there is nothing to check or split.
         return [
-            Message(index, f"id: {sse_id}\ndata: {data}\n\n".encode(), event)
+            Message(index, encode_line(data, str(sse_id)), event)
             for index, (data, event, sse_id) in enumerate(items, start=after + 1)
         ]
 

@@ -113,7 +113,7 @@ class RedisLease:
                         host.stop(job, StopReason.FENCED)
                         continue
                     # Rewritten each beat: it comes back if the broker lost its data.
-                    await self.broker.set_state(record_key(job.id), self.record(job), None)
+                    await self.broker.set_record(record_key(job.id), self.record(job), None)
                     await self.broker.track(RUNNING_SET, job.id)
 
     async def recover(self, host: JobHost) -> list[Job]:
@@ -135,7 +135,7 @@ class RedisLease:
         return taken
 
     async def _adopt(self, job_id: str) -> Job | None:
-        record = await self.broker.get_state(record_key(job_id))
+        record = await self.broker.get_record(record_key(job_id))
         topic = topic_for(job_id)
         if record is None or record.get("status") != JobStatus.RUNNING or "charset" not in record:
             await self._untrack(job_id)
@@ -150,7 +150,7 @@ class RedisLease:
             job.produced = seq - 1
             job.message = str(json.loads(data).get("message", ""))
             job.finished_at = time.time()
-            await self.broker.set_state(record_key(job_id), job.record(), self.ttl_s)
+            await self.broker.set_record(record_key(job_id), job.record(), self.ttl_s)
             await self.broker.drop_holds(holds(job))
             await self._untrack(job_id)
             return None
@@ -165,7 +165,7 @@ class RedisLease:
         log.warning(
             "job %s: taken over after string %d of %d", job_id, job.produced, job.params.amount
         )
-        await self.broker.set_state(record_key(job_id), self.record(job), None)
+        await self.broker.set_record(record_key(job_id), self.record(job), None)
         return job
 
     async def _untrack(self, job_id: str) -> None:

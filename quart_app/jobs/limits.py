@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
-from ..brokers import Broker, BrokerUnavailable
+from ..brokers import BrokerUnavailable, Coordination
 from ..errors import LimitExceeded, Overloaded
 from .model import Job, JobStatus, owner_jobs
 
@@ -30,7 +30,9 @@ def holds(job: Job) -> list[tuple[str, str]]:
 
 
 class JobLimits:
-    def __init__(self, broker: Broker, max_jobs: int, max_per_owner: int, hold_s: float) -> None:
+    def __init__(
+        self, broker: Coordination, max_jobs: int, max_per_owner: int, hold_s: float
+    ) -> None:
         self.broker = broker
         self.max_jobs = max_jobs
         self.max_per_owner = max_per_owner

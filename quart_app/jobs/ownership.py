@@ -7,7 +7,8 @@
   process that runs a job holds its lease; a job whose owner died is taken
   over by another process, fenced by explicit stream ids.
 
-The broker says which applies (``Broker.shared``); nothing else branches on it.
+The broker says which applies (``Broker.shared``); ``registry.create_ownership``
+is the one place that asks.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..brokers import Broker, Item, Subscription
+from ..brokers import Item, Subscription
 from .model import Job, StopReason
 
 
@@ -91,13 +92,3 @@ class Ownership(Protocol):
     def forget(self, job_id: str) -> None:
         """A finished job's TTL is over: its files go."""
         ...
-
-
-def create_ownership(broker: Broker, results_dir: Path, window: int, ttl_s: float) -> Ownership:
-    if broker.shared:
-        from .leased import RedisLease
-
-        return RedisLease(broker, results_dir, ttl_s)
-    from .journaled import LocalJournal
-
-    return LocalJournal(broker, results_dir, window, ttl_s)

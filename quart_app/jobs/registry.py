@@ -28,6 +28,8 @@ from ..sessions import JobParams
 from ..streams import Feed
 from ..tasks import TaskSet, cancel_and_wait
 from .journal import Journal
+from .journaled import LocalJournal
+from .leased import RedisLease
 from .limits import JobLimits
 from .model import (
     TERMINAL,
@@ -43,7 +45,7 @@ from .model import (
     replay_bound,
     topic_for,
 )
-from .ownership import create_ownership
+from .ownership import Ownership
 from .runner import JobRunner, Outcome
 from .watchers import Watchers
 
@@ -53,6 +55,13 @@ log = logging.getLogger("quart_app.jobs")
 CANCEL_WAIT_S = 3.0
 # Bytes per read of a result file.
 RESULT_CHUNK = 65536
+
+
+def create_ownership(broker: Broker, results_dir: Path, window: int, ttl_s: float) -> Ownership:
+    """How this process owns its jobs: by lease when other processes share the broker."""
+    if broker.shared:
+        return RedisLease(broker, results_dir, ttl_s)
+    return LocalJournal(broker, results_dir, window, ttl_s)
 
 
 @dataclass(slots=True)
@@ -172,7 +181,7 @@ class JobRegistry:
         await self.limits.take(job, also)
         try:
             await self.ownership.claim(job)  # its journal, or its lease
-            await self.broker.set_state(
+            await self.broker.set_record(
                 record_key(job_id), {**job.record(), "node": self.broker.node}, None
             )
         except BaseException:
@@ -244,7 +253,7 @@ class JobRegistry:
         job = self.jobs.get(job_id)
         if job is not None:
             return job.record()
-        return await self.broker.get_state(record_key(job_id))
+        return await self.broker.get_record(record_key(job_id))
 
     async def lookup(
         self, job_id: str, identities: Sequence[str], key: str | None = None
@@ -285,7 +294,7 @@ class JobRegistry:
 
     async def _cancel_elsewhere(self, job_id: str) -> dict[str, Any] | None:
         """Ask the process that runs the job to cancel it, and wait a little for its end."""
-        record = await self.broker.get_state(record_key(job_id))
+        record = await self.broker.get_record(record_key(job_id))
         node = None if record is None else record.get("node")
         if record is None or record.get("status") != JobStatus.RUNNING or not node:
             return await self.state(job_id)
@@ -304,7 +313,7 @@ class JobRegistry:
                         await sub.wait()
                     # The owner records the final state right after the event;
                     # that state lives in the broker, which cannot notify us.
-                    while (await self.broker.get_state(record_key(job_id)) or {}).get(  # noqa: ASYNC110
+                    while (await self.broker.get_record(record_key(job_id)) or {}).get(  # noqa: ASYNC110
                         "status"
                     ) == JobStatus.RUNNING:
                         await asyncio.sleep(0.02)

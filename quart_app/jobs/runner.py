@@ -21,6 +21,7 @@ import aiofiles
 
 from ..brokers import Broker, BrokerUnavailable, Item
 from ..brokers.base import Fenced
+from ..retry import Backoff
 from ..strings import StringMaker
 from .limits import JobLimits, holds
 from .model import Job, JobStatus, StopReason, event_id, progress, record_key, topic_for
@@ -61,7 +62,7 @@ class Persistence:
         up ``CLOSING_GRACE_S`` after the shutdown began.
         """
         loop = asyncio.get_running_loop()
-        delay = 0.05
+        backoff = Backoff(0.05, 1.0, jitter=False)
         warned = False
         while True:
             try:
@@ -74,8 +75,7 @@ class Persistence:
             if self.give_up_at is not None and loop.time() >= self.give_up_at:
                 log.error("%s: gave up writing to the broker at shutdown", what)
                 return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            await backoff.wait()
             if done is not None:
                 try:
                     if await done():
@@ -212,7 +212,7 @@ class JobRunner:
             await self.ownership.ended(job)
         finally:
             await write(
-                topic, lambda: self.broker.set_state(record_key(job.id), job.record(), self.ttl_s)
+                topic, lambda: self.broker.set_record(record_key(job.id), job.record(), self.ttl_s)
             )
             await write(topic, lambda: self.broker.expire(topic, self.ttl_s))
             await write(topic, lambda: self.ownership.release(job))

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from ..brokers import Broker, BrokerUnavailable
+from ..brokers import BrokerUnavailable, Coordination
 from ..tasks import TaskSet
 from .model import Job, JobStatus, StopReason, watchers_key
 from .ownership import JobHost
@@ -23,7 +23,7 @@ WATCHERS_TTL_S = 3600.0
 
 
 class Watchers:
-    def __init__(self, broker: Broker, host: JobHost, orphan_s: float) -> None:
+    def __init__(self, broker: Coordination, host: JobHost, orphan_s: float) -> None:
         self.broker = broker
         self.host = host
         self.orphan_s = orphan_s

@@ -9,7 +9,7 @@ It reads the application's configuration (``QUART_DATABASE_URL``,
   release can migrate before its workers start (they then find the head);
 * ``revision -m MESSAGE`` (developers) writes the next revision into
   ``versions/``, with the operations that would bring a database at the head
-  to ``db.metadata`` (Alembic's autogenerate: read it, then edit it).
+  to ``db.tables.metadata`` (Alembic's autogenerate: read it, then edit it).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from . import SchemaError, alembic_config, current, head, lock, migrate
 
 async def run(command: str, message: str | None = None) -> int:
     from .. import create_app
+    from ..db.engine import create_engine
     from ..state import get_state
 
     history = get_state(create_app()).history
-    engine = history._create_engine()
+    engine = create_engine(history.url, history.engine_options)
     target = head()
     try:
         async with engine.connect() as conn:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from quart_app.db import metadata
+from quart_app.db.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -1,0 +1,36 @@
+--! include _incarnation
+-- ARGV: maxlen, ttl ms (0: none), a fresh incarnation, n, then n times
+-- (data, event, id), then the topic's channel and the first explicit seq (0: none).
+local inc, changed = incarnation(ARGV[3])
+local n = tonumber(ARGV[4])
+-- Explicit seqs (a job's indexes): refused, with nothing written, if the stream
+-- already has the first one (fencing: a slow former owner never repeats an index).
+local want = tonumber(ARGV[6 + 3 * n])
+if want > 0 then
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if top[1] and tonumber(string.match(top[1][1], '%-(%d+)$')) >= want then
+    return {'', top[1][1]}
+  end
+end
+local id
+local first
+local parts = {}
+for k = 0, n - 1 do
+  local at = 5 + 3 * k
+  local fields = {'d', ARGV[at]}
+  if ARGV[at + 1] ~= '' then fields[#fields + 1] = 'e'; fields[#fields + 1] = ARGV[at + 1] end
+  if ARGV[at + 2] ~= '' then fields[#fields + 1] = 'i'; fields[#fields + 1] = ARGV[at + 2] end
+  local explicit = '0-*'
+  if want > 0 then explicit = '0-' .. (want + k) end
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], explicit, unpack(fields))
+  if first == nil then first = string.match(id, '%-(%d+)$') end
+  local d = ARGV[at]
+  parts[#parts + 1] = ARGV[at + 1] .. '\0' .. ARGV[at + 2] .. '\0' .. #d .. '\0' .. d
+end
+if changed then redis.call('SET', KEYS[2], inc) end
+if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+mirror_ttl()
+-- The followers' notification (redis_replies.py), on the topic's channel.
+local head = first .. '\0' .. inc .. '\0' .. n .. '\0'
+redis.call('SPUBLISH', ARGV[5 + 3 * n], head .. table.concat(parts))
+return {id, inc}
