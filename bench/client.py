@@ -45,9 +45,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' harness
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the shared harness
 
-from tests.harness.processes import cpu_s, raise_nofile, rss_kib
+from harness.processes import cpu_s, raise_nofile, rss_kib
 
 HOST = "127.0.0.1"  # the only host this client ever connects to
 MAX_STREAMS = 20_000

@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 
-from tests.harness import ServerProcess
-from tests.harness.processes import rss_kib
+from harness import ServerProcess
+from harness.processes import rss_kib
 
 SECRET = "bench-secret-key-not-for-production-0123456789abcdef"
 

@@ -2,8 +2,8 @@
 
 Every scenario runs the load client (``bench/client.py``, pinned to the client
 CPU) against a fresh server process (pinned to the server CPU) started by the
-tests' process harness, and returns the client's JSON result with the CPU that
-other processes used meanwhile.  ``run_all`` runs a :class:`Plan`.
+shared process harness (``harness/``), and returns the client's JSON result
+with the CPU that other processes used meanwhile.  ``run_all`` runs a :class:`Plan`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 from redis import RedisError
 
-from tests.harness import HOST, PRODUCT_APP, RedisCluster, RedisServer, ServerProcess, free_port
-from tests.harness.processes import cmdline, cpu_s, machine_busy_s
+from harness import HOST, PRODUCT_APP, RedisCluster, RedisServer, ServerProcess, free_port
+from harness.processes import cmdline, cpu_s, machine_busy_s
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

@@ -32,11 +32,11 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the tests' harness
+sys.path.insert(0, str(ROOT))  # the shared harness
 
-from tests.harness import RedisServer, ServerProcess  # noqa: E402
-from tests.harness.processes import open_fds, raise_nofile, rss_kib  # noqa: E402
-from tests.polling import eventually  # noqa: E402
+from harness import RedisServer, ServerProcess  # noqa: E402
+from harness.polling import eventually  # noqa: E402
+from harness.processes import open_fds, raise_nofile, rss_kib  # noqa: E402
 
 TOKEN = "soak-publish-token"
 STREAMS = ["/numbers", "/clock", "/stream", "/channels/soak/events", "/api/v1/stats/stream"]

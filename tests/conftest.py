@@ -8,10 +8,9 @@ import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
+from harness import ServerProcess
 from quart_app import create_app
 from quart_app.brokers import Broker, create_broker
-
-from .harness import ServerProcess
 
 # Short intervals so tests wait on events, not on wall-clock defaults.
 FAST = {
@@ -80,7 +79,7 @@ async def browser(tmp_path: Path) -> AsyncIterator[Any]:
 @pytest.fixture(scope="session")
 def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One throwaway ``redis-server`` for the session (fails clearly if it is not installed)."""
-    from .harness import RedisServer
+    from harness import RedisServer
 
     redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield redis
@@ -90,7 +89,7 @@ def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One throwaway local 3-master Redis Cluster for the session (flush it per test)."""
-    from .harness import RedisCluster
+    from harness import RedisCluster
 
     cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
     yield cluster
@@ -124,7 +123,7 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
 @pytest.fixture
 def durable_redis(tmp_path: Path) -> Iterator[Any]:
     """A Redis of this test's own that keeps every accepted write across a kill and restart."""
-    from .harness import RedisServer
+    from harness import RedisServer
 
     redis = RedisServer(tmp_path / "redis", durable=True).start()
     yield redis

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from quart_app.brokers import Overflow
+from quart_app.brokers import Overflow, Subscription
 from quart_app.brokers.base import LocalTopic, make_message
 from quart_app.brokers.base import TopicHistory as History
 
@@ -110,17 +110,29 @@ def test_drop_oldest_skips_to_the_newest() -> None:
     assert [m.seq for m in sub.take()] == [48, 49, 50]
 
 
+async def waiting_in(sub: Subscription) -> asyncio.Task[None]:
+    """A task that has entered ``sub.wait()`` (blocked there, unless it returned at once)."""
+    entered = asyncio.Event()
+
+    async def wait() -> None:
+        entered.set()
+        await sub.wait()  # in the same step as set(): blocked here before the caller resumes
+
+    task = asyncio.create_task(wait())
+    await entered.wait()
+    return task
+
+
 async def test_wait_wakes_on_publish_and_on_close() -> None:
     topic = LocalTopic("t", 10)
     sub = attach(topic)
-    waiter = asyncio.create_task(sub.wait())
-    await asyncio.sleep(0)
+    waiter = await waiting_in(sub)
     assert not waiter.done()
     topic.add(msgs(1, 1))
     await asyncio.wait_for(waiter, 1)
     sub.take()
-    waiter = asyncio.create_task(sub.wait())
-    await asyncio.sleep(0)
+    waiter = await waiting_in(sub)
+    assert not waiter.done()
     sub.close("drain")
     await asyncio.wait_for(waiter, 1)
     assert sub.reason == "drain"
@@ -130,13 +142,15 @@ async def test_overflow_cancels_a_consumer_stuck_outside_wait() -> None:
     topic = LocalTopic("t", 1000)
     sub = attach(topic, max_lag=2)
     stuck = asyncio.Event()
+    consuming = asyncio.Event()
 
     async def consumer() -> None:
         sub.task = asyncio.current_task()
+        consuming.set()
         await stuck.wait()  # e.g. a write to a client that never reads
 
     task = asyncio.create_task(consumer())
-    await asyncio.sleep(0)
+    await consuming.wait()  # the subscription knows its task, which is stuck outside wait()
     topic.add(msgs(1, 5))
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 1)

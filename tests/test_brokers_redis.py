@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from harness import RedisServer
 from quart_app.brokers import BrokerUnavailable, Subscription
 from quart_app.brokers.redis import RedisBroker
 
-from .harness import RedisServer
 from .polling import eventually
 
 

@@ -13,6 +13,7 @@ import pytest
 from playwright.async_api import BrowserContext, Page, expect
 
 from .conftest import FAST
+from .polling import eventually
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.timeout(45)]
 
@@ -49,7 +50,11 @@ async def finish_job(client: httpx.AsyncClient, amount: int, length: int) -> Non
 async def cancel_job(client: httpx.AsyncClient) -> None:
     response = await client.post("/jobs", json={"amount": 1000, "length": 4, "delay_ms": 20})
     job = response.json()["id"]
-    await asyncio.sleep(0.1)
+
+    async def produced() -> int:
+        return int((await client.get(f"/jobs/{job}")).json()["produced"])
+
+    await eventually(produced, lambda n: n >= 1)  # under way: a running job is cancelled
     assert (await client.delete(f"/jobs/{job}")).status_code == 200
 
 

@@ -19,6 +19,7 @@ from quart.typing import TestClientProtocol as Client
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 
+from harness import PostgresServer
 from quart_app import create_app, db
 from quart_app.brokers import MemoryBroker
 from quart_app.channels import restore_chat
@@ -26,7 +27,6 @@ from quart_app.db import History, database_url, job_row
 from quart_app.state import get_state
 
 from .conftest import FAST
-from .harness import PostgresServer
 from .polling import eventually
 from .streaming import read_stream
 
@@ -247,7 +247,7 @@ async def test_pages_stay_exact_while_jobs_finish(tmp_path: Path, database: str 
 
 
 async def test_history_api_answers_503_while_the_database_is_unreachable(tmp_path: Path) -> None:
-    from .harness import free_port
+    from harness import free_port
 
     url = f"postgresql+asyncpg://nobody:secret-pw-123@127.0.0.1:{free_port()}/none"
     async with running(config_for(tmp_path, url)) as app:
@@ -314,7 +314,15 @@ async def test_the_writer_waits_for_a_database_that_comes_up_later(
             await history.start()
             for n in range(25):
                 history.record_chat(chat(n))
-            await asyncio.sleep(0.3)
+
+            def db_log() -> list[logging.LogRecord]:
+                return [r for r in caplog.records if r.name.startswith("quart_app.db")]
+
+            # start() has said the database is away; the next line from the db
+            # module is the writer's: it has tried the database with the
+            # records queued, and failed.
+            started = len(db_log())
+            await eventually(lambda: len(db_log()) > started, timeout=10)
             assert history.written == 0 and not history.ready
             await asyncio.to_thread(server.start)
             await eventually(lambda: history.written == 25, timeout=30)

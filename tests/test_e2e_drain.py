@@ -9,7 +9,8 @@ import time
 import httpx
 import pytest
 
-from .harness import ServerProcess
+from harness import ServerProcess
+
 from .sse_parser import StrictParser
 
 pytestmark = pytest.mark.e2e

@@ -24,7 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .harness import ServerProcess
+from harness import ServerProcess
+
 from .sse_parser import Event, StrictParser
 
 pytestmark = pytest.mark.e2e

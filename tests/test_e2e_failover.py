@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from .harness import ServerProcess
+from harness import ServerProcess
+
 from .polling import eventually
 from .sse_parser import StrictParser
 
@@ -73,7 +74,7 @@ async def test_drain_500_streams_then_resume_elsewhere(server_factory: Any, redi
                 assert response.status_code == 202
                 published.append(response.json()["id"])
                 n += 1
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # pacing the load (up to 200 publishes a second)
 
         publisher = asyncio.create_task(publish())
         await eventually(lambda: len(published) >= 20, timeout=30)

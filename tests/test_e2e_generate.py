@@ -8,7 +8,8 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from .harness import ServerProcess
+from harness import ServerProcess
+
 from .sse_client import dispatched
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,8 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from .harness import ServerProcess
+from harness import ServerProcess
+
 from .polling import eventually
 from .sse_client import dispatched
 

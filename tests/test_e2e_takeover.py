@@ -21,8 +21,9 @@ import httpx
 import pytest
 import redis
 
-from .harness import ROOT, ServerProcess
-from .harness.processes import children, cmdline
+from harness import ROOT, ServerProcess
+from harness.processes import children, cmdline
+
 from .polling import wait_until
 from .test_e2e_durability import done, read_events, strings
 

@@ -9,7 +9,8 @@ import pytest
 from redis.cluster import RedisCluster as ClusterClient
 from redis.exceptions import MovedError
 
-from .harness import RedisCluster
+from harness import RedisCluster
+
 from .polling import eventually, wait_until
 
 
@@ -63,8 +64,14 @@ async def test_eventually_times_out_naming_the_last_value() -> None:
     with pytest.raises(TimeoutError, match="last value: 0"):
         await eventually(lambda: 0, timeout=0.05)
     # The caller's own cancellation is not turned into a timeout.
-    waiting = asyncio.create_task(eventually(lambda: False, timeout=10))
-    await asyncio.sleep(0.02)
+    probed = asyncio.Event()
+
+    def probe() -> bool:
+        probed.set()
+        return False
+
+    waiting = asyncio.create_task(eventually(probe, timeout=10))
+    await probed.wait()  # it polls: now between two probes, inside its deadline
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting

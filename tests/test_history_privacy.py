@@ -15,13 +15,13 @@ import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
+from harness import PostgresServer
+from harness.hypercorn import TEST_SECRET_KEY
 from quart_app import create_app
 from quart_app.db import job_row, owner_digest
 from quart_app.state import get_state
 
 from .conftest import FAST
-from .harness import PostgresServer
-from .harness.hypercorn import TEST_SECRET_KEY
 from .polling import eventually
 
 pytestmark = pytest.mark.timeout(90)

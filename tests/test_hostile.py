@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
+from harness import ServerProcess
+from harness.processes import rss_kib
 from quart_app import create_app
 
-from .harness import ServerProcess
-from .harness.processes import rss_kib
 from .polling import eventually
 
 pytestmark = pytest.mark.e2e

@@ -25,8 +25,9 @@ import pytest
 import trustme
 from httpx_sse import aconnect_sse
 
+from harness import ServerProcess
+
 from .conftest import FAST
-from .harness import ServerProcess
 from .polling import wait_until
 
 pytestmark = pytest.mark.e2e

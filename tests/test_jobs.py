@@ -156,5 +156,14 @@ async def test_a_stream_ended_by_max_age_does_not_orphan_its_job(
     assert first.ended and len(first.parsed.retries) == 2
     last = first.parsed.events[-1].last_event_id
     job = last.split(":")[0]
-    await asyncio.sleep(1.0)  # longer than JOB_ORPHAN_S, within the reconnect window
-    assert (await (await client.get(f"/jobs/{job}")).get_json())["status"] == "running"
+    # The point past which it would have been orphaned: a job that nobody
+    # watches, started only now, is cancelled JOB_ORPHAN_S from now; this one's
+    # orphan timer, had the stream's end armed one, would have fired before.
+    body = {"amount": 1000, "length": 4, "delay_ms": 50}
+    control = (await (await client.post("/jobs", json=body)).get_json())["id"]
+    orphaned = await eventually(
+        lambda: job_status(client, control), lambda s: s["status"] != "running", interval=0.05
+    )
+    assert orphaned["status"] == "cancelled" and "nobody watched" in orphaned["message"]
+    # Still within the reconnect window it was given (and its 40 strings take 2 s).
+    assert (await job_status(client, job))["status"] == "running"

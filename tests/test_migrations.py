@@ -32,11 +32,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from harness import PostgresServer
 from quart_app import create_app, migrations
 from quart_app.db import History, SchemaError, job_row, metadata
 
 from .conftest import FAST
-from .harness import PostgresServer
 from .polling import eventually
 
 pytestmark = pytest.mark.timeout(90)

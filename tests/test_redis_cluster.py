@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from harness import RedisCluster
 from quart_app.brokers import Broker, create_broker
 from quart_app.brokers.redis import RedisBroker
 
 from .conftest import cluster_url
-from .harness import RedisCluster
 from .test_brokers import *  # noqa: F403  (the contract, run again on the cluster)
 
 

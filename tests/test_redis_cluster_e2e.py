@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from harness import RedisCluster, ServerProcess
+
 from .conftest import cluster_url
-from .harness import RedisCluster, ServerProcess
 from .helpers import seq_of
 from .test_scaleout import AUTH, TOKEN, Collector, publish
 

@@ -13,10 +13,10 @@ import pytest
 from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
+from harness import RedisServer
 from quart_app import create_app
 
 from .conftest import FAST, cluster_url
-from .harness import RedisServer
 from .helpers import done
 from .polling import eventually
 from .streaming import read_stream

@@ -85,7 +85,7 @@ async def test_channel_stream_resume_is_exact(
         for n in range(1, total):
             response = await client.post(f"/channels/{channel}", json={"data": n}, headers=auth)
             published.append((await response.get_json())["id"])
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # pacing: reads interleave with the publishes
 
     publisher = asyncio.create_task(publish())
     received: list[tuple[str, int]] = []

@@ -16,7 +16,8 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from .harness import RedisServer, ServerProcess
+from harness import RedisServer, ServerProcess
+
 from .helpers import seq_of
 
 pytestmark = pytest.mark.e2e

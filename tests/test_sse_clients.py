@@ -11,7 +11,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from .harness import ServerProcess
+from harness import ServerProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from .harness import ROOT
-from .harness.processes import children, cmdline, free_port
+from harness import ROOT
+from harness.processes import children, cmdline, free_port
+
 from .polling import wait_until
 
 pytestmark = pytest.mark.e2e

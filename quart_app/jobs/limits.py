@@ -45,10 +45,13 @@ class JobLimits:
         limits hold across workers and hosts, and each set is one slot of a
         cluster).  The owner's comes first: a refusal by the deployment then
         holds back only the same requester, for an instant.  The requester's
-        other names (``also``) have sets of their own: once its place is
-        taken, every one of them is counted again, so of two requests racing
-        under two names the later one sees the other; at worst both are
-        refused, never is the limit passed.
+        other names (``also``: a session's address) have sets of their own,
+        counted with its own once its place is taken: a browser never passes
+        the limit together with the jobs its address started without a cookie
+        that ran when it asked, and of its own requests racing, at worst all
+        are refused.  A request without a session does not count the jobs of
+        the sessions at its address (an address may be shared), so a browser's
+        request racing with a script's may pass the limit between the two.
         """
         mine = owner_jobs(job.owner)
         per_owner = LimitExceeded(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from ..polling import wait_until
+from .polling import wait_until
 from .processes import (
     HOST,
     children,
@@ -25,7 +25,7 @@ from .processes import (
     terminate,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PRODUCT_APP = "quart_app:create_app()"
 TEST_SECRET_KEY = "test-secret-key-for-e2e-tests-only-0123456789"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from ..polling import wait_until
+from .polling import wait_until
 from .processes import HOST, free_port, tail, terminate
 
 

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-from ..polling import wait_until
+from .polling import wait_until
 from .processes import free_port, tail, terminate
 
 USER = "quart_app"

@@ -1,7 +1,9 @@
 """Real processes for the end-to-end tests and the benchmarks: Hypercorn, Redis, PostgreSQL.
 
-Each launcher picks a free loopback port, starts its process, waits until it
-answers, and stops it (and everything it started) in ``stop()``.
+One package that ``tests/`` and ``bench/`` both import (neither imports the
+other).  Each launcher picks a free loopback port, starts its process, waits
+until it answers, and stops it (and everything it started) in ``stop()``;
+``polling`` waits for state that nothing signals.
 """
 
 from __future__ import annotations
