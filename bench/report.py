@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any, cast
 
-from bench.scenarios import NICE, SERVER_CPU, Plan, log, nice_prefix
+from bench.scenarios import FULL, NICE, SERVER_CPU, Plan, log, nice_prefix
 
 # Targets (one worker, server on one core, ratios against the baseline in the same run).
 TARGET_RSS_RATIO = 1.1
@@ -673,7 +673,7 @@ def markdown(
         "<details><summary>one JSON object per run, as printed by bench/client.py</summary>",
         "",
         "```json",
-        json.dumps(results, indent=1),
+        raw_json(results),
         "```",
         "",
         "</details>",
@@ -1372,6 +1372,7 @@ def extra_sections(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
     cost, t3 = cost_section(results)
     jobmem, t4 = jobmem_section(results)
     parts = [
+        *redesign_section(results),
         "## Storms (Redis scale-out, issue 12)",
         "",
         *storm,
@@ -1386,6 +1387,123 @@ def extra_sections(results: dict[str, Any]) -> tuple[list[str], list[dict[str, A
         *jobmem,
     ]
     return parts, [*t1, *t2, *t3, *t4]
+
+
+def raw_json(results: dict[str, Any]) -> str:
+    """The raw results, one key a line deep; the before/after runs one line per run."""
+    redesign = results.get("redesign")
+    if not isinstance(redesign, dict):
+        return json.dumps(results, indent=1)
+    marker = "@@redesign@@"
+    text = json.dumps({**results, "redesign": marker}, indent=1)
+    sides = {
+        name: {
+            **{k: v for k, v in side.items() if k != "runs"},
+            "runs": [json.dumps(run, separators=(",", ":")) for run in side.get("runs", [])],
+        }
+        for name, side in redesign.items()
+        if isinstance(side, dict)
+    }
+    lines = ["{"]
+    items = [(k, v) for k, v in redesign.items() if not isinstance(v, dict)]
+    for key, value in items:
+        lines.append(f"  {json.dumps(key)}: {json.dumps(value)},")
+    for index, (name, side) in enumerate(sides.items()):
+        lines.append(f"  {json.dumps(name)}: {{")
+        for key, value in side.items():
+            if key != "runs":
+                lines.append(f"   {json.dumps(key)}: {json.dumps(value)},")
+        lines.append('   "runs": [')
+        lines.append(",\n".join(f"    {run}" for run in side["runs"]))
+        lines.append("   ]")
+        lines.append("  }" + ("," if index < len(sides) - 1 else ""))
+    lines.append(" }")
+    return text.replace(json.dumps(marker), "\n".join(lines))
+
+
+def _number(cell: str) -> float | None:
+    """A table cell's number (of ``a / b``, the first: the row's own figure)."""
+    try:
+        return float(cell.split(" / ", 1)[0].replace(",", "").rstrip("x"))
+    except ValueError:
+        return None
+
+
+def redesign_section(results: dict[str, Any]) -> list[str]:
+    """Runs of the main table before and after a change, on the same machine (``redesign``).
+
+    ``results["redesign"]``: ``{"title", "about", "before": {"rev", "runs": [...]},
+    "after": {...}}``, each run the raw results of some of the main scenarios (a
+    scenario run more often has more runs).  Noise is the larger relative spread
+    between the runs of one side; a metric is worse only past that noise.
+    """
+    section = results.get("redesign")
+    if not isinstance(section, dict):
+        return []
+    sides = [section.get("before") or {}, section.get("after") or {}]
+    if not all(side.get("runs") for side in sides):
+        return []
+    # Per side, per metric (the main table's label), the product's figure of each run.
+    figures: list[dict[str, list[float]]] = []
+    labels: list[str] = []
+    for side in sides:
+        by_label: dict[str, list[float]] = {}
+        for run in side["runs"]:
+            for row in build_rows(run, FULL)[0]:
+                value = _number(row[1])
+                if value is None or "(%)" in row[0] or "deliveries" in row[0]:
+                    continue
+                by_label.setdefault(row[0], []).append(value)
+                if row[0] not in labels:
+                    labels.append(row[0])
+        figures.append(by_label)
+    header = [
+        "metric (product)",
+        f"before ({sides[0].get('rev', '?')}), each run",
+        f"after ({sides[1].get('rev', '?')}), each run",
+        "noise (larger spread)",
+        "after / before (means)",
+        "worse past noise?",
+    ]
+    rows: list[list[str]] = []
+    worse = 0
+    for label in labels:
+        before, after = (side.get(label) or [] for side in figures)
+        if len(before) < 2 or len(after) < 2:
+            continue
+        mean_before, mean_after = sum(before) / len(before), sum(after) / len(after)
+        spreads = [
+            (max(v) - min(v)) / (sum(v) / len(v)) if sum(v) else 0.0 for v in (before, after)
+        ]
+        noise_ratio = max(spreads)
+        change = mean_after / mean_before if mean_before else None
+        # Higher is better only for throughput; everything else is a latency or a cost.
+        higher_is_better = "events/s" in label
+        verdict_cell = ""
+        if change is not None:
+            loss = (1 / change - 1) if higher_is_better else (change - 1)
+            verdict_cell = "**yes**" if loss > noise_ratio else "no"
+            worse += verdict_cell == "**yes**"
+        rows.append(
+            [
+                label,
+                ", ".join(fmt(v) for v in before),
+                ", ".join(fmt(v) for v in after),
+                f"{noise_ratio:.0%}",
+                fmt_ratio(change),
+                verdict_cell,
+            ]
+        )
+    return [
+        f"## {section.get('title', 'Before and after')}",
+        "",
+        str(section.get("about", "")),
+        "",
+        table(header, rows),
+        "",
+        f"Metrics worse after than before by more than the noise: **{worse} of {len(rows)}**.",
+        "",
+    ]
 
 
 def jobmem_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:

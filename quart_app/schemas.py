@@ -11,6 +11,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, StrictInt
 
+from .db.tables import CURSOR_PATTERN
 from .openapi import config_bound
 
 T = TypeVar("T")
@@ -118,8 +119,14 @@ class JobPage(BaseModel):
 
 
 class JobsQuery(BaseModel):
-    cursor: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
-        default=None, description="next_cursor of the previous page; absent: the newest jobs"
+    cursor: Annotated[str, Field(min_length=3, max_length=51, pattern=CURSOR_PATTERN)] | None = (
+        Field(
+            default=None,
+            description=(
+                "next_cursor of the previous page (a position: any value of this form is "
+                "accepted, and gives the page after it); absent: the newest jobs"
+            ),
+        )
     )
     limit: Annotated[int, Field(ge=1, le=100)] | None = Field(
         default=None, description="Items per page (default 20)"

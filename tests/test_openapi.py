@@ -133,7 +133,8 @@ async def test_request_bounds_are_the_configured_ones(app: Quart, client: Client
 
 # -- schemathesis ------------------------------------------------------------------------
 
-SEED = 1310
+# Several seeds: seed 7 found the cursor refused that the document allowed (issue 22).
+SEEDS = (1310, 7, 20261207)
 MAX_EXAMPLES = 100
 # Streams end quickly, so that a client that reads a whole answer (as schemathesis
 # does) gets one; jobs are small, so that hundreds of them cost little.
@@ -148,14 +149,10 @@ SCHEMATHESIS_ENV = {
 }
 
 
-# schemathesis's default for positive_data_acceptance.
-POSITIVE_STATUSES = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
-NARROWED = "GET /api/v1/jobs"
-
-
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
-def test_schemathesis_finds_nothing(server_factory: Any) -> None:
+@pytest.mark.parametrize("seed", SEEDS)
+def test_schemathesis_finds_nothing(server_factory: Any, seed: int) -> None:
     """All checks, all phases, a fixed seed, against a real server: no failure, no error."""
     import schemathesis
     from schemathesis.core.result import Ok
@@ -164,26 +161,12 @@ def test_schemathesis_finds_nothing(server_factory: Any) -> None:
 
     server = server_factory(SCHEMATHESIS_ENV)
     config = schemathesis.Config.from_dict(
-        {
-            "seed": SEED,
-            "generation": {"max-examples": MAX_EXAMPLES},
-            "operations": [
-                {
-                    # A cursor is opaque: only the ones the server issued are valid, which
-                    # no schema can say, so a well-formed random one is refused with a 400.
-                    "include-name": NARROWED,
-                    "checks": {
-                        "positive_data_acceptance": {
-                            "expected-statuses": [*POSITIVE_STATUSES, "400"]
-                        }
-                    },
-                }
-            ],
-        }
+        {"seed": seed, "generation": {"max-examples": MAX_EXAMPLES}}
     )
     config.projects.override.checks.update(included_check_names=["all"])
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=config)
-    # Every check on every operation; the one narrowing above on its one operation only.
+    # Every check on every operation, none narrowed: a request the document allows is
+    # never refused with a 400 (a cursor is a position, and the document says its form).
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result
         operation = result.ok()
@@ -192,8 +175,7 @@ def test_schemathesis_finds_nothing(server_factory: Any) -> None:
             getattr(checks, name).enabled
             for name in ("not_a_server_error", "positive_data_acceptance", "max_response_time")
         ), operation.label
-        widened = "400" in checks.positive_data_acceptance.expected_statuses
-        assert widened is (operation.label == NARROWED), operation.label
+        assert "400" not in checks.positive_data_acceptance.expected_statuses, operation.label
 
     statistic = Statistic()
     problems: list[str] = []
@@ -215,7 +197,7 @@ def test_schemathesis_finds_nothing(server_factory: Any) -> None:
         for failure in group.failures
     ]
     summary = (
-        f"schemathesis {schemathesis.__version__}, seed {SEED}, max_examples {MAX_EXAMPLES}: "
+        f"schemathesis {schemathesis.__version__}, seed {seed}, max_examples {MAX_EXAMPLES}: "
         f"{statistic.total_cases} cases on {len(statistic.tested_operations)} operations "
         f"in {elapsed:.1f} s, {len(failures)} failures, {statistic.errored_cases} errored"
     )

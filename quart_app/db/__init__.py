@@ -44,6 +44,7 @@ from sqlalchemy.engine import URL
 
 from ..migrations import SchemaError
 from ..retry import Backoff
+from ..tasks import cancel_and_wait
 from .engine import create_engine, database_url, describe_error, is_transient, upgrade
 from .queries import HistoryQueries, HistoryUnavailable
 from .tables import (
@@ -183,8 +184,7 @@ class History(HistoryQueries):
             try:
                 await asyncio.wait_for(asyncio.shield(writer), self.timeout_s)
             except TimeoutError:
-                writer.cancel()
-                await asyncio.gather(writer, return_exceptions=True)
+                await cancel_and_wait(writer)
                 lost = self._queue.qsize()
                 self.dropped += lost
                 log.error(
