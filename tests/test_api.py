@@ -325,9 +325,7 @@ async def test_errors_are_enveloped(
 
 
 @pytest.mark.parametrize("cursor", ["0.a", "1796601600000000.zz", "99999999999999999.x-_Y"])
-async def test_any_cursor_of_the_documented_form_is_a_position(
-    client: Client, cursor: str
-) -> None:
+async def test_any_cursor_of_the_documented_form_is_a_position(client: Client, cursor: str) -> None:
     """A cursor is a position: one the server never issued gives the page after it."""
     response = await client.get(f"/api/v1/jobs?cursor={cursor}&limit=1")
     assert response.status_code == 200
