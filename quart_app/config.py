@@ -190,6 +190,15 @@ SETTING_BOOL_WORDS: dict[str, bool] = {
 }
 
 
+class ConfigError(ValueError):
+    """A setting that cannot be used: which one (``setting``), and what is wrong with it."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting} {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
 def parse_bool(value: Any, words: Mapping[str, bool] = BOOL_WORDS) -> bool:
     """``value`` as a boolean (bools, 0/1 and ``words``); ValueError otherwise."""
     if isinstance(value, bool):
@@ -207,62 +216,82 @@ def _flag(key: str, value: Any) -> bool:
     try:
         return parse_bool(value, SETTING_BOOL_WORDS)
     except ValueError:
-        raise ValueError(f"{key} must be true or false, got {value!r}") from None
+        raise ConfigError(key, f"must be true or false, got {value!r}") from None
+
+
+def check_environment(root: str = ".") -> dict[str, Any]:
+    """The configuration as ``create_app`` reads it from the environment, checked.
+
+    What ``python -m quart_app`` runs before any worker starts, so that a bad
+    setting is one line and a non-zero status, not a traceback per worker.
+    """
+    from quart import Config
+
+    config = Config(root)
+    config.update(default_config())
+    config.from_prefixed_env()
+    return validate(config)
 
 
 def validate(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Coerce and check limits; raise ValueError naming the bad setting."""
+    """Coerce and check limits; raise ConfigError naming the bad setting."""
     checked: dict[str, Any] = {key: _flag(key, config[key]) for key in _BOOL if key in config}
     for key in _POSITIVE_INT + _NON_NEGATIVE_INT:
         value = config[key]
         try:
             number = int(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{key} must be an integer, got {value!r}") from None
+            raise ConfigError(key, f"must be an integer, got {value!r}") from None
         minimum = 1 if key in _POSITIVE_INT else 0
         if number < minimum or isinstance(value, bool):
-            raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
+            raise ConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
         checked[key] = number
     for key in _POSITIVE_FLOAT:
         value = config[key]
         try:
             seconds = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{key} must be a number, got {value!r}") from None
+            raise ConfigError(key, f"must be a number, got {value!r}") from None
         if not seconds > 0 or isinstance(value, bool):
-            raise ValueError(f"{key} must be a number > 0, got {value!r}")
+            raise ConfigError(key, f"must be a number > 0, got {value!r}")
         checked[key] = seconds
     if checked["TICKER_BUFFER"] < checked["TICKER_HISTORY"]:
-        raise ValueError("TICKER_BUFFER must be >= TICKER_HISTORY")
+        raise ConfigError("TICKER_BUFFER", "must be >= TICKER_HISTORY")
     origins = config["CORS_ORIGINS"]
     if isinstance(origins, str):
         origins = [o.strip() for o in origins.split(",") if o.strip()]
     checked["CORS_ORIGINS"] = tuple(origins)
     for key in ("BROKER_URL",):
         if not isinstance(config[key], str) or "://" not in config[key]:
-            raise ValueError(f"{key} must be a URL such as memory:// or redis://host:6379/0")
+            raise ConfigError(key, "must be a URL such as memory:// or redis://host:6379/0")
     database_url = config["DATABASE_URL"]
     if database_url is not None and (
         not isinstance(database_url, str) or "://" not in database_url
     ):
-        raise ValueError(
-            "DATABASE_URL must be a URL such as sqlite+aiosqlite:///path/history.sqlite3 "
-            "or postgresql+asyncpg://user:password@host/db"
+        raise ConfigError(
+            "DATABASE_URL",
+            "must be a URL such as sqlite+aiosqlite:///path/history.sqlite3 "
+            "or postgresql+asyncpg://user:password@host/db",
         )
     mode = str(config["PROXY_MODE"]).strip().lower()
     if mode not in ("legacy", "modern"):
-        raise ValueError(f"PROXY_MODE must be legacy or modern, got {config['PROXY_MODE']!r}")
+        raise ConfigError("PROXY_MODE", f"must be legacy or modern, got {config['PROXY_MODE']!r}")
     checked["PROXY_MODE"] = mode
     if config["LOG_FORMAT"] not in ("text", "json"):
-        raise ValueError(f"LOG_FORMAT must be text or json, got {config['LOG_FORMAT']!r}")
-    for key in ("PUBLISH_TOKEN", "OPERATOR_TOKEN"):
+        raise ConfigError("LOG_FORMAT", f"must be text or json, got {config['LOG_FORMAT']!r}")
+    # Secrets: a short one is guessable (a session cookie can be forged offline):
+    # refuse to start rather than serve with it.
+    for key in ("SECRET_KEY", "PUBLISH_TOKEN", "OPERATOR_TOKEN"):
         token = config[key]
         if (
             token is not None
             and token != ""
-            and (not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS)
+            and (not isinstance(token, str | bytes) or len(token) < MIN_TOKEN_CHARS)
         ):
-            # A short bearer token is guessable: refuse to start rather than serve with it.
-            raise ValueError(f"{key} must be a string of at least {MIN_TOKEN_CHARS} characters")
+            raise ConfigError(
+                key,
+                f"must be a string of at least {MIN_TOKEN_CHARS} characters; make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            )
         checked[key] = token or None
     return checked

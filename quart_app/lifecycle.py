@@ -33,6 +33,7 @@ import collections
 import logging
 import multiprocessing
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -183,8 +184,22 @@ def supervise(config: Any) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``hypercorn`` with :func:`supervise` (``python -m quart_app``, same arguments)."""
+    """``hypercorn`` with :func:`supervise` (``python -m quart_app``, same arguments).
+
+    The configuration is checked first: a bad setting is one line on stderr and
+    status 2, before any worker starts (the workers would each fail with a
+    traceback, and the supervisor would restart them).
+    """
     import hypercorn.__main__ as cli
 
+    from .config import ConfigError, check_environment
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not {"-h", "--help"} & set(args):
+        try:
+            check_environment()
+        except ConfigError as error:
+            print(f"quart_app: bad setting QUART_{error.setting}: {error.problem}", file=sys.stderr)
+            return 2
     cli.run = supervise  # type: ignore[attr-defined]
-    return int(cli.main(list(argv) if argv is not None else None))
+    return int(cli.main(args))

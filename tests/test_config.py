@@ -26,6 +26,7 @@ async def test_secret_key_is_generated_once_and_kept(tmp_path) -> None:  # type:
         ("SSE_RETRY_MS", "soon", "SSE_RETRY_MS"),
         ("BROKER_URL", "localhost", "BROKER_URL"),
         ("TICKER_BUFFER", 5, "TICKER_BUFFER"),
+        ("SECRET_KEY", "too-short", "SECRET_KEY must be a string of at least 16"),
     ],
 )
 def test_bad_configuration_stops_the_app_with_a_clear_message(

@@ -100,3 +100,41 @@ def test_workers_that_keep_dying_stop_the_server_with_status_1(tmp_path: Path) -
             os.kill(pid, signal.SIGKILL)
     assert server.stderr is not None
     assert b"stopping the server" in server.stderr.read()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "problem"),
+    [
+        ("QUART_PUBLISH_TOKEN", "...", "at least 16 characters"),  # a README placeholder
+        ("QUART_SECRET_KEY", "abc", "at least 16 characters"),
+        ("QUART_MAX_JOBS", "0", "integer >= 1"),
+        ("QUART_BROKER_URL", "localhost", "must be a URL"),
+    ],
+)
+def test_a_bad_setting_is_one_line_and_status_2_before_any_worker(
+    tmp_path: Path, setting: str, value: str, problem: str
+) -> None:
+    env = {**os.environ, "QUART_INSTANCE_PATH": str(tmp_path / "instance"), setting: value}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quart_app",
+            "--bind",
+            f"127.0.0.1:{free_port()}",
+            "--workers",
+            "2",
+            "quart_app:create_app()",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr  # no traceback, no worker's log
+    assert lines[0].startswith(f"quart_app: bad setting {setting}: ") and problem in lines[0]
+    assert done.stdout == ""
+    assert not (tmp_path / "instance").exists()  # nothing started, nothing written
