@@ -15,9 +15,10 @@ import json
 import logging
 import re
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from quart import Quart, current_app
+from quart import Quart, current_app, has_app_context
 
 from .brokers import Broker, Overflow
 from .brokers.base import Item, parse_seq
@@ -54,27 +55,38 @@ def topic_for(name: str) -> str:
     return f"channel:{name}"
 
 
-async def admit(name: str) -> None:
-    """Take (or renew) ``name``'s slot under MAX_CHANNELS before publishing to it."""
-    config = current_app.config
+async def admit(
+    broker: Broker, config: Mapping[str, Any], known: dict[str, float], name: str
+) -> None:
+    """Take (or renew) ``name``'s slot under MAX_CHANNELS before publishing to it.
+
+    ``known``: the channels this process holds a slot for, and until when
+    (monotonic) it need not renew it in the broker.
+    """
     ttl_s = config["CHANNEL_TTL_S"]
-    state = get_state()
-    known = state.known_channels
     now = time.monotonic()
     # Renewed in the broker at most once per tenth of the TTL, not at every publish.
     if known.get(name, 0.0) > now:
         return
     limit = config["MAX_CHANNELS"]
-    if not await state.broker.add_member(_CHANNELS_KEY, name, limit, ttl_s):
+    if not await broker.add_member(_CHANNELS_KEY, name, limit, ttl_s):
         raise Overloaded(f"this server already has {limit} channels; use an existing one")
     known[name] = now + ttl_s / 10
 
 
-async def publish(data: Any, *, type: str | None = None, channel: str = "sse") -> str:
-    """Publish ``data`` (any JSON value) to ``channel``; returns the event's id.
+async def publish_on(
+    broker: Broker,
+    config: Mapping[str, Any],
+    known: dict[str, float],
+    data: Any,
+    *,
+    type: str | None = None,
+    channel: str = "sse",
+) -> str:
+    """Publish ``data`` (any JSON value) to ``channel`` through ``broker``; the event's id.
 
-    Usable from any coroutine running in the app's context, as Flask-SSE's
-    ``sse.publish(data, type=..., channel=...)``.
+    The one publish of the product: the server's (:func:`publish`) and another
+    process's (``publisher.Publisher``) both come here, with the same rules.
     """
     if not is_channel_name(channel):
         raise ValueError(f"invalid channel name {channel!r}")
@@ -82,15 +94,37 @@ async def publish(data: Any, *, type: str | None = None, channel: str = "sse") -
         raise ValueError(f"invalid event type {type!r}")
     # NaN and Infinity are no JSON: a subscriber's JSON.parse would refuse the frame.
     text = json.dumps(data, ensure_ascii=False, allow_nan=False)
-    await admit(channel)
-    config = current_app.config
-    seq = await get_state().broker.publish_many(
+    await admit(broker, config, known, channel)
+    seq = await broker.publish_many(
         topic_for(channel),
         [Item(text, type)],
         maxlen=config["CHANNEL_HISTORY"],
         ttl_s=config["CHANNEL_TTL_S"],
     )
     return str(seq)
+
+
+NOT_SERVING = (
+    "sse.publish needs the app that serves the channels, from inside it (a route, a "
+    "background task); from another process use quart_app.publisher: Publisher (over "
+    "the server's Redis) or HTTPPublisher (over its POST /channels/<name>)"
+)
+
+
+async def publish(data: Any, *, type: str | None = None, channel: str = "sse") -> str:
+    """Publish ``data`` (any JSON value) to ``channel``; returns the event's id.
+
+    Usable from any coroutine running in the serving app's context, as
+    Flask-SSE's ``sse.publish(data, type=..., channel=...)``.
+    """
+    if not has_app_context():
+        raise RuntimeError(NOT_SERVING)
+    state = get_state()
+    if not state.serving:
+        raise RuntimeError(NOT_SERVING)
+    return await publish_on(
+        state.broker, current_app.config, state.known_channels, data, type=type, channel=channel
+    )
 
 
 def resume_after(last_event_id: str | None) -> int | None:

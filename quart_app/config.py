@@ -230,7 +230,8 @@ def check_environment(root: str = ".") -> dict[str, Any]:
     config = Config(root)
     config.update(default_config())
     config.from_prefixed_env()
-    return validate(config)
+    config.update(validate(config))
+    return dict(config)
 
 
 def validate(config: Mapping[str, Any]) -> dict[str, Any]:

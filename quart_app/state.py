@@ -48,6 +48,11 @@ class AppState:
     # What is running while serving, in the order it started.
     _serving: AsyncExitStack | None = None
 
+    @property
+    def serving(self) -> bool:
+        """Whether the services are started (between start-up and shutdown)."""
+        return self._serving is not None
+
     def drain(self) -> None:
         """A shutdown began: end open streams (last jittered retry), start no new jobs."""
         self.jobs.draining = True
@@ -74,9 +79,12 @@ class AppState:
     async def close(self) -> None:
         """Drain, then stop everything in the exact reverse of :meth:`start`."""
         self.drain()
-        serving, self._serving = self._serving, None
+        serving = self._serving
         if serving is not None:
-            await serving.aclose()
+            try:
+                await serving.aclose()
+            finally:
+                self._serving = None
 
 
 async def _enter(stack: AsyncExitStack, service: Any) -> None:
