@@ -36,8 +36,10 @@ class ServerProcess:
     ``workers`` is Hypercorn's ``--workers`` (``None``: its default, one worker
     process; ``0``: it serves in its own process).  ``prefix`` goes before the
     command (``taskset``, ``nice``: programs that exec in place, so the process
-    started is the server).  ``command`` replaces the whole Hypercorn command
-    line with any server that answers ``GET /healthz``.
+    started is the server).  ``supervised``: ``python -m quart_app`` (Hypercorn's
+    arguments, with the product's supervisor) instead of ``hypercorn``.
+    ``command`` replaces the whole command line with any server that answers
+    ``GET /healthz``.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class ServerProcess:
         prefix: Sequence[str] = (),
         command: Sequence[str] | None = None,
         log_path: Path | None = None,
+        supervised: bool = False,
     ) -> None:
         self.instance = instance
         self.port = port or free_port()
@@ -70,6 +73,7 @@ class ServerProcess:
         self.root = root
         self.prefix = list(prefix)
         self.command = list(command) if command is not None else None
+        self.supervised = supervised
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = log_path or instance / f"server-{self.port}.log"
         self._log: IO[bytes] | None = None
@@ -82,7 +86,7 @@ class ServerProcess:
             *self.prefix,
             sys.executable,
             "-m",
-            "hypercorn",
+            "quart_app" if self.supervised else "hypercorn",
             "--config",
             str(self.root / "hypercorn.toml"),
             "--bind",

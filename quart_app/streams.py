@@ -32,6 +32,8 @@ from .sse import HEADERS, KEEP_ALIVE, encode
 from .tasks import cancel_and_wait
 
 _DRAIN_REASONS = frozenset({CloseReason.DRAIN, CloseReason.MAX_AGE})
+# Read once per write of every stream: a module constant, not an enum class lookup.
+_OVERFLOW = CloseReason.OVERFLOW
 # Why streams end, as counted (a subscription ends "unsubscribed" only after its stream).
 CLOSE_REASONS = tuple(r for r in CloseReason if r is not CloseReason.UNSUBSCRIBED)
 # Every kind of stream, so that counts have a stable shape.
@@ -189,7 +191,7 @@ class StreamHub:
                 pending: bytes | None = b"".join(head)
                 max_bytes = self.max_chunk_bytes
                 while True:
-                    if sub.reason is CloseReason.OVERFLOW:
+                    if sub.reason is _OVERFLOW:
                         # Behind past its bound: end now; the client resumes from history.
                         return
                     messages = sub.take(max_bytes=max_bytes)

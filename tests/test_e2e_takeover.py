@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from harness import ROOT, ServerProcess
+from harness import ServerProcess
 from harness.processes import children, cmdline
 
 from .polling import wait_until
@@ -41,19 +40,9 @@ def pair(tmp_path: Path, redis_url: str) -> Iterator[ServerProcess]:
             "QUART_JOB_TTL_S": "120",
             "QUART_SSE_DRAIN_JITTER_MS": "0",
         },
+        workers=2,
+        supervised=True,
     )
-    server.command = [
-        sys.executable,
-        "-m",
-        "quart_app",
-        "--config",
-        str(ROOT / "hypercorn.toml"),
-        "--bind",
-        f"127.0.0.1:{server.port}",
-        "--workers",
-        "2",
-        "quart_app:create_app()",
-    ]
     server.start()
     yield server
     server.stop()

@@ -327,3 +327,20 @@ def test_counting_tasks_takes_at_most_a_ten_thousandth_of_the_time(
     assert walks * cost_s <= hour / metrics.TASK_COUNT_SHARE + cost_s
     paced_by = max(10 * stats.interval_s, cost_s * metrics.TASK_COUNT_SHARE)
     assert walks >= hour / paced_by - 1
+
+
+async def test_the_help_of_stream_ends_names_every_reason_counted(client: Client) -> None:
+    from quart_app.streams import CLOSE_REASONS
+
+    text = await (await client.get("/metrics")).get_data(as_text=True)
+    help_line = next(
+        line for line in text.splitlines() if line.startswith("# HELP quart_app_stream_disconnects")
+    )
+    for reason in CLOSE_REASONS:
+        assert f"{reason} ({reason.meaning})" in help_line
+    counted = {
+        line.split('reason="', 1)[1].split('"', 1)[0]
+        for line in text.splitlines()
+        if line.startswith("quart_app_stream_disconnects_total{")
+    }
+    assert counted == {str(reason) for reason in CLOSE_REASONS}

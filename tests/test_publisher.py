@@ -57,19 +57,9 @@ async def subscribed(client: httpx.AsyncClient, channel: str, count: int) -> Non
 
 @pytest.fixture
 def two_workers(tmp_path: Path, redis_url: str) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path / "instance", {"QUART_BROKER_URL": redis_url})
-    server.command = [
-        sys.executable,
-        "-m",
-        "quart_app",
-        "--config",
-        str(ROOT / "hypercorn.toml"),
-        "--bind",
-        f"127.0.0.1:{server.port}",
-        "--workers",
-        "2",
-        "quart_app:create_app()",
-    ]
+    server = ServerProcess(
+        tmp_path / "instance", {"QUART_BROKER_URL": redis_url}, workers=2, supervised=True
+    )
     server.start()
     yield server
     server.stop()

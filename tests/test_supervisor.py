@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ROOT
+from harness import ROOT, ServerProcess
 from harness.processes import children, cmdline, free_port
 
 from .polling import wait_until
@@ -114,20 +114,11 @@ def test_workers_that_keep_dying_stop_the_server_with_status_1(tmp_path: Path) -
 def test_a_bad_setting_is_one_line_and_status_2_before_any_worker(
     tmp_path: Path, setting: str, value: str, problem: str
 ) -> None:
-    env = {**os.environ, "QUART_INSTANCE_PATH": str(tmp_path / "instance"), setting: value}
+    server = ServerProcess(tmp_path / "instance", {setting: value}, workers=2, supervised=True)
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "quart_app",
-            "--bind",
-            f"127.0.0.1:{free_port()}",
-            "--workers",
-            "2",
-            "quart_app:create_app()",
-        ],
+        server.argv(),
         cwd=ROOT,
-        env=env,
+        env=server.env,
         capture_output=True,
         text=True,
         timeout=60,

@@ -38,19 +38,18 @@ from typing import Any, Protocol
 
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..retry import Backoff
 from ..tasks import cancel_and_wait
 from .base import BrokerUnavailable, CloseReason, Message, SubscriberTally, TopicHistory
+from .redis_conn import DOWN as REDIS_DOWN
 from .redis_replies import entry_seq, messages_of, parse_notification
 from .redis_shard import JOIN_BATCH, FollowedTopic, Shard
 
 log = logging.getLogger("quart_app.brokers.redis")
 
-DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError, BrokerUnavailable)
+# What "Redis is not there" looks like, raised by redis-py or by our own calls.
+DOWN = (*REDIS_DOWN, BrokerUnavailable)
 
 # Newest entries read when a process starts following a topic.
 JOIN_WINDOW = 100

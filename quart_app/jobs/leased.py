@@ -31,6 +31,7 @@ import aiofiles
 
 from ..brokers import Broker, BrokerUnavailable, Item, Subscription
 from ..brokers.base import Fenced
+from .journal import Journal
 from .limits import holds
 from .model import (
     TERMINAL,
@@ -64,7 +65,8 @@ def lease_name(job_id: str) -> str:
 class RedisLease:
     def __init__(self, broker: Broker, results_dir: Path, ttl_s: float) -> None:
         self.broker = broker
-        self.results_dir = results_dir
+        # Its copy of each job's strings, named as the journal names them.
+        self.files = Journal(results_dir)
         self.ttl_s = ttl_s
 
     @property
@@ -72,7 +74,7 @@ class RedisLease:
         return TAKEOVER_SCAN_S
 
     def result_path(self, job_id: str) -> Path:
-        return self.results_dir / f"job-{job_id}.txt"
+        return self.files.result_path(job_id)
 
     def maxlen(self, amount: int) -> int:
         return replay_bound(amount)
@@ -179,7 +181,7 @@ class RedisLease:
             await self.broker.release(lease_name(job.id), self.broker.node)
 
     async def ended(self, job: Job) -> None:
-        pass  # its end is its terminal event in the stream, and its record
+        """Nothing more: its end is its terminal event in the stream, and its record."""
 
     async def release(self, job: Job) -> None:
         await self.broker.track(RUNNING_SET, job.id, present=False)
@@ -187,11 +189,10 @@ class RedisLease:
             await self.broker.release(lease_name(job.id), self.broker.node)
 
     def let_go(self, job: Job) -> None:
-        pass  # its lease lapses by itself, or was released at the hand-off
+        """Nothing to drop: its lease lapses by itself, or was released at the hand-off."""
 
     def forget(self, job_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.result_path(job_id).unlink()
+        self.files.remove(job_id)
 
     def subscription(
         self, inner: AbstractAsyncContextManager[Subscription], job: Job | None, after: int
