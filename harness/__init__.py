@@ -1,4 +1,5 @@
-"""Real processes for the end-to-end tests and the benchmarks: Hypercorn, Redis, PostgreSQL.
+"""Real processes for the end-to-end tests and the benchmarks: the server (Hypercorn or
+Granian), Redis, PostgreSQL.
 
 One package that ``tests/`` and ``bench/`` both import (neither imports the
 other).  Each launcher picks a free loopback port, starts its process, waits
@@ -8,15 +9,17 @@ until it answers, and stops it (and everything it started) in ``stop()``;
 
 from __future__ import annotations
 
-from .hypercorn import PRODUCT_APP, ROOT, ServerProcess
 from .postgres import PostgresServer
 from .processes import HOST, free_port
 from .redis import RedisCluster, RedisServer
+from .server import GRANIAN_OPTIONS, PRODUCT_APP, ROOT, SERVERS, ServerProcess
 
 __all__ = [
+    "GRANIAN_OPTIONS",
     "HOST",
     "PRODUCT_APP",
     "ROOT",
+    "SERVERS",
     "PostgresServer",
     "RedisCluster",
     "RedisServer",

@@ -26,7 +26,6 @@ through the same ``finally`` as a TCP disconnect (``tests/test_http2.py``).
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 from collections import Counter
@@ -42,11 +41,6 @@ from .web import envelope, is_api_path
 log = logging.getLogger("quart_app.edge")
 
 PROXY_MODES = ("legacy", "modern")
-# Loggers through which a server out of file descriptors speaks.
-RESOURCE_LOGGERS = ("asyncio", "hypercorn.error")
-_OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
-# What asyncio's accept loop treats as "out of resources, retry in a second".
-_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # The headers the app's own answers carry (``security.py``), on the edge's refusals too.
 _SECURITY_HEADERS = [(k.lower().encode(), v.encode()) for k, v in PAGE_HEADERS.items()]
 

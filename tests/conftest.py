@@ -42,12 +42,20 @@ def client(app: Quart) -> Client:
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Start real Hypercorn servers: ``server_factory(env={...}, workers=N)``."""
+def server_kind(request: pytest.FixtureRequest) -> str:
+    """The server that ``server_factory`` starts: Hypercorn, unless a module or test
+    asks for both with ``@on_both_servers`` (``tests/helpers.py``)."""
+    return str(getattr(request, "param", "hypercorn"))
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, server_kind: str) -> Iterator[Callable[..., ServerProcess]]:
+    """Start real servers: ``server_factory(env={...}, workers=N)``."""
     started: list[ServerProcess] = []
 
     def start(env: dict[str, str] | None = None, **kwargs: Any) -> ServerProcess:
         instance = kwargs.pop("instance", None) or tmp_path / f"srv{len(started)}"
+        kwargs.setdefault("server", server_kind)
         server = ServerProcess(Path(instance), env, **kwargs)
         started.append(server)
         return server.start()

@@ -26,7 +26,17 @@ async def _hold(client: httpx.AsyncClient, path: str, opened: asyncio.Queue) -> 
     return parser  # the server ended the stream: no exception means a clean end
 
 
-@pytest.mark.parametrize("workers", [None, 0, 2])
+# Hypercorn serves in its own process with 0 workers; Granian always from workers.
+SERVERS_AND_WORKERS = [
+    ("hypercorn", None),
+    ("hypercorn", 0),
+    ("hypercorn", 2),
+    ("granian", None),
+    ("granian", 2),
+]
+
+
+@pytest.mark.parametrize(("server_kind", "workers"), SERVERS_AND_WORKERS, indirect=["server_kind"])
 async def test_sigterm_drains_open_streams(server_factory, workers: int | None) -> None:  # type: ignore[no-untyped-def]
     server: ServerProcess = server_factory(
         {"QUART_SSE_DRAIN_JITTER_MS": "2000", "QUART_TICKER_INTERVAL_S": "0.2"}, workers=workers
@@ -49,5 +59,5 @@ async def test_sigterm_drains_open_streams(server_factory, workers: int | None) 
         assert 3000 <= retries[-1] <= 5000
         assert parser.result.incomplete == ""
     assert len({p.result.retries[-1] for p in results}) > 1  # jittered
-    assert drained_in < 10  # hypercorn.toml's graceful_timeout
+    assert drained_in < 10  # hypercorn.toml's graceful_timeout; Granian's kill timeout is 15 s
     assert server.wait(timeout=15) == 0

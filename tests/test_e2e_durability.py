@@ -1,4 +1,5 @@
-"""Nothing lost across restarts, end to end: real Hypercorn processes, real signals.
+"""Nothing lost across restarts, end to end: real server processes (Hypercorn and
+Granian), real signals.
 
 The embedded default (memory broker): a restarted server on the same instance
 folder resumes the jobs the last one was running (SIGTERM: paused; SIGKILL:
@@ -26,9 +27,10 @@ from hypothesis import strategies as st
 
 from harness import ServerProcess
 
+from .helpers import on_both_servers
 from .sse_parser import Event, StrictParser
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, on_both_servers]
 
 TOKEN = "publish-token-for-durability-tests-0123456789"
 ENV = {
@@ -40,15 +42,23 @@ ENV = {
 }
 
 
-def start(instance: Path, started: list[ServerProcess], **kwargs: Any) -> ServerProcess:
-    server = ServerProcess(instance, ENV, **kwargs)
+class Started(list[ServerProcess]):
+    """The servers a test started, all of one kind (``server_kind``)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+
+def start(instance: Path, started: Started, **kwargs: Any) -> ServerProcess:
+    server = ServerProcess(instance, ENV, server=started.kind, **kwargs)
     started.append(server)
     return server.start()
 
 
 @pytest.fixture
-def servers() -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
+def servers(server_kind: str) -> Iterator[Started]:
+    started = Started(server_kind)
     yield started
     for server in started:
         server.stop()
@@ -108,7 +118,7 @@ async def start_job(client: httpx.AsyncClient, amount: int, length: int, delay_m
 
 
 async def watch_across_a_restart(
-    tmp_path: Path, servers: list[ServerProcess], how: str, cut: int, amount: int = 300
+    tmp_path: Path, servers: Started, how: str, cut: int, amount: int = 300
 ) -> None:
     """Watch a job, end the server ``how`` after ``cut`` strings, restart, resume, compare."""
     instance = tmp_path / f"instance-{how}-{cut}"
@@ -152,7 +162,7 @@ async def watch_across_a_restart(
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 async def test_a_watched_job_resumes_exactly_across_a_restart(
-    tmp_path: Path, servers: list[ServerProcess], how: str
+    tmp_path: Path, servers: Started, how: str
 ) -> None:
     await watch_across_a_restart(tmp_path, servers, how, cut=40)
 
@@ -164,14 +174,12 @@ async def test_a_watched_job_resumes_exactly_across_a_restart(
 )
 @given(how=st.sampled_from(["SIGTERM", "SIGKILL"]), cut=st.integers(min_value=1, max_value=120))
 async def test_restart_at_any_point_loses_and_repeats_nothing(
-    tmp_path: Path, servers: list[ServerProcess], how: str, cut: int
+    tmp_path: Path, servers: Started, how: str, cut: int
 ) -> None:
     await watch_across_a_restart(tmp_path, servers, how, cut=cut, amount=150)
 
 
-async def test_a_channel_across_a_restart_says_gap(
-    tmp_path: Path, servers: list[ServerProcess]
-) -> None:
+async def test_a_channel_across_a_restart_says_gap(tmp_path: Path, servers: Started) -> None:
     """The issue's case: 3 published, restart, 5 published, resume from the old 3rd."""
     auth = {"Authorization": f"Bearer {TOKEN}"}
     instance = tmp_path / "instance"

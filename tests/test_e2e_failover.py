@@ -13,10 +13,11 @@ import pytest
 
 from harness import ServerProcess
 
+from .helpers import on_both_servers
 from .polling import eventually
 from .sse_parser import StrictParser
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, on_both_servers]
 
 TOKEN = "failover-publish-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

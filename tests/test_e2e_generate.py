@@ -10,9 +10,10 @@ from httpx_sse import aconnect_sse
 
 from harness import ServerProcess
 
+from .helpers import on_both_servers
 from .sse_client import dispatched
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, on_both_servers]
 
 
 async def test_a_50_string_job_arrives_whole(server: ServerProcess) -> None:

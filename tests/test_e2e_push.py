@@ -13,10 +13,11 @@ from httpx_sse import aconnect_sse
 
 from harness import ServerProcess
 
+from .helpers import on_both_servers
 from .polling import eventually
 from .sse_client import dispatched
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, on_both_servers]
 
 TOKEN = "e2e-publish-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -16,7 +16,7 @@ from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from harness import PostgresServer
-from harness.hypercorn import TEST_SECRET_KEY
+from harness.server import TEST_SECRET_KEY
 from quart_app import create_app
 from quart_app.db import job_row, owner_digest
 from quart_app.state import get_state

@@ -21,9 +21,9 @@ from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from harness import ServerProcess
-from harness.processes import rss_kib
 from quart_app import create_app
 
+from .helpers import on_both_servers
 from .polling import eventually
 
 pytestmark = pytest.mark.e2e
@@ -69,6 +69,7 @@ async def _wait_done(client: httpx.AsyncClient, job: str, key: str | None = None
     return result
 
 
+@on_both_servers
 async def test_another_sessions_job_is_not_readable(server_factory: Any) -> None:
     server: ServerProcess = server_factory(_env())
     async with (
@@ -108,6 +109,7 @@ async def test_another_sessions_job_is_not_readable(server_factory: Any) -> None
         assert wrong.status_code == 404
 
 
+@on_both_servers
 async def test_cookieless_clients_are_limited_by_address(server_factory: Any) -> None:
     server: ServerProcess = server_factory(_env(MAX_JOBS_PER_SESSION=4, MAX_JOBS=64))
     statuses = []
@@ -128,6 +130,7 @@ async def test_cookieless_clients_are_limited_by_address(server_factory: Any) ->
         assert answer.status_code == 429
 
 
+@on_both_servers
 async def test_anonymous_subscribes_do_not_use_up_channels(server_factory: Any) -> None:
     server: ServerProcess = server_factory(_env(MAX_CHANNELS=5, CHANNEL_TTL_S=2))
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -149,6 +152,7 @@ async def test_anonymous_subscribes_do_not_use_up_channels(server_factory: Any) 
         await eventually(room, timeout=15)
 
 
+@on_both_servers
 async def test_departed_large_job_watchers_cost_no_memory(server_factory: Any) -> None:
     server: ServerProcess = server_factory(_env(), workers=0)
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
@@ -156,7 +160,7 @@ async def test_departed_large_job_watchers_cost_no_memory(server_factory: Any) -
         job, key = created["id"], created["key"]
         await _wait_done(client, job, key)
         before_events = (await client.get("/api/v1/stats")).json()["content"]["events_sent"]
-        before = rss_kib(server.pid) or 0
+        before = server.rss_kib()
         watchers = []
         for _ in range(8):
             sock = socket.create_connection(("127.0.0.1", server.port))
@@ -179,13 +183,14 @@ async def test_departed_large_job_watchers_cost_no_memory(server_factory: Any) -
 
         await eventually(all_gone, timeout=10)
         after_events = (await client.get("/api/v1/stats")).json()["content"]["events_sent"]
-        after = rss_kib(server.pid) or 0
+        after = server.rss_kib()
     # 8 watchers of a 100,000-event job that read nothing and left: before the fix
     # the server encoded all 800,000 remaining events (RSS +860 MB).
     assert after_events - before_events < 8 * 20_000, (before_events, after_events)
     assert after - before < 64 * 1024, (before, after)
 
 
+@on_both_servers
 async def test_unicode_digits_are_not_numbers(server_factory: Any) -> None:
     server: ServerProcess = server_factory(_env())
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
@@ -204,6 +209,7 @@ async def test_unicode_digits_are_not_numbers(server_factory: Any) -> None:
                 assert answer.headers["Content-Type"].startswith("application/json")
 
 
+@on_both_servers
 async def test_names_and_types_match_whole_strings(server_factory: Any) -> None:
     server: ServerProcess = server_factory(_env())
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -228,6 +234,7 @@ ODD_SESSIONS: list[dict[str, Any]] = [
 ]
 
 
+@on_both_servers
 async def test_a_signed_cookie_with_odd_values_is_a_fresh_session(server_factory: Any) -> None:
     server: ServerProcess = server_factory(_env())
     for values in ODD_SESSIONS:
@@ -250,6 +257,7 @@ async def test_a_signed_cookie_with_odd_values_is_a_fresh_session(server_factory
             assert (await client.post("/chat", json={"message": "hi"})).status_code == 202
 
 
+@on_both_servers
 async def test_cross_site_requests_cannot_start_or_read(server_factory: Any) -> None:
     server: ServerProcess = server_factory(_env(CORS_ORIGINS="https://friend.example"))
     host = f"127.0.0.1:{server.port}"

@@ -13,7 +13,9 @@ from httpx_sse import aconnect_sse
 
 from harness import ServerProcess
 
-pytestmark = pytest.mark.e2e
+from .helpers import on_both_servers
+
+pytestmark = [pytest.mark.e2e, on_both_servers]
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 MARKER = "<!-- run by tests/test_sse_clients.py -->"

@@ -159,6 +159,8 @@ class JobRegistry:
                 else:
                     remaining = (job.finished_at or time.time()) + self.ttl_s - time.time()
                     self._forget_later(job.id, max(1.0, remaining))
+        except OSError as error:  # out of file descriptors, a full disk: one line, next scan
+            log.warning("looking for jobs to go on with failed: %s", error)
         except Exception:
             log.exception("looking for jobs to go on with failed")
 

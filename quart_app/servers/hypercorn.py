@@ -9,7 +9,7 @@
   multiply: hundreds of megabytes of log a minute, and a loop too busy to
   close the connections that would free descriptors.
   :func:`stop_accepting_when_out_of_files` makes it stop at the first such
-  error (one retry a second, as intended), and :class:`ResourceErrorFilter`
+  error (one retry a second, as intended), and ``resources.ResourceErrorFilter``
   lets one line through per ``EMFILE_LOG_INTERVAL_S`` with a count of the
   lines it held back.
 
@@ -22,71 +22,24 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import time
 from asyncio import selector_events
 from collections.abc import Mapping
 from typing import Any
 
+from .resources import install_resource_filter
+
 log = logging.getLogger("quart_app.servers.hypercorn")
 
-# Loggers through which a server out of file descriptors speaks.
+# Loggers through which Hypercorn out of file descriptors speaks.
 RESOURCE_LOGGERS = ("asyncio", "hypercorn.error")
-_OUT_OF_FILES = frozenset({errno.EMFILE, errno.ENFILE})
 # What asyncio's accept loop treats as "out of resources, retry in a second".
 _ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def apply(config: Mapping[str, Any]) -> None:
-    install_resource_filter(config["EMFILE_LOG_INTERVAL_S"])
+    install_resource_filter(RESOURCE_LOGGERS, config["EMFILE_LOG_INTERVAL_S"])
     release_closed_connections()
     stop_accepting_when_out_of_files()
-
-
-class ResourceErrorFilter(logging.Filter):
-    """One "Too many open files" line per interval, never one per ``accept()``."""
-
-    def __init__(self, interval_s: float) -> None:
-        super().__init__()
-        self.interval_s = interval_s
-        self.suppressed = 0
-        self._quiet_until = 0.0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if not (
-            (isinstance(error, OSError) and error.errno in _OUT_OF_FILES)
-            or "Too many open files" in str(record.msg)
-        ):
-            return True
-        now = time.monotonic()
-        if now < self._quiet_until:
-            self.suppressed += 1
-            return False
-        self._quiet_until = now + self.interval_s
-        line = str(record.msg).split("\n", 1)[0]
-        if error is not None:
-            line = f"{line}: {error}"
-        if self.suppressed:
-            line += f" ({self.suppressed} more like it not logged)"
-            self.suppressed = 0
-        line += f"; at most one such line every {self.interval_s:g} s"
-        record.msg, record.args = line, None
-        record.exc_info = record.exc_text = None
-        return True
-
-
-def install_resource_filter(interval_s: float) -> ResourceErrorFilter:
-    """Put one shared :class:`ResourceErrorFilter` on asyncio's and Hypercorn's loggers."""
-    loggers = [logging.getLogger(name) for name in RESOURCE_LOGGERS]
-    for logger in loggers:
-        for existing in logger.filters:
-            if isinstance(existing, ResourceErrorFilter):
-                existing.interval_s = interval_s
-                return existing
-    shared = ResourceErrorFilter(interval_s)
-    for logger in loggers:
-        logger.addFilter(shared)
-    return shared
 
 
 def release_closed_connections() -> bool:

@@ -1,4 +1,5 @@
-"""A real Hypercorn process on a free loopback port, for end-to-end tests and the benchmarks."""
+"""A real server process (Hypercorn or Granian) on a free loopback port, for
+end-to-end tests and the benchmarks."""
 
 from __future__ import annotations
 
@@ -28,13 +29,39 @@ from .processes import (
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT_APP = "quart_app:create_app()"
 TEST_SECRET_KEY = "test-secret-key-for-e2e-tests-only-0123456789"
+# The servers the product is tested on (one parametrized harness); uvicorn is
+# also known to the harness, for the benchmarks' reference row.
+SERVERS = ("hypercorn", "granian")
+# Granian's options for serving the product, as the README gives them (a test
+# checks that it does): what each is for is said there.
+GRANIAN_OPTIONS = (
+    "--no-ws",
+    "--backlog",
+    "4096",
+    "--backpressure",
+    "16384",
+    "--http1-buffer-size",
+    "65536",
+    "--http1-header-read-timeout",
+    "5000",
+    "--workers-kill-timeout",
+    "15",
+    "--respawn-failed-workers",
+)
+UVICORN_OPTIONS = (
+    *("--loop", "uvloop", "--http", "httptools"),
+    *("--backlog", "4096", "--no-access-log"),
+)
 
 
 class ServerProcess:
-    """``hypercorn --config hypercorn.toml APP`` on its own port, run from ``root``.
+    """``hypercorn --config hypercorn.toml APP`` on its own port, run from ``root``;
+    with ``server="granian"``, ``granian --interface asgi`` with the README's
+    options (``"uvicorn"``: uvicorn with uvloop and httptools, for the benchmarks).
 
     ``workers`` is Hypercorn's ``--workers`` (``None``: its default, one worker
-    process; ``0``: it serves in its own process).  ``prefix`` goes before the
+    process; ``0``: it serves in its own process); Granian always serves from
+    worker processes, so ``None`` and ``0`` are one worker there.  ``prefix`` goes before the
     command (``taskset``, ``nice``: programs that exec in place, so the process
     started is the server).  ``supervised``: ``python -m quart_app`` (Hypercorn's
     arguments, with the product's supervisor) instead of ``hypercorn``.
@@ -56,7 +83,10 @@ class ServerProcess:
         command: Sequence[str] | None = None,
         log_path: Path | None = None,
         supervised: bool = False,
+        server: str = "hypercorn",
     ) -> None:
+        if server not in (*SERVERS, "uvicorn"):
+            raise ValueError(f"unknown server {server!r}")
         self.instance = instance
         self.port = port or free_port()
         self.url = f"http://{HOST}:{self.port}"
@@ -74,6 +104,7 @@ class ServerProcess:
         self.prefix = list(prefix)
         self.command = list(command) if command is not None else None
         self.supervised = supervised
+        self.server = server
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = log_path or instance / f"server-{self.port}.log"
         self._log: IO[bytes] | None = None
@@ -82,6 +113,8 @@ class ServerProcess:
     def argv(self) -> list[str]:
         if self.command is not None:
             return [*self.prefix, *self.command]
+        if self.server != "hypercorn":
+            return [*self.prefix, *self._asgi_server_argv()]
         return [
             *self.prefix,
             sys.executable,
@@ -94,6 +127,43 @@ class ServerProcess:
             *(["--workers", str(self.workers)] if self.workers is not None else []),
             *self.args,
             self.app,
+        ]
+
+    def _asgi_server_argv(self) -> list[str]:
+        # ``module:factory()`` for Hypercorn is ``module:factory`` with ``--factory``.
+        factory = self.app.endswith("()")
+        target = self.app.removesuffix("()")
+        if self.server == "granian":
+            return [
+                sys.executable,
+                "-m",
+                "granian",
+                "--interface",
+                "asgi",
+                *(["--factory"] if factory else []),
+                *GRANIAN_OPTIONS,
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--workers",
+                str(max(1, self.workers or 1)),
+                *self.args,
+                target,
+            ]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            *(["--factory"] if factory else []),
+            *UVICORN_OPTIONS,
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            *(["--workers", str(self.workers)] if self.workers else []),
+            *self.args,
+            target,
         ]
 
     def start(self, timeout: float = 20.0, attempts: int = 3) -> ServerProcess:
@@ -151,15 +221,19 @@ class ServerProcess:
 
     def worker_pids(self, timeout: float = 10.0) -> list[int]:
         """The processes that serve: Hypercorn's worker children (multiprocessing
-        "spawn", beside a resource tracker), or the server itself with ``--workers 0``
-        or a ``command``.  Waits for every worker to exist."""
-        if self.command is not None or self.workers == 0:
+        "spawn", beside a resource tracker) or Granian's (forked: the parent's
+        command line), or the server itself with ``--workers 0`` or a ``command``.
+        Waits for every worker to exist."""
+        if self.command is not None or self.in_process:
             return [self.pid]
         if not self._workers:
             want = self.workers or 1
+            parent = cmdline(self.pid)
 
             def spawned() -> list[int]:
-                return [pid for pid in children(self.pid) if "spawn_main" in cmdline(pid)]
+                if self.server == "hypercorn":
+                    return [pid for pid in children(self.pid) if "spawn_main" in cmdline(pid)]
+                return [pid for pid in children(self.pid) if cmdline(pid) == parent]
 
             try:
                 found = wait_until(spawned, lambda pids: len(pids) >= want, timeout=timeout)
@@ -167,6 +241,15 @@ class ServerProcess:
                 found = spawned()
             self._workers = {pid: cmdline(pid) for pid in found}
         return list(self._workers) or [self.pid]
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the app runs in the started process itself (no worker children)."""
+        if self.server == "hypercorn":
+            return self.workers == 0
+        if self.server == "uvicorn":
+            return not self.workers
+        return False
 
     def cpu_s(self) -> float:
         """CPU seconds used so far by every serving process."""
