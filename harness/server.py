@@ -228,19 +228,21 @@ class ServerProcess:
             return [self.pid]
         if not self._workers:
             want = self.workers or 1
-            parent = cmdline(self.pid)
-
-            def spawned() -> list[int]:
-                if self.server == "hypercorn":
-                    return [pid for pid in children(self.pid) if "spawn_main" in cmdline(pid)]
-                return [pid for pid in children(self.pid) if cmdline(pid) == parent]
-
             try:
-                found = wait_until(spawned, lambda pids: len(pids) >= want, timeout=timeout)
+                found = wait_until(
+                    self.live_workers, lambda pids: len(pids) >= want, timeout=timeout
+                )
             except TimeoutError:
-                found = spawned()
+                found = self.live_workers()
             self._workers = {pid: cmdline(pid) for pid in found}
         return list(self._workers) or [self.pid]
+
+    def live_workers(self) -> list[int]:
+        """The worker processes running now (after one died and was replaced, say)."""
+        if self.server == "hypercorn":
+            return [pid for pid in children(self.pid) if "spawn_main" in cmdline(pid)]
+        parent = cmdline(self.pid)
+        return [pid for pid in children(self.pid) if cmdline(pid) == parent]
 
     @property
     def in_process(self) -> bool:

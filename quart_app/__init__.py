@@ -11,9 +11,9 @@ from typing import Any
 from quart import Quart
 from quart_schema import tag_blueprint
 
-from . import channels, db, edge, errors, logs, metrics, security, sse, state
+from . import channels, db, edge, errors, logs, metrics, security, servers, sse, state
 from .blueprints import api, generator, ops, pages, push
-from .config import default_config, validate
+from .config import ConfigError, default_config, validate
 from .routing import UrlMap
 from .secrets_store import load_or_create_secret
 
@@ -33,6 +33,21 @@ class App(Quart):
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Quart:
+    """The app, configured from the defaults, the environment and ``config``.
+
+    A bad setting raises :class:`~quart_app.config.ConfigError`; when a server's
+    worker is loading the app (Hypercorn, Granian), it ends that worker with the
+    setting's one line instead of a traceback.
+    """
+    try:
+        return _build(config)
+    except ConfigError as error:
+        if servers.serving_under() is None:
+            raise
+        raise SystemExit(error.line()) from None
+
+
+def _build(config: Mapping[str, Any] | None) -> Quart:
     overrides = dict(config or {})
     instance = overrides.get("INSTANCE_PATH") or os.environ.get("QUART_INSTANCE_PATH")
     app = App(

@@ -52,10 +52,7 @@ def publish_command(argv: Sequence[str]) -> int:
         else:
             event_id = publish(data, type=options.event, channel=options.channel)
     except ConfigError as error:
-        print(
-            f"quart_app publish: bad setting QUART_{error.setting}: {error.problem}",
-            file=sys.stderr,
-        )
+        print(error.line("quart_app publish"), file=sys.stderr)
         return 2
     except ValueError as error:
         print(f"quart_app publish: {error}", file=sys.stderr)

@@ -198,6 +198,10 @@ class ConfigError(ValueError):
         self.setting = setting
         self.problem = problem
 
+    def line(self, prog: str = "quart_app") -> str:
+        """The one line a person reads: which environment variable, what is wrong."""
+        return f"{prog}: bad setting QUART_{self.setting}: {self.problem}"
+
 
 def parse_bool(value: Any, words: Mapping[str, bool] = BOOL_WORDS) -> bool:
     """``value`` as a boolean (bools, 0/1 and ``words``); ValueError otherwise."""

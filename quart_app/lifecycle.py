@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             check_environment()
         except ConfigError as error:
-            print(f"quart_app: bad setting QUART_{error.setting}: {error.problem}", file=sys.stderr)
+            print(error.line(), file=sys.stderr)
             return 2
     cli.run = supervise  # type: ignore[attr-defined]
     return int(cli.main(args))

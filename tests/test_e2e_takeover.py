@@ -21,17 +21,17 @@ import pytest
 import redis
 
 from harness import ServerProcess
-from harness.processes import children, cmdline
 
+from .helpers import on_both_servers
 from .polling import wait_until
 from .test_e2e_durability import done, read_events, strings
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, on_both_servers]
 
 
 @pytest.fixture
-def pair(tmp_path: Path, redis_url: str) -> Iterator[ServerProcess]:
-    """Two workers on one port under the product's supervisor."""
+def pair(tmp_path: Path, redis_url: str, server_kind: str) -> Iterator[ServerProcess]:
+    """Two workers on one port under the product's supervisor, or Granian's."""
     server = ServerProcess(
         tmp_path / "instance",
         {
@@ -41,7 +41,8 @@ def pair(tmp_path: Path, redis_url: str) -> Iterator[ServerProcess]:
             "QUART_SSE_DRAIN_JITTER_MS": "0",
         },
         workers=2,
-        supervised=True,
+        supervised=server_kind == "hypercorn",
+        server=server_kind,
     )
     server.start()
     yield server
@@ -51,7 +52,7 @@ def pair(tmp_path: Path, redis_url: str) -> Iterator[ServerProcess]:
 
 
 def workers(server: ServerProcess) -> list[int]:
-    return [pid for pid in children(server.pid) if "spawn_main" in cmdline(pid)]
+    return server.live_workers()
 
 
 def state(url: str, job: str) -> dict[str, str]:

@@ -129,3 +129,72 @@ def test_a_bad_setting_is_one_line_and_status_2_before_any_worker(
     assert lines[0].startswith(f"quart_app: bad setting {setting}: ") and problem in lines[0]
     assert done.stdout == ""
     assert not (tmp_path / "instance").exists()  # nothing started, nothing written
+
+
+# -- Granian, with the README's options (--respawn-failed-workers) ---------------------
+
+
+def granian(tmp_path: Path, crash: bool) -> ServerProcess:
+    (tmp_path / "tiny_app.py").write_text(APP)
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    if crash:
+        env["CRASH_AT_START"] = "1"
+    return ServerProcess(
+        tmp_path / "instance", env, workers=2, app="tiny_app:app", root=tmp_path, server="granian"
+    )
+
+
+def test_granian_replaces_a_killed_worker_and_sigterm_exits_0(tmp_path: Path) -> None:
+    server = granian(tmp_path, crash=False).start()
+    try:
+        first = server.worker_pids()
+        assert len(first) == 2
+        os.kill(first[0], signal.SIGKILL)
+        parent = cmdline(server.pid)
+        now = wait_until(
+            lambda: [p for p in children(server.pid) if cmdline(p) == parent],
+            lambda w: len(w) == 2 and first[0] not in w,
+            timeout=20,
+        )
+        assert first[1] in now  # the other worker kept serving
+        assert server.proc is not None and server.proc.poll() is None
+        server.signal(signal.SIGTERM)
+        assert server.wait(20) == 0
+    finally:
+        server.stop()
+    log = server.log_path.read_text()
+    assert "Unexpected exit from worker-1" in log and "Spawning worker-1" in log
+
+
+def test_granian_workers_that_keep_dying_stop_it_with_status_1(tmp_path: Path) -> None:
+    server = granian(tmp_path, crash=True)
+    done = subprocess.run(
+        server.argv(), cwd=tmp_path, env=server.env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "Worker crash loop detected, exiting" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("server_kind", "workers", "status"),
+    [
+        ("granian", 1, 1),
+        ("hypercorn", 0, 1),
+        # Hypercorn 0.18 exits 0 when its workers die (see lifecycle.py); the README
+        # says so and recommends python -m quart_app.
+        ("hypercorn", 1, 0),
+    ],
+)
+def test_a_bad_setting_under_a_plain_server_is_its_one_line(
+    tmp_path: Path, server_kind: str, workers: int, status: int
+) -> None:
+    server = ServerProcess(
+        tmp_path / "instance", {"QUART_MAX_JOBS": "0"}, workers=workers, server=server_kind
+    )
+    done = subprocess.run(
+        server.argv(), cwd=ROOT, env=server.env, capture_output=True, text=True, timeout=60
+    )
+    said = done.stdout + done.stderr
+    assert done.returncode == status, said
+    assert "quart_app: bad setting QUART_MAX_JOBS: must be an integer >= 1, got 0" in said
+    assert "Traceback" not in said
