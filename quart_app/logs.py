@@ -109,6 +109,17 @@ class _AppHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler the app installs when nothing else configured logging."""
 
 
+class SaidElsewhere(logging.Filter):
+    """Drops a line that a server's logger has already printed through a handler of
+    its own: Hypercorn's ``errorlog`` handler, whose lines also reach the root
+    logger ("Running on ..." twice per worker otherwise)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name.startswith("hypercorn.") and logging.getLogger(record.name).handlers
+        )
+
+
 def init_app(app: Quart) -> None:
     config = app.config
     root = logging.getLogger()
@@ -126,6 +137,12 @@ def init_app(app: Quart) -> None:
             secret_filter = SecretFilter()
             handler.addFilter(secret_filter)
         secret_filter.add(secrets_of(config))
+        if not any(isinstance(f, SaidElsewhere) for f in handler.filters):
+            handler.addFilter(SaidElsewhere())
+
+    # Alembic says two lines per connection and one per migration step; the app
+    # says what was upgraded in one line (db.History) and the ready line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
     if config["ACCESS_LOG"]:
         app.before_request(_start_timer)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
+import os
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from quart import Quart, current_app
 
@@ -45,6 +48,8 @@ class AppState:
     history: Any = None
     stats: Any = None
     gc_interval_s: float = 60.0
+    # The instance folder (results, journal, secret key, SQLite history).
+    instance_path: str = ""
     # What is running while serving, in the order it started.
     _serving: AsyncExitStack | None = None
 
@@ -61,7 +66,7 @@ class AppState:
     async def start(self) -> None:
         """Start every service in order; a failure half-way stops those already started."""
         async with AsyncExitStack() as stack:
-            servers.adapt(self.config)
+            server = servers.adapt(self.config)
             self.trigger = DrainTrigger(self.drain)
             await _enter(stack, self.trigger)
             await _enter(stack, self.broker)
@@ -75,6 +80,22 @@ class AppState:
             if self.tune_gc:
                 await stack.enter_async_context(collector.tuned(self.gc_interval_s, self.hub))
             self._serving = stack.pop_all()
+        log.info("%s", self.ready_line(server))
+
+    def ready_line(self, server: str | None) -> str:
+        """One line a person reads at start-up: what serves, with what, from where."""
+        history = self.history
+        if history is None:
+            database = "none"
+        elif getattr(history, "ready", False):
+            database = f"{history.display_url} (schema revision {history.revision[1]})"
+        else:
+            database = f"{history.display_url} (unavailable: retrying)"
+        return (
+            f"quart_app {version()} ready in pid {os.getpid()}"
+            f" ({server or 'no known server'}): broker {display_url(self.config['BROKER_URL'])},"
+            f" database {database}, instance folder {self.instance_path}"
+        )
 
     async def close(self) -> None:
         """Drain, then stop everything in the exact reverse of :meth:`start`."""
@@ -85,6 +106,23 @@ class AppState:
                 await serving.aclose()
             finally:
                 self._serving = None
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("quart_app")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "(not installed)"
+
+
+def display_url(url: str) -> str:
+    """``url`` with its password masked, for the log."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 async def _enter(stack: AsyncExitStack, service: Any) -> None:
@@ -120,6 +158,7 @@ def init_app(app: Quart) -> AppState:
     )
     state = AppState(
         config=config,
+        instance_path=app.instance_path,
         gc_interval_s=config["GC_FULL_INTERVAL_S"],
         broker=broker,
         hub=hub,

@@ -1,15 +1,20 @@
-"""What is specific to each server: which one is serving, and the shared log filter."""
+"""What is specific to each server: which one is serving, the shared log filter, and the
+README's Granian command."""
 
 from __future__ import annotations
 
 import errno
 import logging
+import shlex
 from collections.abc import Iterator
 
 import pytest
 
+from harness import GRANIAN_OPTIONS, ROOT
 from quart_app import servers
 from quart_app.servers.resources import APP_LOGGERS, ResourceErrorFilter, install_resource_filter
+
+README = ROOT / "README.md"
 
 
 class Kept(logging.Handler):
@@ -83,3 +88,19 @@ def test_the_held_back_lines_are_counted_on_the_next_one() -> None:
 def test_no_server_is_detected_outside_one() -> None:
     assert servers.serving_under() is None
     assert servers.adapt({"EMFILE_LOG_INTERVAL_S": 1}) is None
+
+
+def test_the_readmes_granian_command_has_the_tested_options() -> None:
+    """The options the harness serves with (GRANIAN_OPTIONS) are the README's."""
+    text = README.read_text()
+    marker = "<!-- the Granian command, checked by tests/test_servers.py -->"
+    assert marker in text
+    block = text.split(marker, 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    words = shlex.split(block.replace("\\\n", " "))
+    assert words[:4] == ["granian", "--interface", "asgi", "--factory"]
+    assert words[-1] == "quart_app:create_app"
+    options = " ".join(words)
+    for name, value in zip(GRANIAN_OPTIONS, [*GRANIAN_OPTIONS[1:], ""], strict=True):
+        if name.startswith("--"):
+            following = "" if value.startswith("--") else value
+            assert f"{name} {following}".strip() in options, name

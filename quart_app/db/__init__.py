@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import URL
 
+from ..brokers.base import BrokerUnavailable
 from ..migrations import SchemaError
 from ..retry import Backoff
 from ..tasks import cancel_and_wait
@@ -168,6 +169,8 @@ class History(HistoryQueries):
             for callback in self.on_ready:
                 try:
                     await callback(self)
+                except BrokerUnavailable as error:  # a known condition: one line
+                    log.warning("history: a start-up step skipped: %s", error)
                 except Exception:
                     log.exception("history: a start-up callback failed")
         self._writer = asyncio.create_task(self._write_forever(), name="history-writer")
@@ -211,7 +214,6 @@ class History(HistoryQueries):
                 before or "(empty)",
                 after,
             )
-        log.info("history database: %s (schema revision %s)", self.display_url, after)
 
     # -- recording (hooks: never block) ------------------------------------------
 

@@ -22,7 +22,7 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 
-from ..brokers import Broker
+from ..brokers import Broker, BrokerUnavailable
 from ..errors import Draining, InvalidInput, NotFound
 from ..sessions import JobParams
 from ..streams import Feed
@@ -76,6 +76,8 @@ class JobRegistry:
     def __init__(self, broker: Broker, config: Mapping[str, Any], results_dir: Path) -> None:
         self.broker = broker
         self.results_dir = results_dir
+        # Why the last scan for jobs to go on failed (said once, until it works again).
+        self._scan_failing: str | None = None
         self.ttl_s = float(config["JOB_TTL_S"])
         # Events of a job kept in this process's memory; older ones are paged
         # from storage (a very large value keeps them all; the benchmark compares).
@@ -159,10 +161,17 @@ class JobRegistry:
                 else:
                     remaining = (job.finished_at or time.time()) + self.ttl_s - time.time()
                     self._forget_later(job.id, max(1.0, remaining))
-        except OSError as error:  # out of file descriptors, a full disk: one line, next scan
-            log.warning("looking for jobs to go on with failed: %s", error)
+        except (OSError, BrokerUnavailable) as error:  # known conditions: one line, next scan
+            if str(error) != self._scan_failing:
+                self._scan_failing = str(error)
+                log.warning("looking for jobs to go on failed: %s; trying on", error)
+            return
         except Exception:
             log.exception("looking for jobs to go on with failed")
+            return
+        if self._scan_failing is not None:
+            self._scan_failing = None
+            log.info("looking for jobs to go on works again")
 
     # -- running -------------------------------------------------------------------------
 
