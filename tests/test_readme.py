@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from harness import ROOT, ServerProcess, free_port
+from quart_app.config import default_config
 
 from .helpers import on_both_servers
 from .polling import wait_until
@@ -125,3 +126,10 @@ def test_the_test_certificate_serves_tls(tmp_path: Path, server_kind: str) -> No
         assert wait_until(answers, lambda status: status == 200, timeout=20) == 200
     finally:
         server.stop()
+
+
+def test_every_setting_is_in_the_configuration_table() -> None:
+    text = README.read_text()
+    table = text[text.index("| setting | default | meaning |") :].split("\n\n", 1)[0]
+    named = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table))
+    assert set(default_config()) - named == set()
