@@ -67,6 +67,11 @@ class Defaults:
     JOB_LIMIT_LEASE_S = 10.0
     # Strings generated between two yields to the event loop (delay_ms=0).
     JOB_BATCH = 256
+    # When a job's result file reaches the disk (fsync) on the memory broker,
+    # where it is the journal a restarted server resumes from: "batch", before each
+    # batch is published, so what a watcher saw survives a power cut; "end", only
+    # when the job pauses or ends (docs/RELIABILITY.md has what each keeps).
+    JOB_FSYNC = "batch"
     # Newest events of each job kept in memory; older ones are replayed from storage.
     JOB_WINDOW = 256
 
@@ -282,6 +287,8 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     if mode not in ("legacy", "modern"):
         raise ConfigError("PROXY_MODE", f"must be legacy or modern, got {config['PROXY_MODE']!r}")
     checked["PROXY_MODE"] = mode
+    if config["JOB_FSYNC"] not in ("batch", "end"):
+        raise ConfigError("JOB_FSYNC", f"must be batch or end, got {config['JOB_FSYNC']!r}")
     if config["LOG_FORMAT"] not in ("text", "json"):
         raise ConfigError("LOG_FORMAT", f"must be text or json, got {config['LOG_FORMAT']!r}")
     # Secrets: a short one is guessable (a session cookie can be forged offline):

@@ -27,6 +27,7 @@ async def test_secret_key_is_generated_once_and_kept(tmp_path) -> None:  # type:
         ("BROKER_URL", "localhost", "BROKER_URL"),
         ("TICKER_BUFFER", 5, "TICKER_BUFFER"),
         ("SECRET_KEY", "too-short", "SECRET_KEY must be a string of at least 16"),
+        ("JOB_FSYNC", "always", "JOB_FSYNC must be batch or end"),
     ],
 )
 def test_bad_configuration_stops_the_app_with_a_clear_message(

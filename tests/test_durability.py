@@ -257,3 +257,46 @@ async def test_replayed_frames_are_the_bytes_the_job_published(tmp_path: Path) -
         replayed = await registry.ownership._replayed(registry.jobs[job], 60, 40)
     assert [m.seq for m in replayed] == [m.seq for m in live] == list(range(61, 101))
     assert [m.frame for m in replayed] == [m.frame for m in live]
+
+
+@pytest.mark.parametrize("mode", ["batch", "end"])
+async def test_with_job_fsync_batch_every_published_string_is_on_disk_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """JOB_FSYNC="batch": before a batch is published, the result file has been
+    fsync'd with the batch's lines in it, so a power cut loses no string a watcher
+    saw.  (The real fsync runs; the test only notes what it covered, and when.)"""
+    import os
+
+    from quart_app.jobs import journal as journal_module
+
+    synced: list[int] = []  # the file's size at each fsync of the job's file
+    real_fsync = os.fsync
+
+    def noting_fsync(fd: int) -> None:
+        real_fsync(fd)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".txt"):  # the result file
+            synced.append(os.fstat(fd).st_size)
+
+    monkeypatch.setattr(journal_module.os, "fsync", noting_fsync)
+    async with running(tmp_path, JOB_FSYNC=mode, JOB_BATCH=7) as app:
+        broker = app.extensions["quart_app"].broker
+        published: list[tuple[int, int]] = []  # (highest index published, bytes synced by then)
+        publish_many = broker.publish_many
+
+        async def noting_publish_many(topic: str, items: Any, **kwargs: Any) -> Any:
+            if topic.startswith("job:"):
+                last = max(json.loads(i.data).get("index", 0) for i in items)
+                published.append((last, max(synced, default=0)))
+            return await publish_many(topic, items, **kwargs)
+
+        monkeypatch.setattr(broker, "publish_many", noting_publish_many)
+        job, key = await start_job(app, 40, 5, 0)
+        watched = await watch(
+            app, job, key, None, until=lambda p: bool(p.events) and p.events[-1].type == "done"
+        )
+        assert watched.parsed.events[-1].type == "done"
+    batches = [(last, synced_bytes) for last, synced_bytes in published if last]
+    assert len(batches) == 6 and batches[-1][0] == 40  # 40 strings in batches of 7
+    on_disk_first = [synced_bytes >= last * 6 for last, synced_bytes in batches]  # 5 + newline
+    assert on_disk_first == [mode == "batch"] * len(batches)

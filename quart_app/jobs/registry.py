@@ -57,11 +57,17 @@ CANCEL_WAIT_S = 3.0
 RESULT_CHUNK = 65536
 
 
-def create_ownership(broker: Broker, results_dir: Path, window: int, ttl_s: float) -> Ownership:
-    """How this process owns its jobs: by lease when other processes share the broker."""
+def create_ownership(
+    broker: Broker, results_dir: Path, window: int, ttl_s: float, *, sync_batches: bool = True
+) -> Ownership:
+    """How this process owns its jobs: by lease when other processes share the broker.
+
+    ``sync_batches`` (``JOB_FSYNC = "batch"``): the local journal's lines reach the
+    disk before their batch is published.
+    """
     if broker.shared:
         return RedisLease(broker, results_dir, ttl_s)
-    return LocalJournal(broker, results_dir, window, ttl_s)
+    return LocalJournal(broker, results_dir, window, ttl_s, sync_batches=sync_batches)
 
 
 @dataclass(slots=True)
@@ -88,7 +94,13 @@ class JobRegistry:
         self.on_finish: list[Callable[[dict[str, Any]], None]] = []
         self.draining = False
         self._closing = False
-        self.ownership = create_ownership(broker, results_dir, self.window, self.ttl_s)
+        self.ownership = create_ownership(
+            broker,
+            results_dir,
+            self.window,
+            self.ttl_s,
+            sync_batches=config.get("JOB_FSYNC", "batch") == "batch",
+        )
         # A running job's places under the limits lapse this long after its
         # process last renewed them (that process died).
         self.limits = JobLimits(
