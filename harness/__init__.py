@@ -9,9 +9,10 @@ until it answers, and stops it (and everything it started) in ``stop()``;
 
 from __future__ import annotations
 
+from .nginx import NginxServer
 from .postgres import PostgresServer
 from .processes import HOST, free_port
-from .redis import RedisCluster, RedisServer
+from .redis import RedisCluster, RedisSentinel, RedisServer
 from .server import GRANIAN_OPTIONS, PRODUCT_APP, ROOT, SERVERS, ServerProcess
 
 __all__ = [
@@ -20,8 +21,10 @@ __all__ = [
     "PRODUCT_APP",
     "ROOT",
     "SERVERS",
+    "NginxServer",
     "PostgresServer",
     "RedisCluster",
+    "RedisSentinel",
     "RedisServer",
     "ServerProcess",
     "free_port",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, unquote
 
 
 class Defaults:
@@ -14,6 +15,14 @@ class Defaults:
     # Bearer token for the operator's views (every session's job history);
     # unset: nobody gets them.  At least 16 characters.
     OPERATOR_TOKEN: str | None = None
+    # Private and presence channels (SPEC §10): the key that verifies their
+    # tokens (a secret of 32 characters or more for HS*, or a PEM public key),
+    # the algorithms accepted, and the audience and issuer checked when set.
+    JWT_KEY: str | None = None
+    JWT_ALGORITHMS = "HS256"
+    JWT_AUDIENCE: str | None = None
+    JWT_ISSUER: str | None = None
+    JWT_LEEWAY_S = 5.0
 
     BROKER_URL = "memory://"
     # History (finished jobs, chat).  Unset: SQLite file ``history.sqlite3`` in
@@ -228,6 +237,131 @@ def _flag(key: str, value: Any) -> bool:
         raise ConfigError(key, f"must be true or false, got {value!r}") from None
 
 
+# BROKER_URL: the schemes ``brokers.create_broker`` knows.
+BROKER_SCHEMES = (
+    "memory",
+    "redis",
+    "rediss",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+)
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SENTINEL_URL_FORM = "redis+sentinel://[:password@]host:port[,host:port...]/<service>[/<db>]"
+SENTINEL_PORT = 26379
+# Query options of a sentinel URL: how to authenticate to the sentinels themselves
+# (the URL's own user and password are for the Redis servers).
+_SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
+
+
+class SentinelURL(NamedTuple):
+    """What a ``redis+sentinel://`` URL says: the sentinels, the service they
+    monitor, and how to talk to its primary (database, credentials, TLS)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+
+def _address(item: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or a bare host (the sentinels' port, 26379)."""
+    item = item.strip()
+    if item.startswith("["):
+        host, bracket, port = item[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            raise ValueError(f"sentinel address {item!r} is not host:port")
+        port = port[1:]
+    elif item.count(":") == 1:
+        host, _, port = item.partition(":")
+    elif ":" in item:
+        raise ValueError(f"sentinel address {item!r} is not host:port ([...] around IPv6)")
+    else:
+        host, port = item, ""
+    if not host:
+        raise ValueError(f"sentinel address {item!r} has no host")
+    if not port:
+        return host, SENTINEL_PORT
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f"sentinel address {item!r} has no valid port (1-65535)")
+    return host, int(port)
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """A ``redis+sentinel://`` (``rediss+sentinel://``: TLS) URL, checked.
+
+    ``ValueError`` says what is wrong without repeating the URL (it may hold a
+    password).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+        raise ValueError("is not a redis+sentinel:// URL")
+    rest, _, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    auth, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = auth.partition(":")
+        username = unquote(user) or None if colon else None
+        password = unquote(secret) if colon else unquote(user)
+    if not hosts.strip():
+        raise ValueError("names no sentinel (host:port) before the service")
+    sentinels = tuple(_address(item) for item in hosts.split(","))
+    parts = path.split("/") if slash else []
+    if not parts or not parts[0]:
+        raise ValueError("names no service (the name the sentinels monitor, after the hosts)")
+    if len(parts) > 2 or (len(parts) == 2 and not parts[1]):
+        raise ValueError("has more than /<service>/<db> after the hosts")
+    db = 0
+    if len(parts) == 2:
+        if not (parts[1].isascii() and parts[1].isdigit()):
+            raise ValueError(f"has a database that is not a number: {parts[1]!r}")
+        db = int(parts[1])
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in _SENTINEL_OPTIONS:
+            raise ValueError(
+                f"has an unknown option {name!r} (known: {', '.join(_SENTINEL_OPTIONS)})"
+            )
+        options[name] = value
+    return SentinelURL(
+        sentinels=sentinels,
+        service=unquote(parts[0]),
+        db=db,
+        username=username,
+        password=password,
+        tls=scheme.lower().startswith("rediss"),
+        sentinel_username=options.get("sentinel_username") or None,
+        sentinel_password=options.get("sentinel_password") or None,
+    )
+
+
+def check_broker_url(url: Any) -> str:
+    """``BROKER_URL`` if a broker can be made from it; ``ConfigError`` saying why not."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError("BROKER_URL", "must be a URL such as memory:// or redis://host:6379/0")
+    scheme = url.partition("://")[0].lower()
+    if scheme not in BROKER_SCHEMES:
+        raise ConfigError(
+            "BROKER_URL",
+            f"has an unsupported scheme {scheme!r}: use memory://, redis://, rediss://, "
+            "unix://, redis+cluster://host:port[,host:port...] or "
+            "redis+sentinel://host:port[,host:port...]/<service>",
+        )
+    if scheme in SENTINEL_SCHEMES:
+        try:
+            parse_sentinel_url(url)
+        except ValueError as error:
+            raise ConfigError("BROKER_URL", f"{error}; expected {SENTINEL_URL_FORM}") from None
+    return url
+
+
 def check_environment(root: str = ".") -> dict[str, Any]:
     """The configuration as ``create_app`` reads it from the environment, checked.
 
@@ -240,6 +374,9 @@ def check_environment(root: str = ".") -> dict[str, Any]:
     config.update(default_config())
     config.from_prefixed_env()
     config.update(validate(config))
+    from .tokens import verifier_of  # the JWT settings: their key is read and checked
+
+    verifier_of(config)
     return dict(config)
 
 
@@ -271,9 +408,7 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(origins, str):
         origins = [o.strip() for o in origins.split(",") if o.strip()]
     checked["CORS_ORIGINS"] = tuple(origins)
-    for key in ("BROKER_URL",):
-        if not isinstance(config[key], str) or "://" not in config[key]:
-            raise ConfigError(key, "must be a URL such as memory:// or redis://host:6379/0")
+    check_broker_url(config["BROKER_URL"])
     database_url = config["DATABASE_URL"]
     if database_url is not None and (
         not isinstance(database_url, str) or "://" not in database_url

@@ -88,7 +88,8 @@ class SecretFilter(logging.Filter):
 
 def secrets_of(config: Any) -> list[str]:
     """The secret values in the app's configuration."""
-    values = [config.get(key) for key in ("SECRET_KEY", "PUBLISH_TOKEN", "OPERATOR_TOKEN")]
+    keys = ("SECRET_KEY", "PUBLISH_TOKEN", "OPERATOR_TOKEN", "JWT_KEY")
+    values = [config.get(key) for key in keys]
     for key in ("DATABASE_URL", "BROKER_URL"):
         url = config.get(key)
         if isinstance(url, str) and "://" in url:

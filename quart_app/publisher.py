@@ -6,7 +6,8 @@ Flask-SSE users call ``sse.publish`` from anywhere that shares the Redis; here:
   Redis directly, through the same code as a publish inside the server
   (``channels.publish_on``): the same ids, history, incarnations and limits.
   They read the server's settings from the same ``QUART_*`` environment
-  (``QUART_BROKER_URL`` first of all).
+  (``QUART_BROKER_URL`` first of all: ``redis://``, ``redis+cluster://`` or
+  ``redis+sentinel://``, checked as the server checks it).
 - :class:`HTTPPublisher` (and its ``publish_sync``) goes through a server's
   ``POST /channels/<name>`` with ``QUART_PUBLISH_TOKEN``: the way to publish to
   a server on ``memory://``, whose channels live in its own process.
@@ -29,7 +30,7 @@ from typing import Any
 
 from .brokers import Broker, create_broker
 from .channels import CHANNEL_RULE, is_channel_name, publish_on
-from .config import check_environment
+from .config import check_broker_url, check_environment
 
 
 class PublishError(RuntimeError):
@@ -42,7 +43,8 @@ class Publisher:
     def __init__(self, broker_url: str | None = None, **settings: Any) -> None:
         config = {**check_environment(), **settings}
         if broker_url is not None:
-            config["BROKER_URL"] = broker_url
+            # Checked as QUART_BROKER_URL is (a ConfigError naming BROKER_URL).
+            config["BROKER_URL"] = check_broker_url(broker_url)
         self.config: Mapping[str, Any] = config
         self.url = str(config["BROKER_URL"])
         self._broker: Broker | None = None

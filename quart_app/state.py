@@ -20,6 +20,7 @@ from .brokers import Broker, create_broker
 from .jobs import JobRegistry
 from .lifecycle import DrainTrigger
 from .streams import StreamHub
+from .tokens import verifier_of
 
 EXTENSION = "quart_app"
 log = logging.getLogger("quart_app")
@@ -47,6 +48,8 @@ class AppState:
     # a shutdown interrupts; the stats flush to the broker before it closes.
     history: Any = None
     stats: Any = None
+    # Verifies the tokens of private channels (``tokens.TokenVerifier``; None: off).
+    tokens: Any = None
     gc_interval_s: float = 60.0
     # The instance folder (results, journal, secret key, SQLite history).
     instance_path: str = ""
@@ -159,6 +162,7 @@ def init_app(app: Quart) -> AppState:
     state = AppState(
         config=config,
         instance_path=app.instance_path,
+        tokens=verifier_of(config),
         gc_interval_s=config["GC_FULL_INTERVAL_S"],
         broker=broker,
         hub=hub,

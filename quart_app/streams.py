@@ -34,6 +34,10 @@ from .tasks import cancel_and_wait
 _DRAIN_REASONS = frozenset({CloseReason.DRAIN, CloseReason.MAX_AGE})
 # Read once per write of every stream: a module constant, not an enum class lookup.
 _OVERFLOW = CloseReason.OVERFLOW
+_TOKEN_EXPIRED = CloseReason.TOKEN_EXPIRED
+# The last frame of a stream whose token expired (SPEC §10): a reconnect with the
+# same token gets 401, so the client knows to fetch a new one.
+EXPIRED_FRAME = encode(json.dumps({"message": "the token expired"}), event="expired")
 # Why streams end, as counted (a subscription ends "unsubscribed" only after its stream).
 CLOSE_REASONS = tuple(r for r in CloseReason if r is not CloseReason.UNSUBSCRIBED)
 # Every kind of stream, so that counts have a stable shape.
@@ -54,6 +58,9 @@ class Feed:
     terminal: frozenset[str] = frozenset()
     id_format: Callable[[int], str] = str
     prelude: bytes = b""
+    # Seconds until the token that opened the stream expires (None: no token, or no
+    # expiry): the stream then ends with ``event: expired``.
+    expires_in: float | None = None
     on_open: Callable[[Subscription], None] | None = None
     on_close: Callable[[Subscription, float], None] | None = None
 
@@ -139,7 +146,7 @@ class StreamHub:
         silent_since = now - self.heartbeat_s
         for sub in self.open:
             if sub.deadline <= now:
-                sub.close(CloseReason.MAX_AGE)
+                sub.close(sub.ends_as)
             elif sub.last_sent <= silent_since and not sub.heartbeat_due:
                 sub.heartbeat_due = True
                 sub.wake()
@@ -168,6 +175,9 @@ class StreamHub:
         async with feed.subscription as sub:
             sub.kind = kind
             sub.deadline = time.monotonic() + self.max_age_s
+            if feed.expires_in is not None and feed.expires_in < self.max_age_s:
+                sub.deadline = time.monotonic() + max(0.0, feed.expires_in)
+                sub.ends_as = _TOKEN_EXPIRED
             sub.task = asyncio.current_task()
             self.open.add(sub)
             self.by_kind[kind] += 1
@@ -226,6 +236,8 @@ class StreamHub:
                     if sub.closed:
                         if sub.reason in _DRAIN_REASONS:
                             yield self.drain_frame()
+                        elif sub.reason is _TOKEN_EXPIRED:
+                            yield EXPIRED_FRAME
                         return
                     if sub.heartbeat_due:
                         sub.heartbeat_due = False

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, current_app, jsonify, render_template, request, session
 
-from .. import channels
-from ..auth import check_bearer
+from .. import access, channels
 from ..errors import APIError, NotFound
 from ..sse import read_last_event_id
 from ..state import get_broker, get_hub, get_state
@@ -36,22 +35,19 @@ async def clock() -> Response:
 async def channel_events(name: str) -> Response:
     if not channels.is_channel_name(name):
         raise NotFound(channels.CHANNEL_RULE)
-    return get_hub().response(channels.feed(name, _resume_after()), client=client_address())
-
-
-def _check_publish_token() -> None:
-    check_bearer(
-        current_app.config.get("PUBLISH_TOKEN"),
-        off="HTTP publishing is off: set QUART_PUBLISH_TOKEN and send "
-        "'Authorization: Bearer <token>' to turn it on",
-    )
+    # Private channels: refused before the channel is looked up (SPEC §10).
+    grant = access.subscribe_grant(name)
+    feed = channels.feed(name, _resume_after())
+    if grant is not None:
+        feed.expires_in = get_state().tokens.seconds_left(grant)
+    return get_hub().response(feed, client=client_address())
 
 
 @bp.post("/channels/<name>")
 async def channel_publish(name: str) -> tuple[Response, int]:
     if not channels.is_channel_name(name):
         raise NotFound(channels.CHANNEL_RULE)
-    _check_publish_token()
+    access.check_publish(name)
     body = await read_body(current_app.config["MAX_MESSAGE_BYTES"])
     if request.mimetype != "application/json":
         raise APIError(415, 'publish with a JSON body: {"data": ..., "event": ...}')

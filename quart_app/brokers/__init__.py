@@ -9,6 +9,7 @@ the one-process broker, ``redis`` the broker for several workers and hosts
 
 from __future__ import annotations
 
+from ..config import check_broker_url
 from .base import BrokerUnavailable, CloseReason, Item, Message, Overflow, Subscription
 from .memory import MemoryBroker
 from .protocols import Broker, Coordination, Topics
@@ -29,14 +30,13 @@ __all__ = [
 
 
 def create_broker(url: str) -> Broker:
-    scheme = url.split("://", 1)[0].lower()
+    """The broker ``url`` names: ``memory://``; ``redis://``, ``rediss://`` or
+    ``unix://`` (one Redis); ``redis+cluster://`` (a Redis Cluster); or
+    ``redis+sentinel://`` (Redis behind Sentinel).  A bad URL is a ``ValueError``
+    (``config.ConfigError`` naming ``BROKER_URL``)."""
+    scheme = check_broker_url(url).split("://", 1)[0].lower()
     if scheme == "memory":
         return MemoryBroker(url)
-    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
-        from .redis import RedisBroker
+    from .redis import RedisBroker
 
-        return RedisBroker(url)
-    raise ValueError(
-        f"unsupported BROKER_URL scheme {scheme!r}: "
-        "use memory://, redis:// or redis+cluster://host:port[,host:port...]"
-    )
+    return RedisBroker(url)

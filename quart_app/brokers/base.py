@@ -65,6 +65,7 @@ class CloseReason(enum.StrEnum):
     MAX_AGE = "max_age"
     DRAIN = "drain"
     EXPIRED = "expired"
+    TOKEN_EXPIRED = "token_expired"
     CLOSED = "closed"
     RESET = "reset"
     TRIMMED = "trimmed"
@@ -83,6 +84,7 @@ _CLOSE_MEANINGS = {
     CloseReason.MAX_AGE: "SSE_MAX_AGE_S passed, so that clients rebalance",
     CloseReason.DRAIN: "the server shuts down",
     CloseReason.EXPIRED: "its topic expired",
+    CloseReason.TOKEN_EXPIRED: "the token that opened it expired",
     CloseReason.CLOSED: "the broker closed",
     CloseReason.RESET: "the broker lost the topic's data",
     CloseReason.TRIMMED: "the broker no longer holds what it still needed",
@@ -237,6 +239,7 @@ class Subscription:
         "closed",
         "cursor",
         "deadline",
+        "ends_as",
         "gap",
         "heartbeat_due",
         "kind",
@@ -272,6 +275,8 @@ class Subscription:
         self.kind = ""
         self.last_sent = time.monotonic()
         self.deadline = float("inf")
+        # Why the stream ends at its deadline: SSE_MAX_AGE_S, or a token's expiry.
+        self.ends_as = CloseReason.MAX_AGE
         self.task: asyncio.Task[Any] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.source: PageSource | None = None

@@ -53,13 +53,28 @@ from its stream, so a connected subscriber misses nothing Redis accepted.  The
 inbox reader checks the epoch every few seconds; a notification of another
 incarnation, or a topic whose seqs went backwards, closes the topic's local
 subscribers (``reset``) so that their clients reconnect and get an ``event: gap``.
+
+Behind Sentinel (``redis+sentinel://``, ``redis_conn``) every connection asks the
+sentinels for the primary when it connects, so after a failover the commands, the
+publish lanes and the pub/sub connections (:meth:`RedisBroker.shard_for`) reach
+the new primary by reconnecting, as after a restart.  A promoted replica may lack
+the last writes, with the same epoch: each followed topic is checked after a
+reconnect (``redis_follow``), and one that lost entries this process had gets a
+new incarnation (:meth:`RedisBroker.reincarnate`) before its subscribers close, so
+that no id a client holds names another event.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from redis.asyncio.connection import AbstractConnection
+
+from .base import new_incarnation
 from .redis_conn import RedisConnection
 from .redis_coord import RedisCoordination
-from .redis_topics import RedisTopics
+from .redis_shard import FollowedTopic
+from .redis_topics import RedisTopics, incarnation_key
 
 
 class RedisBroker(RedisTopics, RedisCoordination):
@@ -83,8 +98,37 @@ class RedisBroker(RedisTopics, RedisCoordination):
         )
         RedisTopics.__init__(self, conn, wait_s=wait_s, linger_s=linger_s)
         RedisCoordination.__init__(
-            self, conn, block_s=block_s, resync_s=resync_s, on_data_lost=self.reset_all
+            self,
+            conn,
+            block_s=block_s,
+            resync_s=resync_s,
+            on_data_lost=self.reset_all,
+            on_new_server=self.follower.check_all,
         )
+        # A followed topic that lost entries gets a new incarnation in Redis first.
+        self.follower.reincarnate = self.reincarnate
+
+    async def reincarnate(self, entry: FollowedTopic) -> str | None:
+        """Give a topic that lost entries a new incarnation (unless another process
+        did already); the topic's incarnation now, or None if it has none."""
+        key = entry.key
+        script = self.conn.scripts["reincarnate"]
+        keys = [key, incarnation_key(key)]
+        reply = await self.conn.call(
+            script(keys=keys, args=[entry.local.incarnation, new_incarnation()])
+        )
+        return None if reply is None else reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    async def shard_for(self, key: str) -> tuple[str, Callable[[], AbstractConnection]]:
+        """Behind Sentinel: the primary's pub/sub connections and publish lanes come
+        from a sentinel pool (each connect asks the sentinels where the primary is)."""
+        if self.conn.sentinel is None:
+            return await RedisTopics.shard_for(self, key)
+        name = "redis"
+        pool = self._pubsub_pools.get(name)
+        if pool is None:
+            pool = self._pubsub_pools[name] = self.conn.node_pool()
+        return name, pool.make_connection
 
     async def start(self) -> None:
         await self.conn.start()

@@ -5,6 +5,16 @@ into :class:`BrokerUnavailable` (a ``503``); anything else (``WRONGTYPE``, a
 bug) surfaces as it is.  Lua scripts live in ``lua/*.lua`` and are registered
 with redis-py (``register_script``: ``EVALSHA``, loaded again after a
 ``NOSCRIPT``); a line ``--! include NAME`` puts ``lua/NAME.lua`` in front.
+
+Three kinds of URL: one Redis (``redis://``, ``rediss://``, ``unix://``: a
+blocking pool), a Redis Cluster (``redis+cluster://``, ``redis_cluster``), and
+Redis behind Sentinel (``redis+sentinel://host:port[,...]/<service>[/<db>]``,
+parsed by ``config.parse_sentinel_url``): redis-py's ``Sentinel`` over the
+sentinels, and pools of sentinel-managed connections that ask the
+sentinels for the service's primary each time they connect.  After a failover
+every connection to the old primary breaks (or answers ``READONLY``, which
+redis-py turns into a ``ConnectionError``), and the next one reaches the new
+primary; no other code needs to know.
 """
 
 from __future__ import annotations
@@ -16,13 +26,15 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import AskError, MovedError, NoScriptError, ReadOnlyError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..config import SENTINEL_SCHEMES, SentinelURL, parse_sentinel_url
 from .base import BrokerUnavailable
 from .redis_cluster import cluster_client, is_cluster_url
 
@@ -58,8 +70,34 @@ def lua_source(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Scripts too small for a file of their own under lua/.
+INLINE_SCRIPTS = {
+    # A topic whose stream lost entries that this process had (a failover to a
+    # replica that missed the last writes): a new incarnation, if the topic still
+    # has the one the caller knew, so that every id of the old one gets a gap.
+    # KEYS: the stream, its incarnation; ARGV: the known incarnation, a fresh one.
+    "reincarnate": """
+local inc = redis.call('GET', KEYS[2])
+if inc == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2], 'KEEPTTL')
+  return ARGV[2]
+end
+return inc
+""",
+}
+
+
 def unavailable(error: BaseException) -> BrokerUnavailable:
     return BrokerUnavailable(f"Redis is unavailable: {error!r}")
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in SENTINEL_SCHEMES
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The primary's connections through Sentinel, in a pool whose callers wait
+    for a free connection (as ``BlockingConnectionPool``'s do) instead of failing."""
 
 
 class RedisConnection:
@@ -69,6 +107,10 @@ class RedisConnection:
         self.timeout_s = timeout_s
         self.max_connections = max_connections
         self.cluster = is_cluster_url(url)
+        self.sentinel: SentinelURL | None = (
+            parse_sentinel_url(url) if is_sentinel_url(url) else None
+        )
+        self._sentinels: Sentinel | None = None
         self._redis: Any = None
         # A cluster client's pools refuse past their size: a burst waits here instead.
         self._slots = asyncio.Semaphore(max_connections) if self.cluster else None
@@ -91,6 +133,14 @@ class RedisConnection:
                 max_connections=2 * self.max_connections,
                 socket_connect_timeout=self.timeout_s,
             )
+        if self.sentinel is not None:
+            return self.sentinels().master_for(
+                self.sentinel.service,
+                connection_pool_class=BlockingSentinelPool,
+                max_connections=self.max_connections,
+                timeout=None,
+                **self._node_options(),
+            )
         pool = BlockingConnectionPool.from_url(
             self.url,
             max_connections=self.max_connections,
@@ -101,17 +151,71 @@ class RedisConnection:
         )
         return Redis(connection_pool=pool)
 
+    def sentinels(self) -> Sentinel:
+        """redis-py's client of the sentinels (one per connection), made on first use.
+
+        Each sentinel is asked in turn until one names the primary; a connect
+        to a sentinel gets a share of the command's timeout, so that one host
+        that does not answer leaves time to ask the next.
+        """
+        parts = self.sentinel
+        assert parts is not None, "not a redis+sentinel:// URL"
+        if self._sentinels is None:
+            self._sentinels = Sentinel(
+                parts.sentinels,
+                sentinel_kwargs={
+                    "username": parts.sentinel_username,
+                    "password": parts.sentinel_password,
+                    "ssl": parts.tls,
+                    # No socket_timeout: see client(); every call runs under asyncio.timeout.
+                    "socket_connect_timeout": max(
+                        0.05, self.timeout_s / (len(parts.sentinels) + 1)
+                    ),
+                    "retry": Retry(NoBackoff(), 0),
+                },
+            )
+        return self._sentinels
+
+    def _node_options(self) -> dict[str, Any]:
+        """How to connect to a Redis server behind Sentinel (as ``client()`` says why)."""
+        parts = self.sentinel
+        assert parts is not None
+        return {
+            "db": parts.db,
+            "username": parts.username,
+            "password": parts.password,
+            "ssl": parts.tls,
+            "socket_timeout": None,
+            "socket_connect_timeout": self.timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+        }
+
+    def node_pool(self) -> ConnectionPool:
+        """A pool whose ``make_connection`` opens a connection to the primary behind
+        Sentinel (found again at each connect): the pub/sub connections and the
+        publish lanes, which hold one connection each for long."""
+        assert self.sentinel is not None, "not a redis+sentinel:// URL"
+        return SentinelConnectionPool(
+            self.sentinel.service, self.sentinels(), protocol=2, **self._node_options()
+        )
+
     async def start(self) -> None:
         self._redis = self.client()
         if self.cluster:
             await self._redis.initialize()
         for name in SCRIPTS:
             self.scripts[name] = self._redis.register_script(lua_source(name))
+        for name, source in INLINE_SCRIPTS.items():
+            self.scripts[name] = self._redis.register_script(source)
 
     async def close(self) -> None:
         if self._redis is not None:
             await close_client(self._redis, self.cluster)
         self._redis = None
+        sentinels, self._sentinels = self._sentinels, None
+        if sentinels is not None:
+            with contextlib.suppress(Exception):
+                await sentinels.aclose()
 
     @property
     def redis(self) -> Any:

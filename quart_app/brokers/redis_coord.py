@@ -4,6 +4,13 @@ One reader task per process XREADs (``BLOCK``) only its inbox (messages to
 this process: job cancels), and every few seconds checks the dataset's epoch:
 a new epoch means Redis lost its data, and ``on_data_lost`` is called (the
 topics close their local subscribers so that clients resume with a ``gap``).
+
+The same check notes which server process answers (``INFO``'s ``run_id``; not
+on a cluster).  Another one (a failover behind Sentinel, a restart) may hold
+less than this process saw, with the same epoch: a replica promoted before it
+had the last writes, a restart from an older append-only file.  Then
+``on_new_server`` is called (the followers check that Redis still holds what
+each topic had, see ``redis_follow``), in case no pub/sub connection broke.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from ..retry import Backoff
 from ..tasks import cancel_and_wait
@@ -41,6 +50,7 @@ class RedisCoordination:
         block_s: float,
         resync_s: float,
         on_data_lost: Callable[[], None],
+        on_new_server: Callable[[], None] | None = None,
     ) -> None:
         self.conn = conn
         # This process, as other processes address it (job cancels).
@@ -50,6 +60,9 @@ class RedisCoordination:
         self.block_s = block_s
         self.resync_s = resync_s
         self._on_data_lost = on_data_lost
+        self._on_new_server = on_new_server
+        # The run_id of the Redis server that answered the last check ("": not known).
+        self._server: str | None = None
         self._handlers: list[Callable[[str], None]] = []
         self._reader: asyncio.Task[None] | None = None
         self._reader_redis: Any = None
@@ -263,4 +276,19 @@ class RedisCoordination:
             log.warning("Redis lost its data: closing local subscribers so clients resume")
             self._on_data_lost()
         self._epoch = epoch
+        if not self.conn.cluster and self._server != "":
+            try:
+                server = str((await client.info("server")).get("run_id", ""))
+            except ResponseError:  # INFO renamed or refused (some hosted Redis): not watched
+                server = ""
+            if self._server is not None and server != self._server and server:
+                log.warning(
+                    "another Redis server answers (run_id %s, was %s): a failover or a "
+                    "restart; checking that it holds what the followed topics had",
+                    server,
+                    self._server,
+                )
+                if self._on_new_server is not None:
+                    self._on_new_server()
+            self._server = server
         self._resync_needed = False

@@ -26,6 +26,23 @@ The subscribe path (:class:`Follower`):
   followed), so a crowd that reconnects finds it warm;
 * while Redis is down a topic simply stays not ready; the joiner retries, and
   the streams that wait on it stay open on their heartbeats.
+
+Redis may come back holding less than this process had of a topic, with the
+same epoch and the same incarnation: a replica promoted by Sentinel before it
+had the last writes, a restart from an older append-only file.  Its seqs then
+go on from where *it* stopped, and ids that clients already hold would name
+other events.  So after every reconnect of a pub/sub connection (and when
+another Redis server answers, ``redis_coord``) each followed topic is
+*checked*: the catch-up reads the entry at the topic's position too, and the
+stream must end at or after it and hold the same entry there (replication is
+in order: a server that has this process's newest entry has every one before
+it).  A notification that overlaps what this process has is compared the same
+way.  A topic that fails is *lost*: it gets a new incarnation in Redis (only
+if it still has the old one: other processes may have noticed first), then its
+local subscribers are closed, so every client resumes with ``event: gap``
+(an id of the old incarnation), never with an id reused.  A job's topic, whose
+events carry their own ids (``<job>:<i>``), keeps its subscribers: its owner
+numbers them, and what they had is still theirs.
 """
 
 from __future__ import annotations
@@ -33,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Protocol
 
 from redis.asyncio.connection import AbstractConnection
@@ -93,6 +110,24 @@ class Source(Protocol):
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> Any: ...
 
 
+def held_message(history: TopicHistory, seq: int) -> Message | None:
+    """The message ``seq`` of a local history, if it still holds it."""
+    if history.first_seq <= seq <= history.last_seq:
+        found = history.since(seq - 1, 1, 1 << 62)
+        return found[0] if found else None
+    return None
+
+
+def numbered(entry: FollowedTopic) -> bool:
+    """Whether the broker makes the topic's ids (``<seq>.<incarnation>``: channels,
+    chat, the ticker, the clock), unlike a job's, whose events carry their own."""
+    local = entry.local
+    newest = held_message(local.history, local.history.last_seq)
+    if newest is None:
+        return True
+    return newest.frame.startswith(f"id: {newest.seq}.{local.incarnation}\n".encode())
+
+
 class Follower:
     """The topics this process follows; see the module docstring."""
 
@@ -112,7 +147,12 @@ class Follower:
         self._joiner: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._resyncing: set[FollowedTopic] = set()
+        # Topics whose catch-up also checks that Redis still holds what they had.
+        self._checking: set[FollowedTopic] = set()
         self._resync_task: asyncio.Task[None] | None = None
+        # Gives a lost topic a new incarnation in Redis (``RedisBroker.reincarnate``);
+        # None: its subscribers are only closed.
+        self.reincarnate: Callable[[FollowedTopic], Awaitable[str | None]] | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> Any:
         return self.source.spawn(coro, name)
@@ -253,6 +293,8 @@ class Follower:
     # -- notifications and catching up ------------------------------------------------
 
     def notified(self, entry: FollowedTopic, payload: bytes) -> None:
+        if entry.lost:
+            return  # its subscribers are closed once it has a new incarnation
         try:
             first, incarnation, messages = parse_notification(payload)
         except (ValueError, IndexError, UnicodeDecodeError):
@@ -267,7 +309,7 @@ class Follower:
     def _apply(
         self, entry: FollowedTopic, first: int, incarnation: str, messages: list[Message]
     ) -> None:
-        if not messages:
+        if not messages or entry.lost:
             return
         if incarnation != entry.local.incarnation:
             # The topic was created again (expiry, data loss): its clients resume, with a gap.
@@ -281,6 +323,14 @@ class Follower:
             self.resync([entry])
             return
         last = messages[-1].seq
+        if first <= position:
+            # Some of it this process has (it raced a catch-up): the same entries,
+            # unless Redis lost what this process had and numbered new ones alike.
+            overlap = messages[: position + 1 - first]
+            if not self._agrees(entry, overlap) and self.lost(
+                entry, f"seqs {first}..{overlap[-1].seq} were published again"
+            ):
+                return
         if last <= position:
             # Already had it (it raced a catch-up) or the topic went back to 1.
             if first < position and not entry.verifying:
@@ -293,6 +343,8 @@ class Follower:
         entry.local.add(messages)
 
     def _go_live(self, entry: FollowedTopic) -> None:
+        if entry.lost:
+            return
         held = entry.held or []
         entry.held = None
         for first, incarnation, messages in held:
@@ -303,13 +355,17 @@ class Follower:
             else:
                 self._apply(entry, first, incarnation, messages)
 
-    def resync(self, entries: Iterable[FollowedTopic]) -> None:
-        """Catch these topics up from their streams (after a gap or a reconnect)."""
+    def resync(self, entries: Iterable[FollowedTopic], *, check: bool = False) -> None:
+        """Catch these topics up from their streams (after a gap or a reconnect);
+        ``check``: and check that Redis still holds what they had (see the module
+        docstring)."""
         for entry in entries:
-            if entry.ready.is_set() and self.followed(entry):
+            if entry.ready.is_set() and self.followed(entry) and not entry.lost:
                 if entry.held is None:
                     entry.held = []
                 self._resyncing.add(entry)
+                if check:
+                    self._checking.add(entry)
         if self._resyncing and (self._resync_task is None or self._resync_task.done()):
             self._resync_task = asyncio.create_task(self._resync_forever(), name="redis-resync")
 
@@ -330,6 +386,10 @@ class Follower:
                 self._resyncing.update(e for e in batch if self.followed(e))
                 await backoff.wait()
 
+    def check_all(self) -> None:
+        """Check every followed topic (another Redis server answers: a failover)."""
+        self.resync(list(self.topics.values()), check=True)
+
     async def _catch_up(self, batch: list[FollowedTopic]) -> None:
         if not batch:
             return
@@ -337,29 +397,98 @@ class Follower:
         positions = [entry.position for entry in batch]
         tips = await self.source.tips([entry.key for entry in batch])
         for entry, position, (newest, inc) in zip(batch, positions, tips, strict=True):
-            if not self.followed(entry):
+            if not self.followed(entry) or entry.lost:
                 continue
             incarnation = entry.local.incarnation
-            if newest < position or (inc is not None and inc.lstrip("?") != incarnation):
+            if inc is not None and inc.lstrip("?") != incarnation:
                 log.warning("topic %s was reset in Redis: closing its subscribers", entry.name)
                 self.reset(entry)
                 continue
-            while entry.position < newest:
-                entries = await self.source.read(entry.key, entry.position, newest, PAGE)
-                page = [m for m in messages_of(entries, incarnation) if m.seq > entry.position]
+            if newest < position:
+                if not self.lost(
+                    entry, f"its stream ends at {newest}, this process had {position}"
+                ):
+                    self._checking.discard(entry)
+                    self._go_live(entry)
+                continue
+            # Checked: the entry at the position is read with the rest, and must be the same.
+            check = position > 0 and entry in self._checking
+            after = position - 1 if check else position
+            while after < newest:
+                entries = await self.source.read(entry.key, after, newest, PAGE)
+                page = messages_of(entries, incarnation)
+                if check:
+                    check = False
+                    head = page[0] if page and page[0].seq == position else None
+                    if (head is None or not self._agrees(entry, [head])) and self.lost(
+                        entry, f"its entry {position} is not the one this process had"
+                    ):
+                        break
+                page = [m for m in page if m.seq > entry.position]
                 if not page:
                     break  # trimmed meanwhile: the notifications take over
-                entry.position = page[-1].seq
+                entry.position = after = page[-1].seq
                 entry.local.add(page)
-            self._go_live(entry)
+            if not entry.lost:
+                self._checking.discard(entry)
+                self._go_live(entry)
+
+    @staticmethod
+    def _agrees(entry: FollowedTopic, messages: Iterable[Message]) -> bool:
+        """Whether these messages are the ones this process has at their seqs (those it holds)."""
+        history = entry.local.history
+        for message in messages:
+            had = held_message(history, message.seq)
+            if had is not None and had.frame != message.frame:
+                return False
+        return True
+
+    def lost(self, entry: FollowedTopic, why: str) -> bool:
+        """Redis no longer holds entries this process had of the topic (see the module
+        docstring).  True: the topic is dropped, after a new incarnation; False: it
+        goes on (a job's topic)."""
+        if entry.lost or not self.followed(entry):
+            return True
+        if not numbered(entry):
+            log.warning(
+                "topic %s: Redis lost entries this process had (%s); its events carry "
+                "their own ids: its subscribers go on",
+                entry.name,
+                why,
+            )
+            return False
+        log.warning(
+            "topic %s: Redis lost entries this process had (%s; a failover?): a new "
+            "incarnation, then its subscribers resume with a gap",
+            entry.name,
+            why,
+        )
+        entry.lost = True
+        self._resyncing.discard(entry)
+        self._checking.discard(entry)
+        self.source.spawn(self._lose(entry), "redis-reincarnate")
+        return True
+
+    async def _lose(self, entry: FollowedTopic) -> None:
+        # The new incarnation first: a client that resumes must find it, not the old one.
+        backoff = Backoff(0.05, 2.0)
+        while self.reincarnate is not None and self.followed(entry):
+            try:
+                await self.reincarnate(entry)
+                break
+            except DOWN:
+                await backoff.wait()
+            except Exception:
+                log.exception("topic %s: no new incarnation; closing its subscribers", entry.name)
+                break
+        self.reset(entry)
 
     async def _verify(self, entry: FollowedTopic) -> None:
         try:
             position = entry.position
             newest = await self.source.newest(entry.key)
             if newest < position and self.followed(entry):
-                log.warning("topic %s went back in Redis: closing its subscribers", entry.name)
-                self.reset(entry)
+                self.lost(entry, f"its stream went back to {newest} from {position}")
         except DOWN:
             pass
         finally:
@@ -383,6 +512,7 @@ class Follower:
             del self.topics[entry.name]
         if self._idle.get(entry.name) is entry:
             del self._idle[entry.name]
+        self._checking.discard(entry)
         if entry.shard is not None:
             entry.shard.remove([entry])
         for sub in [*entry.local.subscribers, *entry.waiting]:
@@ -419,4 +549,4 @@ class Follower:
             shard.remove(entries)
 
 
-__all__ = ["DOWN", "FollowedTopic", "Follower", "Source"]
+__all__ = ["DOWN", "FollowedTopic", "Follower", "Source", "held_message", "numbered"]

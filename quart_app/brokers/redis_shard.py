@@ -1,8 +1,10 @@
 """A followed topic, and one pub/sub connection to one Redis node (a shard) carrying topics.
 
-It reconnects with backoff and subscribes again, and its follower catches every
+It reconnects with backoff and subscribes again (behind Sentinel, on the
+primary the sentinels name at that moment), and its follower catches every
 topic up from its stream, so a connected subscriber misses nothing Redis
-accepted.  A watchdog PINGs a silent connection and drops a dead one.
+accepted, and checks that the stream still holds what the topic had.  A
+watchdog PINGs a silent connection and drops a dead one.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class FollowedTopic:
         "idle_since",
         "key",
         "local",
+        "lost",
         "name",
         "position",
         "ready",
@@ -62,6 +65,8 @@ class FollowedTopic:
         # Notifications that arrive while the topic joins or catches up (None: live).
         self.held: list[tuple[int, str, list[Message]]] | None = []
         self.verifying = False
+        # Redis lost entries this process had: being given a new incarnation, then reset.
+        self.lost = False
         self.users = 0
         self.idle_since: float | None = None
         self.shard: Shard | None = None
@@ -83,7 +88,7 @@ class ShardOwner(Protocol):
 
     def moved(self, entry: FollowedTopic) -> None: ...
 
-    def resync(self, entries: Iterable[FollowedTopic]) -> None: ...
+    def resync(self, entries: Iterable[FollowedTopic], *, check: bool = False) -> None: ...
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> Any: ...
 
@@ -187,8 +192,10 @@ class Shard:
                 channels = list(self.channels)
                 if channels:
                     self._send("SSUBSCRIBE", channels)
-                    # What was published while no connection listened is read from the streams.
-                    self.follower.resync(list(self.channels.values()))
+                    # What was published while no connection listened is read from the
+                    # streams; and the server may not be the one before (a failover),
+                    # holding less than this process had: checked too.
+                    self.follower.resync(list(self.channels.values()), check=True)
                 backoff.reset()
                 await self._read(conn)
             except asyncio.CancelledError:
