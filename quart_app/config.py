@@ -103,6 +103,10 @@ class Defaults:
     # Statistics: each process publishes its gauges this often; the stats
     # stream sends one event per interval.
     STATS_INTERVAL_S = 1.0
+    # /healthz's delivery probe: a canary every HEALTH_PROBE_S through the broker
+    # and back; 503 once one has not come back for HEALTH_STALE_S.
+    HEALTH_PROBE_S = 2.0
+    HEALTH_STALE_S = 10.0
     # Stats events a new dashboard gets first (at one per interval).
     STATS_HISTORY = 120
 
@@ -184,6 +188,8 @@ _POSITIVE_FLOAT = (
     "TICKER_INTERVAL_S",
     "CLOCK_INTERVAL_S",
     "STATS_INTERVAL_S",
+    "HEALTH_PROBE_S",
+    "HEALTH_STALE_S",
     "EMFILE_LOG_INTERVAL_S",
     "HISTORY_PRUNE_INTERVAL_S",
 )

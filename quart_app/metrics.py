@@ -53,6 +53,7 @@ from .brokers.base import (
     Subscription,
     make_message,
 )
+from .health import Delivery
 from .jobs import TERMINAL, JobStatus
 from .streams import CLOSE_REASONS, KINDS, Feed
 from .tasks import cancel_and_wait
@@ -71,6 +72,10 @@ TOPICS_SHOWN = 100
 TASK_COUNT_SHARE = 10_000
 
 
+# Topics never listed by name: jobs (their ids are capabilities), the delivery probe's.
+_UNLISTED = frozenset({"job", "health"})
+
+
 def subscriber_gauges(tally: SubscriberTally, shown: int = TOPICS_SHOWN) -> dict[str, int]:
     """Subscribers by topic: the ``shown`` busiest by name, the rest summed per kind
     (``channel:(others)``), and every job topic under ``job``.
@@ -85,11 +90,13 @@ def subscriber_gauges(tally: SubscriberTally, shown: int = TOPICS_SHOWN) -> dict
         if len(gauges) >= shown:
             break
         kind = tally.kind(topic)
-        if kind == "job":
+        if kind in _UNLISTED:
             continue
         gauges[topic] = count
         listed[kind] += count
     for kind, total in tally.kinds.items():
+        if kind == "health":
+            continue  # the delivery probe's own subscription, not a client
         if kind == "job":
             gauges["job"] = total
         elif total > listed[kind]:
@@ -372,9 +379,12 @@ class Stats:
 
 
 class _SnapshotCollector(Collector):
-    def __init__(self, snapshot: dict[str, Any], broker_up: bool) -> None:
+    def __init__(
+        self, snapshot: dict[str, Any], broker_up: bool, delivery: Delivery | None = None
+    ) -> None:
         self.snapshot = snapshot
         self.broker_up = broker_up
+        self.delivery = delivery
 
     def collect(self) -> Iterator[Metric]:
         s = self.snapshot
@@ -423,6 +433,25 @@ class _SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "quart_app_broker_up", "1 if the broker answers.", value=int(self.broker_up)
         )
+        delivery = self.delivery
+        if delivery is not None:
+            # This process's own (the worker that answers), not summed over workers.
+            yield GaugeMetricFamily(
+                "quart_app_delivery_up",
+                "1 if this process's last canary came back through the broker in time.",
+                value=int(delivery.ok),
+            )
+            yield GaugeMetricFamily(
+                "quart_app_delivery_round_trip_seconds",
+                "The last canary's way through the broker and back (publish, follow, fan-out).",
+                value=delivery.round_trip_s if delivery.round_trip_s is not None else math.nan,
+            )
+            yield GaugeMetricFamily(
+                "quart_app_delivery_waiting_seconds",
+                "How long the oldest canary not yet back has waited: how far behind "
+                "following is (0 when none waits).",
+                value=delivery.waiting_s,
+            )
         history = s["history"]
         yield GaugeMetricFamily(
             "quart_app_history_queue_depth",
@@ -440,9 +469,11 @@ class _SnapshotCollector(Collector):
         )
 
 
-def render_prometheus(snapshot: dict[str, Any], *, broker_up: bool) -> bytes:
+def render_prometheus(
+    snapshot: dict[str, Any], *, broker_up: bool, delivery: Delivery | None = None
+) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(snapshot, broker_up))
+    registry.register(_SnapshotCollector(snapshot, broker_up, delivery))
     return generate_latest(registry)
 
 

@@ -17,6 +17,7 @@ from quart import Quart, current_app
 from . import collector, servers
 from .broadcast import Broadcast, local_time, random_number
 from .brokers import Broker, create_broker
+from .health import DeliveryProbe
 from .jobs import JobRegistry
 from .lifecycle import DrainTrigger
 from .streams import StreamHub
@@ -50,6 +51,8 @@ class AppState:
     stats: Any = None
     # Verifies the tokens of private channels (``tokens.TokenVerifier``; None: off).
     tokens: Any = None
+    # Whether this process still delivers (``health.DeliveryProbe``, for /healthz).
+    probe: Any = None
     gc_interval_s: float = 60.0
     # The instance folder (results, journal, secret key, SQLite history).
     instance_path: str = ""
@@ -159,8 +162,12 @@ def init_app(app: Quart) -> AppState:
     clock = Broadcast(
         broker, "clock", local_time, interval_s=config["CLOCK_INTERVAL_S"], buffer=10, backlog=0
     )
+    probe = DeliveryProbe(
+        broker, interval_s=config["HEALTH_PROBE_S"], stale_s=config["HEALTH_STALE_S"]
+    )
     state = AppState(
         config=config,
+        probe=probe,
         instance_path=app.instance_path,
         tokens=verifier_of(config),
         gc_interval_s=config["GC_FULL_INTERVAL_S"],
@@ -169,7 +176,7 @@ def init_app(app: Quart) -> AppState:
         jobs=jobs,
         ticker=ticker,
         clock=clock,
-        services=[ticker, clock],
+        services=[ticker, clock, probe],
         tune_gc=bool(config["GC_TUNE"]),
     )
     app.extensions[EXTENSION] = state
