@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import time
 
 import httpx
@@ -60,4 +61,8 @@ async def test_sigterm_drains_open_streams(server_factory, workers: int | None) 
         assert parser.result.incomplete == ""
     assert len({p.result.retries[-1] for p in results}) > 1  # jittered
     assert drained_in < 10  # hypercorn.toml's graceful_timeout; Granian's kill timeout is 15 s
-    assert server.wait(timeout=15) == 0
+    try:
+        status = server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server did not exit 20 s after its streams drained:\n{server.log()}")
+    assert status == 0, server.log()
