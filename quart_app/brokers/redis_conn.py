@@ -30,7 +30,15 @@ from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import AskError, MovedError, NoScriptError, ReadOnlyError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MasterDownError,
+    MovedError,
+    NoScriptError,
+    ReadOnlyError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -39,7 +47,16 @@ from .base import BrokerUnavailable
 from .redis_cluster import cluster_client, is_cluster_url
 
 # What "Redis is not there" looks like; anything else (e.g. WRONGTYPE) is a bug to surface.
-DOWN = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+# CLUSTERDOWN (a slot not served, a node rejoining) and MASTERDOWN (a replica cut off
+# from its primary) are outages too: a 503, and a job waits them out.
+DOWN = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    ClusterDownError,
+    MasterDownError,
+    OSError,
+)
 # Error replies to a command that did not run (so it may be sent again).
 NOT_RUN = (NoScriptError, MovedError, AskError, TryAgainError)
 
