@@ -119,12 +119,6 @@ DATA_LOSS = ("redis_restart_empty", "redis_failover", "redis_node_restart_empty"
 # xfail test: with --known-ok they are reported but do not fail the run, and only when
 # Redis lost its data while the job ran (anything else is new).
 KNOWN = {
-    "job 404 while a host knows it": "tests/test_campaign_jobs.py::"
-    "test_a_job_is_not_404_on_another_host_after_redis_restarts_empty",
-    "job result not served": "tests/test_campaign_jobs.py::"
-    "test_a_job_is_not_404_on_another_host_after_redis_restarts_empty",
-    "job result differs from what was streamed": "tests/test_campaign_jobs.py::"
-    "test_a_job_result_on_another_host_is_whole_after_redis_restarts_empty",
     "job gap that says nothing was missed": "tests/test_campaign_jobs.py::"
     "test_a_job_resumed_after_redis_restarts_empty_gets_no_backward_gap",
 }

@@ -12,7 +12,7 @@ from quart import Quart
 from quart_schema import tag_blueprint
 
 from . import channels, db, edge, errors, logs, metrics, security, servers, sse, state
-from .blueprints import api, generator, ops, pages, push
+from .blueprints import api, generator, ops, pages, presence_api, publish_api, push
 from .config import ConfigError, default_config, validate
 from .routing import UrlMap
 from .secrets_store import load_or_create_secret
@@ -22,6 +22,10 @@ __all__ = ["create_app", "sse"]
 # Flask-SSE's spelling, ``await sse.publish(data, type=..., channel=...)``: the
 # encoder module carries the publish function that lives with the channels.
 sse.publish = channels.publish
+# /api/v1 routes in modules of their own (POST /api/v1/publish, presence) are part of
+# the /api/v1 blueprint: its envelope, its error handlers.
+api.bp.register_blueprint(publish_api.bp)
+api.bp.register_blueprint(presence_api.bp)
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("quart_app")

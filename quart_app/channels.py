@@ -7,27 +7,43 @@ history and its slot are forgotten ``CHANNEL_TTL_S`` after its last publish,
 on both brokers.
 
 ``publish`` is what Flask-SSE users know as ``sse.publish``.
+
+Publishing can be retried (SPEC §11): a publish with an idempotency key
+(:class:`Once`) takes the key's claim in the broker (``Coordination.claim``),
+publishes and settles the claim with its ids; the same key again within
+``PUBLISH_IDEMPOTENCY_S`` gets those ids and publishes nothing, on every worker
+and host that shares the broker.  A retry that comes while the first is still
+publishing waits for its answer (at most ``CLAIM_WAIT_S``, then ``409``); the
+same key with another request is a ``422`` (the IETF draft
+draft-ietf-httpapi-idempotency-key-header).  A publish that failed settles what
+it did publish, and a retry publishes only the rest.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
 import re
+import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from quart import Quart, current_app, has_app_context
 
 from .brokers import Broker, Overflow
 from .brokers.base import Item, parse_seq
-from .errors import InvalidInput, Overloaded, TooLarge
+from .errors import APIError, InvalidInput, Overloaded, TooLarge
+from .retry import Backoff
 from .state import AppState, get_state
 from .streams import Feed
 
 if TYPE_CHECKING:
     from .db import History
+    from .tokens import Grant
 
 log = logging.getLogger("quart_app.channels")
 
@@ -41,6 +57,22 @@ CHAT_BACKLOG = 50
 MAX_USER_CHARS = 64
 # The capped set of channel names that hold history (one slot each).
 _CHANNELS_KEY = "channels"
+# One publish reaches at most this many channels (POST /api/v1/publish).
+MAX_PUBLISH_CHANNELS = 100
+MAX_IDEMPOTENCY_KEY_CHARS = 64
+IDEMPOTENCY_KEY_RULE = (
+    f"idempotency_key must be a string of 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters"
+)
+# The publish that takes a key's claim holds it this long: if its process dies
+# mid-publish, a retry takes the claim over after it (and publishes what is missing).
+CLAIM_HOLD_S = 10.0
+# A retry that finds its key's first publish still running waits this long for that
+# answer, then gets a 409 (try again).
+CLAIM_WAIT_S = 5.0
+# Who publishes through the broker itself (sse.publish, publisher.Publisher): one scope.
+BROKER_SCOPE = "broker"
+# On an answer repeated for a retried idempotency key (nothing published), as Stripe's.
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def is_channel_name(name: str) -> bool:
@@ -53,6 +85,84 @@ def is_event_type(value: object) -> bool:
 
 def topic_for(name: str) -> str:
     return f"channel:{name}"
+
+
+def is_idempotency_key(value: object) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= MAX_IDEMPOTENCY_KEY_CHARS
+
+
+class IdempotencyKeyReused(APIError):
+    """The key was used for another request: its answer is not this one's."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            422,
+            "this idempotency_key was used for another request (other channels, data or "
+            "event) within PUBLISH_IDEMPOTENCY_S: use a new key for a new publish",
+            field="idempotency_key",
+        )
+
+
+class IdempotencyKeyInFlight(APIError):
+    """The key's first publish is still running: its answer is not known yet."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            409,
+            "a publish with this idempotency_key is still in progress: retry shortly with "
+            "the same key",
+            field="idempotency_key",
+            headers={"Retry-After": "1"},
+        )
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Once:
+    """An idempotency key, in the scope of the publisher that sends it.
+
+    ``scope``: who publishes (a digest of the credential, :func:`scope_of`), so
+    that two publishers never read each other's answers; ``ttl_s``: how long
+    its answer is kept (``PUBLISH_IDEMPOTENCY_S``).
+    """
+
+    key: str
+    scope: str
+    ttl_s: float
+
+    @property
+    def record(self) -> str:
+        """The claim's name in the broker: neither the key nor the credential shows."""
+        return _digest(self.scope, self.key)
+
+
+def scope_of(grant: Grant | None, config: Mapping[str, Any]) -> str:
+    """The scope of a publisher over HTTP: the JWT's ``sub`` (``grant``), or the
+    publish token (``grant`` None), as a digest."""
+    if grant is not None:
+        return _digest("jwt", grant.sub)
+    return _digest("token", str(config.get("PUBLISH_TOKEN") or ""))
+
+
+def once(key: str | None, scope: str, config: Mapping[str, Any]) -> Once | None:
+    """``key`` (None: no idempotency) in ``scope``, kept ``PUBLISH_IDEMPOTENCY_S``."""
+    if key is None:
+        return None
+    if not is_idempotency_key(key):
+        raise ValueError(IDEMPOTENCY_KEY_RULE)
+    return Once(key, scope, float(config["PUBLISH_IDEMPOTENCY_S"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """What a publish did: each channel's event id, and whether it was answered from
+    an earlier publish with the same idempotency key (nothing published now)."""
+
+    ids: dict[str, str]
+    replayed: bool = False
 
 
 async def admit(
@@ -82,26 +192,183 @@ async def publish_on(
     *,
     type: str | None = None,
     channel: str = "sse",
+    once: Once | None = None,
 ) -> str:
     """Publish ``data`` (any JSON value) to ``channel`` through ``broker``; the event's id.
 
     The one publish of the product: the server's (:func:`publish`) and another
     process's (``publisher.Publisher``) both come here, with the same rules.
+    With ``once`` (an idempotency key), see :func:`publish_all_on`.
     """
-    if not is_channel_name(channel):
-        raise ValueError(f"invalid channel name {channel!r}")
+    published = await publish_all_on(broker, config, known, [channel], data, type=type, once=once)
+    return published.ids[channel]
+
+
+async def publish_all_on(
+    broker: Broker,
+    config: Mapping[str, Any],
+    known: dict[str, float],
+    names: Sequence[str],
+    data: Any,
+    *,
+    type: str | None = None,
+    once: Once | None = None,
+) -> Publication:
+    """Publish ``data`` to each channel of ``names`` (1 to MAX_PUBLISH_CHANNELS, none
+    twice): one event each, with its own id.  ``ValueError`` for a bad name, event
+    type or data, with nothing published; every channel's slot is taken before any
+    is published to, so a refused slot (MAX_CHANNELS) publishes nothing either.
+
+    With ``once``, the key's first publish is the only one (see the module's
+    docstring): the same key and request again within its ``ttl_s`` get the
+    first ids (``replayed``), another request with the key
+    :class:`IdempotencyKeyReused`, one while the first is still publishing waits
+    for its answer, at most ``CLAIM_WAIT_S`` (then :class:`IdempotencyKeyInFlight`).
+    """
+    names = list(names)
+    if not 1 <= len(names) <= MAX_PUBLISH_CHANNELS:
+        raise ValueError(f"publish to 1 to {MAX_PUBLISH_CHANNELS} channels, not {len(names)}")
+    for name in names:
+        if not is_channel_name(name):
+            raise ValueError(f"invalid channel name {name!r}")
+    if len(set(names)) < len(names):
+        raise ValueError("a channel is named twice")
     if type is not None and not is_event_type(type):
         raise ValueError(f"invalid event type {type!r}")
     # NaN and Infinity are no JSON: a subscriber's JSON.parse would refuse the frame.
     text = json.dumps(data, ensure_ascii=False, allow_nan=False)
-    await admit(broker, config, known, channel)
-    seq = await broker.publish_many(
-        topic_for(channel),
-        [Item(text, type)],
-        maxlen=config["CHANNEL_HISTORY"],
-        ttl_s=config["CHANNEL_TTL_S"],
+    ids: dict[str, str] = {}
+    if once is None:
+        await _publish_each(broker, config, known, names, Item(text, type), ids)
+        return Publication({name: ids[name] for name in names})
+    return await _publish_once(broker, config, known, names, Item(text, type), once, data)
+
+
+async def _publish_each(
+    broker: Broker,
+    config: Mapping[str, Any],
+    known: dict[str, float],
+    names: Sequence[str],
+    item: Item,
+    ids: dict[str, str],
+) -> None:
+    """Publish ``item`` to each of ``names`` that ``ids`` has no id for yet, noting
+    each id in ``ids`` as it is published; the first failure is raised once every
+    publish has ended."""
+    todo = [name for name in names if name not in ids]
+
+    async def one(name: str) -> None:
+        seq = await broker.publish_many(
+            topic_for(name), [item], maxlen=config["CHANNEL_HISTORY"], ttl_s=config["CHANNEL_TTL_S"]
+        )
+        ids[name] = str(seq)
+
+    if len(todo) == 1:  # the usual publish: no gathering
+        await admit(broker, config, known, todo[0])
+        await one(todo[0])
+        return
+    await _all(admit(broker, config, known, name) for name in todo)
+    await _all(one(name) for name in todo)
+
+
+async def _all(calls: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run ``calls`` concurrently; the first failure once all have ended."""
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+    if failure is not None:
+        raise failure
+
+
+def _fingerprint(names: Sequence[str], item: Item, data: Any) -> str:
+    """What makes two publishes with one key the same request: the channels (in any
+    order), the event type and the data (a JSON object's members in any order)."""
+    try:
+        request = [sorted(names), item.event, data]
+        canonical = json.dumps(request, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    except TypeError:  # keys of several types (``{1: ..., "a": ...}``): as JSON has them
+        request = [sorted(names), item.event, json.loads(item.data)]
+        canonical = json.dumps(request, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# Publishes that took a claim run in tasks of their own (shielded from the request's
+# cancellation: a client that gave up still gets its answer settled for its retry).
+_SETTLING: set[asyncio.Task[Publication]] = set()
+
+
+def _settled(task: asyncio.Task[Publication]) -> None:
+    _SETTLING.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: the request (if still there) got it
+
+
+async def _publish_once(
+    broker: Broker,
+    config: Mapping[str, Any],
+    known: dict[str, float],
+    names: list[str],
+    item: Item,
+    once: Once,
+    data: Any,
+) -> Publication:
+    fingerprint = _fingerprint(names, item, data)
+    holder = secrets.token_hex(8)
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    backoff = Backoff(0.005, 0.1)
+    while True:
+        claim = await broker.claim(once.record, holder, fingerprint, CLAIM_HOLD_S, once.ttl_s)
+        if claim.fingerprint != fingerprint:
+            raise IdempotencyKeyReused()
+        if claim.won:
+            break
+        if claim.done:
+            first = json.loads(claim.answer)
+            return Publication({name: first[name] for name in names}, replayed=True)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise IdempotencyKeyInFlight()
+        await asyncio.sleep(min(backoff.delay(), left))
+    # Won: from what an earlier try of this key published (if it failed half-way).
+    ids: dict[str, str] = json.loads(claim.answer) if claim.answer else {}
+    task = asyncio.ensure_future(
+        _publish_and_settle(broker, config, known, names, item, once, holder, ids)
     )
-    return str(seq)
+    _SETTLING.add(task)
+    task.add_done_callback(_settled)
+    return await asyncio.shield(task)
+
+
+async def _publish_and_settle(
+    broker: Broker,
+    config: Mapping[str, Any],
+    known: dict[str, float],
+    names: list[str],
+    item: Item,
+    once: Once,
+    holder: str,
+    ids: dict[str, str],
+) -> Publication:
+    try:
+        await _publish_each(broker, config, known, names, item, ids)
+    except BaseException:
+        # What was published stays published, and noted: a retry publishes the rest.
+        try:
+            await broker.settle(once.record, holder, json.dumps(ids), done=False, ttl_s=once.ttl_s)
+        except Exception as error:
+            log.warning("idempotent publish: the partial answer was not kept (%s)", error)
+        raise
+    try:
+        if not await broker.settle(
+            once.record, holder, json.dumps(ids), done=True, ttl_s=once.ttl_s
+        ):
+            log.warning(
+                "idempotent publish: held its key longer than %.0f s; a retry may have "
+                "published again",
+                CLAIM_HOLD_S,
+            )
+    except Exception as error:  # published: the caller gets its ids all the same
+        log.warning("idempotent publish: the answer was not kept (%s)", error)
+    return Publication({name: ids[name] for name in names})
 
 
 NOT_SERVING = (
@@ -111,19 +378,50 @@ NOT_SERVING = (
 )
 
 
-async def publish(data: Any, *, type: str | None = None, channel: str = "sse") -> str:
-    """Publish ``data`` (any JSON value) to ``channel``; returns the event's id.
-
-    Usable from any coroutine running in the serving app's context, as
-    Flask-SSE's ``sse.publish(data, type=..., channel=...)``.
-    """
+def _serving() -> AppState:
     if not has_app_context():
         raise RuntimeError(NOT_SERVING)
     state = get_state()
     if not state.serving:
         raise RuntimeError(NOT_SERVING)
+    return state
+
+
+async def publish(
+    data: Any,
+    *,
+    type: str | None = None,
+    channel: str = "sse",
+    idempotency_key: str | None = None,
+) -> str:
+    """Publish ``data`` (any JSON value) to ``channel``; returns the event's id.
+
+    Usable from any coroutine running in the serving app's context, as
+    Flask-SSE's ``sse.publish(data, type=..., channel=...)``.  With
+    ``idempotency_key``, the same key again within PUBLISH_IDEMPOTENCY_S returns
+    the first id and publishes nothing (the key's scope: code that publishes
+    through the broker, as ``publisher.Publisher`` does).
+    """
+    state = _serving()
+    config = current_app.config
     return await publish_on(
-        state.broker, current_app.config, state.known_channels, data, type=type, channel=channel
+        state.broker,
+        config,
+        state.known_channels,
+        data,
+        type=type,
+        channel=channel,
+        once=once(idempotency_key, BROKER_SCOPE, config),
+    )
+
+
+async def publish_all(
+    names: Sequence[str], data: Any, *, type: str | None = None, once: Once | None = None
+) -> Publication:
+    """:func:`publish_all_on` through the serving app's broker."""
+    state = _serving()
+    return await publish_all_on(
+        state.broker, current_app.config, state.known_channels, names, data, type=type, once=once
     )
 
 
@@ -135,10 +433,25 @@ def resume_after(last_event_id: str | None) -> int | None:
     return None if last_event_id is None else parse_seq(last_event_id)
 
 
-def feed(name: str, after: int | None, *, kind: str = "channel", backlog: int = 0) -> Feed:
-    """What a subscriber of channel ``name`` reads (no slot is taken)."""
+def feed(
+    name: str,
+    after: int | None,
+    *,
+    kind: str = "channel",
+    backlog: int = 0,
+    member: str | None = None,
+    info: Mapping[str, Any] | None = None,
+    members_first: bool = False,
+) -> Feed:
+    """What a subscriber of channel ``name`` reads (no slot is taken).
+
+    With ``member``, the stream is a presence connection of that member (with
+    ``info``): it counts while open and hears ``join`` and ``leave``
+    (``presence.PresenceService.attend``; ``members_first``: the members first).
+    """
     config = current_app.config
-    subscription = get_state().broker.subscribe(
+    state = get_state()
+    subscription = state.broker.subscribe(
         topic_for(name),
         after=after,
         backlog=backlog,
@@ -146,20 +459,100 @@ def feed(name: str, after: int | None, *, kind: str = "channel", backlog: int = 
         overflow=Overflow.DISCONNECT,
         maxlen=config["CHANNEL_HISTORY"],
     )
-    return Feed(subscription, kind=kind)
+    result = Feed(subscription, kind=kind)
+    if member is not None:
+        state.presence.attend(result, topic_for(name), member, info, members_first=members_first)
+    return result
 
 
-def check_publish_body(body: dict[str, Any]) -> tuple[Any, str | None]:
-    """``{"data": ..., "event"?: ...}`` -> (data, event); InvalidInput otherwise."""
+@dataclass(frozen=True, slots=True)
+class PublishRequest:
+    """A checked publish body: the channels, the data, the event type, the idempotency key."""
+
+    channels: tuple[str, ...]
+    data: Any
+    event: str | None = None
+    key: str | None = None
+
+
+_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
+
+
+def idempotency_key_header(value: str | None) -> str | None:
+    """The ``Idempotency-Key`` header's key: a structured-field string (``"..."``, as
+    the IETF draft writes it) or the bare value (as Stripe's clients send it)."""
+    if value is None:
+        return None
+    value = value.strip(" \t")
+    quoted = _SF_STRING.fullmatch(value)
+    if quoted is not None:
+        value = re.sub(r"\\(.)", r"\1", quoted.group(1))
+    elif value.startswith('"'):
+        raise InvalidInput(
+            "the Idempotency-Key header is not a valid quoted string", field="Idempotency-Key"
+        )
+    if not is_idempotency_key(value):
+        raise InvalidInput(IDEMPOTENCY_KEY_RULE, field="Idempotency-Key")
+    return value
+
+
+def check_publish_body(
+    body: dict[str, Any], *, channel: str | None = None, header_key: str | None = None
+) -> PublishRequest:
+    """A publish's JSON body; :class:`InvalidInput` (400) for anything else.
+
+    For ``channel`` (``POST /channels/<name>``): ``{"data", "event"?,
+    "idempotency_key"?}``; without it (``POST /api/v1/publish``) the body names
+    its ``"channels"`` too: 1 to MAX_PUBLISH_CHANNELS names, none twice.
+    ``header_key``: the request's ``Idempotency-Key`` header, if any (it and the
+    body's member, when both are sent, must be the same key).
+    """
+    known = {"data", "event", "idempotency_key"}
+    if channel is None:
+        known.add("channels")
+        names = _check_channels(body.get("channels"))
+    else:
+        names = (channel,)
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise InvalidInput(f"unknown member: {unknown[0]}", field=unknown[0])
     if "data" not in body:
         raise InvalidInput('the body needs a "data" member', field="data")
     event = body.get("event")
     if event is not None and not is_event_type(event):
         raise InvalidInput(EVENT_TYPE_RULE, field="event")
-    unknown = sorted(set(body) - {"data", "event"})
-    if unknown:
-        raise InvalidInput(f"unknown member: {unknown[0]}", field=unknown[0])
-    return body["data"], event
+    key = body.get("idempotency_key")
+    if key is not None and not is_idempotency_key(key):
+        raise InvalidInput(IDEMPOTENCY_KEY_RULE, field="idempotency_key")
+    if header_key is not None:
+        if key is not None and key != header_key:
+            raise InvalidInput(
+                "the Idempotency-Key header and the body's idempotency_key differ: send one key",
+                field="idempotency_key",
+            )
+        key = header_key
+    return PublishRequest(names, body["data"], event, key)
+
+
+def _check_channels(names: object) -> tuple[str, ...]:
+    if names is None:
+        raise InvalidInput('the body needs a "channels" member: a list of names', field="channels")
+    if not isinstance(names, list) or not names:
+        raise InvalidInput("channels must be a list of 1 or more channel names", field="channels")
+    if len(names) > MAX_PUBLISH_CHANNELS:
+        raise InvalidInput(
+            f"channels has {len(names)} names: at most {MAX_PUBLISH_CHANNELS} in one publish",
+            field="channels",
+        )
+    for name in names:
+        if not isinstance(name, str) or not is_channel_name(name):
+            raise InvalidInput(f"channels: {CHANNEL_RULE}", field="channels")
+    if len(set(names)) < len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise InvalidInput(
+            f"channels names {twice!r} twice: one event per channel", field="channels"
+        )
+    return tuple(names)
 
 
 # -- chat ------------------------------------------------------------------------------
@@ -189,8 +582,12 @@ async def post_chat(message: object, user: str) -> dict[str, Any]:
     return accepted
 
 
-def chat_feed(after: int | None) -> Feed:
-    return feed(CHAT_CHANNEL, after, kind="chat", backlog=CHAT_BACKLOG)
+def chat_feed(after: int | None, member: str | None = None) -> Feed:
+    """The chat stream; with ``member`` (the visitor's name), a presence connection
+    that starts with ``event: members`` and hears ``join`` and ``leave``."""
+    return feed(
+        CHAT_CHANNEL, after, kind="chat", backlog=CHAT_BACKLOG, member=member, members_first=True
+    )
 
 
 async def restore_chat(

@@ -17,7 +17,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def publish_command(argv: Sequence[str]) -> int:
-    """``python -m quart_app publish CHANNEL JSON [--event TYPE] [--url BASE_URL]``.
+    """``python -m quart_app publish CHANNEL JSON [--event TYPE] [--idempotency-key KEY]
+    [--url BASE_URL]``.
 
     Prints the event's id and exits 0; otherwise one line on stderr, status 1
     (the publish failed) or 2 (the command or a setting is wrong).
@@ -37,6 +38,13 @@ def publish_command(argv: Sequence[str]) -> int:
     parser.add_argument("channel")
     parser.add_argument("data", metavar="JSON", help="the event's data, any JSON value")
     parser.add_argument("--event", default=None, help="the event type (default: message)")
+    parser.add_argument(
+        "--idempotency-key",
+        default=None,
+        metavar="KEY",
+        help="1-64 characters: the same key again within the server's "
+        "PUBLISH_IDEMPOTENCY_S prints the first id and publishes nothing (safe retries)",
+    )
     parser.add_argument("--url", default=None, help="the server's base URL (over HTTP)")
     options = parser.parse_args(list(argv))
     try:
@@ -44,13 +52,16 @@ def publish_command(argv: Sequence[str]) -> int:
     except ValueError as error:
         print(f"quart_app publish: JSON is not valid JSON ({error})", file=sys.stderr)
         return 2
+    key = options.idempotency_key
     try:
         if options.url is not None:
             event_id = HTTPPublisher(options.url).publish_sync(
-                data, type=options.event, channel=options.channel
+                data, type=options.event, channel=options.channel, idempotency_key=key
             )
         else:
-            event_id = publish(data, type=options.event, channel=options.channel)
+            event_id = publish(
+                data, type=options.event, channel=options.channel, idempotency_key=key
+            )
     except ConfigError as error:
         print(error.line("quart_app publish"), file=sys.stderr)
         return 2

@@ -98,6 +98,9 @@ class Defaults:
     MAX_CHANNELS = 10_000
     MAX_MESSAGE_BYTES = 65536
     MAX_CHAT_CHARS = 2000
+    # A publish with an idempotency key is answered again, not published again, when
+    # the same key comes back within this many seconds (SPEC §11).
+    PUBLISH_IDEMPOTENCY_S = 300.0
     CORS_ORIGINS = ""
 
     # Statistics: each process publishes its gauges this often; the stats
@@ -184,6 +187,7 @@ _POSITIVE_FLOAT = (
     "JOB_TTL_S",
     "JOB_LIMIT_LEASE_S",
     "CHANNEL_TTL_S",
+    "PUBLISH_IDEMPOTENCY_S",
     "GC_FULL_INTERVAL_S",
     "TICKER_INTERVAL_S",
     "CLOCK_INTERVAL_S",

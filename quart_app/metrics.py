@@ -9,14 +9,16 @@ Two kinds of numbers, kept differently so that they add up across workers:
   broker's counter plus what this process has not flushed yet, so this
   process's own numbers are exact at once and another worker's are at most
   one interval late.  With Redis the totals live as long as Redis does.
-* **Gauges** (open streams by kind, running jobs, subscribers per topic) are
-  true of one process only.  Each process publishes its own, with a
+* **Gauges** (open streams by kind, running jobs, subscribers per topic,
+  presence connections) are true of one process only.  Each process publishes its own, with a
   timestamp, every interval (``set_record("stats:workers:<minute>", ...)``);
   a total sums this process's live values and the other workers' fresh
   snapshots (newer than three intervals).  A stopped worker drops out at
   once (it publishes an empty snapshot when it stops) or, if it was killed,
   after three intervals.  Keys rotate every minute so entries of dead
-  workers expire with them.
+  workers expire with them.  Each worker also reports the members and
+  connections (in every process: read from the broker) of its busiest presence
+  channels; the dashboard lists the busiest of them all.
 
 ``/metrics`` renders the same totals in Prometheus' text format through a
 collector of its own registry, not prometheus_client's multiprocess mode:
@@ -68,6 +70,8 @@ JOB_STATUSES = tuple(status.value for status in JobStatus if status in TERMINAL)
 _BUCKET_S = 60
 # Topics listed by name in the subscriber gauges; the others are summed by kind.
 TOPICS_SHOWN = 100
+# Presence channels the dashboard lists (the busiest, by members).
+PRESENCE_SHOWN = 10
 # Counting the tasks takes at most 1 / TASK_COUNT_SHARE of the time (0.01%).
 TASK_COUNT_SHARE = 10_000
 
@@ -102,6 +106,31 @@ def subscriber_gauges(tally: SubscriberTally, shown: int = TOPICS_SHOWN) -> dict
         elif total > listed[kind]:
             gauges[f"{kind}:(others)" if kind else "(others)"] = total - listed[kind]
     return gauges
+
+
+def presence_totals(workers: list[dict[str, Any]], shown: int = PRESENCE_SHOWN) -> dict[str, Any]:
+    """Presence over every worker: its connections (each worker counts its own), the
+    members of the presence channels the workers report (each reports the counts of its
+    busiest ones, the same everywhere) and the ``shown`` busiest, by members."""
+    connections = 0
+    channels: dict[str, tuple[int, int]] = {}
+    for gauges in workers:
+        presence = gauges.get("presence")
+        if not isinstance(presence, dict):
+            continue
+        connections += int(presence.get("connections", 0))
+        for topic, counts in (presence.get("channels") or {}).items():
+            members, conns = counts
+            channels[str(topic)] = (int(members), int(conns))
+    busiest = sorted(channels.items(), key=lambda item: (-item[1][0], -item[1][1], item[0]))
+    return {
+        "connections": connections,
+        "members": sum(members for members, _ in channels.values()),
+        "channels": [
+            {"channel": topic.removeprefix("channel:"), "members": members, "connections": conns}
+            for topic, (members, conns) in busiest[:shown]
+        ],
+    }
 
 
 class Stats:
@@ -186,6 +215,21 @@ class Stats:
             self._tasks_due = now + max(10 * self.interval_s, spent * TASK_COUNT_SHARE)
         return self._tasks
 
+    async def presence_gauges(self) -> dict[str, Any]:
+        """This process's presence connections, and the members and connections (in
+        every process) of its busiest presence topics: ``{topic: [members, conns]}``."""
+        presence = self.state.presence
+        if presence is None:
+            return {"connections": 0, "channels": {}}
+        try:
+            busiest = await presence.busiest()
+        except BrokerUnavailable:
+            busiest = []
+        return {
+            "connections": presence.connections(),
+            "channels": {topic: [members, conns] for topic, members, conns in busiest},
+        }
+
     def local_gauges(self) -> dict[str, Any]:
         state = self.state
         open_streams = state.hub.counts()
@@ -248,7 +292,9 @@ class Stats:
             shared = await self.broker.counters()
             for key, value in self.local_counters().items():
                 shared[key] = shared.get(key, 0) + value - self._flushed.get(key, 0)
-        workers = [local or self.local_gauges(), *await self._other_workers()]
+        if local is None:
+            local = {**self.local_gauges(), "presence": await self.presence_gauges()}
+        workers = [local, *await self._other_workers()]
         open_streams: Counter[str] = Counter(dict.fromkeys((*KINDS, STREAM_KIND), 0))
         subscribers: Counter[str] = Counter()
         for gauges in workers:
@@ -267,6 +313,7 @@ class Stats:
         history = self.state.history
         return {
             "time": time.time(),
+            "presence": presence_totals(workers),
             "workers": len(workers),
             "open_streams": dict(open_streams),
             "open_streams_total": sum(open_streams.values()),
@@ -344,6 +391,7 @@ class Stats:
             try:
                 await self.flush()
                 gauges = self.local_gauges()
+                gauges["presence"] = await self.presence_gauges()
                 await self._publish_gauges(gauges)
                 # Sampled even when nobody watches, so that "jobs in the last
                 # minute" is right from a dashboard's first event.
@@ -466,6 +514,19 @@ class _SnapshotCollector(Collector):
         yield records
         yield GaugeMetricFamily(
             "quart_app_workers", "Worker processes reporting.", value=s["workers"]
+        )
+        presence = s["presence"]
+        yield GaugeMetricFamily(
+            "quart_app_presence_members",
+            "Members of presence channels and of the chat, each once per channel however "
+            "many connections (summed over the busiest channels of each worker).",
+            value=presence["members"],
+        )
+        yield GaugeMetricFamily(
+            "quart_app_presence_connections",
+            "Open presence connections (subscriptions of presence channels, and chat "
+            "streams with presence), in every worker.",
+            value=presence["connections"],
         )
 
 

@@ -20,6 +20,7 @@ from .brokers import Broker, create_broker
 from .health import DeliveryProbe
 from .jobs import JobRegistry
 from .lifecycle import DrainTrigger
+from .presence import PresenceService
 from .streams import StreamHub
 from .tokens import verifier_of
 
@@ -53,6 +54,8 @@ class AppState:
     tokens: Any = None
     # Whether this process still delivers (``health.DeliveryProbe``, for /healthz).
     probe: Any = None
+    # Who is connected to presence channels and the chat (``presence.PresenceService``).
+    presence: Any = None
     gc_interval_s: float = 60.0
     # The instance folder (results, journal, secret key, SQLite history).
     instance_path: str = ""
@@ -165,9 +168,11 @@ def init_app(app: Quart) -> AppState:
     probe = DeliveryProbe(
         broker, interval_s=config["HEALTH_PROBE_S"], stale_s=config["HEALTH_STALE_S"]
     )
+    presence = PresenceService(broker)
     state = AppState(
         config=config,
         probe=probe,
+        presence=presence,
         instance_path=app.instance_path,
         tokens=verifier_of(config),
         gc_interval_s=config["GC_FULL_INTERVAL_S"],
@@ -176,7 +181,7 @@ def init_app(app: Quart) -> AppState:
         jobs=jobs,
         ticker=ticker,
         clock=clock,
-        services=[ticker, clock, probe],
+        services=[ticker, clock, probe, presence],
         tune_gc=bool(config["GC_TUNE"]),
     )
     app.extensions[EXTENSION] = state

@@ -200,6 +200,7 @@ class StreamHub:
                     head.append(encode(json.dumps(gap), event="gap"))
                 pending: bytes | None = b"".join(head)
                 max_bytes = self.max_chunk_bytes
+                loop = asyncio.get_running_loop()
                 while True:
                     if sub.reason is _OVERFLOW:
                         # Behind past its bound: end now; the client resumes from history.
@@ -227,7 +228,9 @@ class StreamHub:
                             # watcher's whole backlog would be encoded and thrown
                             # away before its cancellation could land.
                             await asyncio.sleep(0)
-                        continue
+                            continue
+                        # Nothing left to take (the loop's top would take nothing):
+                        # on to closing or waiting.
                     if pending is not None:
                         yield pending
                         pending = None
@@ -244,7 +247,19 @@ class StreamHub:
                         sub.last_sent = time.monotonic()
                         yield KEEP_ALIVE
                         continue
-                    await sub.wait()
+                    if sub.source is None and type(sub) is Subscription:
+                        # Subscription.wait inlined for a live subscription, whose
+                        # other checks were just made (nothing to page, nothing
+                        # pending, not closed, no heartbeat due): one coroutine less
+                        # on every wake of every stream.
+                        waiter = loop.create_future()
+                        sub._waiter = waiter
+                        try:
+                            await waiter
+                        finally:
+                            sub._waiter = None
+                    else:
+                        await sub.wait()
             finally:
                 self.open.discard(sub)
                 self.by_kind[kind] -= 1

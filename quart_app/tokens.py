@@ -74,6 +74,14 @@ def _patterns(claim: Any, name: str) -> tuple[str, ...]:
     return tuple(p for p in claim if p != "*")  # "*" alone grants nothing
 
 
+def _unicode(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _matches(patterns: Sequence[str], channel: str) -> bool:
     for pattern in patterns:
         if pattern.endswith("*"):
@@ -210,6 +218,8 @@ class TokenVerifier:
 
     def _grant(self, claims: Mapping[str, Any]) -> Grant:
         sub = claims.get("sub")
+        if isinstance(sub, str) and not _unicode(sub):
+            raise TokenError(401, "the token's sub is not valid Unicode")
         if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_CHARS:
             raise TokenError(
                 401, f"the token's sub must be a string of 1 to {MAX_SUB_CHARS} characters"
@@ -221,7 +231,10 @@ class TokenVerifier:
         if info is not None:
             if not isinstance(info, Mapping):
                 raise TokenError(401, "the token's info claim must be an object")
-            size = len(json.dumps(info, separators=(",", ":"), ensure_ascii=False).encode())
+            try:
+                size = len(json.dumps(info, separators=(",", ":"), ensure_ascii=False).encode())
+            except UnicodeEncodeError:  # a lone surrogate: no text another client could read
+                raise TokenError(401, "the token's info is not valid Unicode") from None
             if size > MAX_INFO_BYTES:
                 raise TokenError(401, f"the token's info is larger than {MAX_INFO_BYTES} bytes")
         exp = claims.get("exp")

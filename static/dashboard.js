@@ -109,6 +109,7 @@ function showNow(stats) {
   setLatest('streams', `${integer.format(stats.open_streams_total)}${kinds.length ? ` (${kinds.join(', ')})` : ''}`);
   setLatest('jobs', `${integer.format(stats.jobs_per_min)} finished in the last minute, ${integer.format(stats.running_jobs)} running`);
   showSubscribers(stats.subscribers);
+  if (stats.presence) showPresence(stats.presence);
 }
 
 function setLatest(name, text) {
@@ -129,6 +130,22 @@ function showSubscribers(subscribers) {
       ? rows.map(([name, count]) => row([cell(name), cell(integer.format(count), 'num')]))
       : [row([cell('None', 'empty', 2)])]),
   );
+}
+
+let shownPresence = '';
+
+// The busiest presence channels (and the chat): members each once, connections.
+function showPresence(presence) {
+  const key = JSON.stringify(presence);
+  if (key === shownPresence) return;
+  shownPresence = key;
+  for (const item of document.querySelectorAll('[data-presence]')) {
+    item.textContent = integer.format(presence[item.dataset.presence] ?? 0);
+  }
+  const rows = presence.channels.map((channel) =>
+    row([cell(channel.channel), cell(integer.format(channel.members), 'num'), cell(integer.format(channel.connections), 'num')]),
+  );
+  $('presence-channels').replaceChildren(...(rows.length ? rows : [row([cell('None', 'empty', 3)])]));
 }
 
 function cell(content, className = '', colspan = 1) {

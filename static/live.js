@@ -100,6 +100,49 @@ function setClock(text) {
   clock.title = String(text);
 }
 
+// -- who is here ---------------------------------------------------------------
+
+// The people in the chat, each once however many tabs: `members` (the whole
+// list, first on every connection), then `join` and `leave` as they come.
+const here = new Set();
+const hereList = $('here');
+let ownName = $('chat-user').value;
+
+function showHere() {
+  const names = [...here].sort((a, b) => a.localeCompare(b));
+  const items = names.map((name) => {
+    const item = document.createElement('li');
+    // Text, never markup: names are whatever people type.
+    item.textContent = name;
+    if (name === ownName) item.dataset.self = '';
+    return item;
+  });
+  hereList.replaceChildren(...items);
+  $('here-count').textContent = String(names.length);
+}
+
+function setMembers({ members }) {
+  here.clear();
+  for (const member of members) here.add(String(member.id));
+  showHere();
+}
+
+function joined({ id }) {
+  here.add(String(id));
+  showHere();
+}
+
+function left({ id }) {
+  here.delete(String(id));
+  showHere();
+}
+
+// What a tab that opens later starts from (the leading tab's list).
+function hereSnapshot() {
+  const members = [...here].map((id) => ({ id, info: null }));
+  return { type: 'members', data: JSON.stringify({ count: members.length, members }) };
+}
+
 // -- chat --------------------------------------------------------------------
 
 const messages = $('messages');
@@ -151,6 +194,13 @@ async function send(event) {
     if (response.ok) {
       showError('');
       messageField.value = '';
+      const name = (await response.json().catch(() => null))?.user;
+      if (typeof name === 'string' && name !== ownName) {
+        // Another name in the session: the chat stream counts this visitor again,
+        // under the new one.
+        ownName = name;
+        streams.chat.reconnect();
+      }
     } else {
       let reason = `${response.status} ${response.statusText}`.trim();
       try {
@@ -193,9 +243,22 @@ open('numbers', urls.numbersUrl, { events: ['newnumber'], replay: CHART_POINTS }
   .addEventListener('newnumber', (e) => addNumber(JSON.parse(e.data)));
 open('clock', urls.clockUrl, { replay: 1 })
   .addEventListener('message', (e) => setClock(e.data));
-open('chat', urls.chatUrl, { replay: 50 })
-  .addEventListener('message', (e) => addMessage(JSON.parse(e.data)));
+const chat = open('chat', urls.chatUrl, {
+  events: ['message', 'members', 'join', 'leave'],
+  replay: 50,
+  snapshot: hereSnapshot,
+});
+chat.addEventListener('message', (e) => addMessage(JSON.parse(e.data)));
+chat.addEventListener('members', (e) => setMembers(JSON.parse(e.data)));
+chat.addEventListener('join', (e) => joined(JSON.parse(e.data)));
+chat.addEventListener('leave', (e) => left(JSON.parse(e.data)));
 renderStatus();
 
 // For the console and for tests: the streams and the chart's own state.
-window.live = { streams, chart, maxStep, points: () => ({ x: xs.slice(), y: ys.slice() }) };
+window.live = {
+  streams,
+  chart,
+  maxStep,
+  points: () => ({ x: xs.slice(), y: ys.slice() }),
+  here: () => [...here].sort(),
+};

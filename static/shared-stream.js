@@ -22,6 +22,11 @@
  * hand-over; a `gap` event (the server could not resume exactly) resets that
  * bookkeeping, since ids may start again after a server restart.
  *
+ * Events without an id (live-only ones, such as presence's `join` and `leave`)
+ * are relayed but not kept for late tabs: what those need instead is the state
+ * they build, which the `snapshot` option gives (an event the leader makes
+ * from its own state, sent to a late tab before the events it keeps).
+ *
  * Listeners get MessageEvents with `data` and `lastEventId`. `state` is
  * 'connecting' (never open yet), 'open', 'reconnecting' (was open, is not
  * now) or 'closed' (after close()); `role` is 'leader', 'follower' or 'solo'
@@ -42,14 +47,18 @@ export class SharedEventSource extends EventTarget {
    * @param {(status: {state: string, role: string}) => void} [options.onStatus]
    * @param {number} [options.maxRetryMs=30000]  cap of the back-off used when
    *   the browser gives up on the stream (an HTTP error, e.g. 503 in a restart)
+   * @param {() => ({type: string, data: string} | null)} [options.snapshot]
+   *   in the leading tab: an event that sums up the id-less events so far, for a
+   *   tab that joins later (it gets it first)
    */
-  constructor(url, { events = ['message'], replay = 50, onStatus = null, maxRetryMs = 30000 } = {}) {
+  constructor(url, { events = ['message'], replay = 50, onStatus = null, maxRetryMs = 30000, snapshot = null } = {}) {
     super();
     this.url = url;
     this._types = [...new Set([...events, 'gap'])];
     this._replaySize = Math.max(0, replay);
     this._onStatus = onStatus;
     this._maxRetryMs = maxRetryMs;
+    this._snapshot = snapshot;
 
     this._state = 'connecting';
     this._role = 'follower';
@@ -106,6 +115,25 @@ export class SharedEventSource extends EventTarget {
   /** The id of the last event delivered to this tab ('' if none yet). */
   get lastEventId() {
     return this._lastEventId;
+  }
+
+  /**
+   * Open the stream again (after what changes who the server sees: a new name
+   * in the session), resuming after the last event: the leading tab does it,
+   * whichever tab asks.
+   */
+  reconnect() {
+    if (this._closed) return;
+    if (this._role === 'follower') this._post({ kind: 'reconnect' });
+    else if (this._es || this._retryTimer) this._restart();
+  }
+
+  _restart() {
+    clearTimeout(this._retryTimer);
+    this._retryTimer = 0;
+    if (this._es) this._es.close();
+    this._es = null;
+    this._open();
   }
 
   /** Stop listening; a leader gives the lock (and the stream) to another tab. */
@@ -190,6 +218,7 @@ export class SharedEventSource extends EventTarget {
           this._post({
             kind: 'replay',
             to: message.from,
+            snapshot: this._snapshot ? this._snapshot() : null,
             events: this._buffer,
             state: this._state,
           });
@@ -198,6 +227,7 @@ export class SharedEventSource extends EventTarget {
       case 'replay':
         if (message.to !== this._tab || this._role !== 'follower') break;
         clearTimeout(this._helloTimer);
+        if (message.snapshot) this._deliver({ ...message.snapshot, id: null });
         for (const event of message.events) this._deliver(event);
         this._flushPending();
         this._followState(message.state);
@@ -214,6 +244,9 @@ export class SharedEventSource extends EventTarget {
         break;
       case 'status':
         if (this._role === 'follower') this._followState(message.state);
+        break;
+      case 'reconnect':
+        if (this._role === 'leader') this._restart();
         break;
       default:
         break;

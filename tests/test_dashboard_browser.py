@@ -254,3 +254,67 @@ async def test_the_job_history_is_readable_on_a_phone(
     width = await region.evaluate("(el) => ({scroll: el.scrollWidth, client: el.clientWidth})")
     assert width["scroll"] <= width["client"] + 1, width
     assert errors == []
+
+
+async def test_dashboard_shows_the_busiest_presence_channels(
+    server_factory: Any, browser: BrowserContext
+) -> None:
+    import jwt
+
+    secret = "jwt-secret-for-the-dashboard-0123456789-abc"
+    env = {f"QUART_{k}": str(v) for k, v in FAST.items()}
+    env |= {"QUART_STATS_INTERVAL_S": "0.2", "QUART_JWT_KEY": secret}
+    server = server_factory(env)
+
+    def token(sub: str) -> dict[str, str]:
+        claims = {"sub": sub, "channels": {"subscribe": ["presence-*"]}}
+        return {"Authorization": f"Bearer {jwt.encode(claims, secret, algorithm='HS256')}"}
+
+    async with httpx.AsyncClient(
+        base_url=server.url, timeout=httpx.Timeout(10, read=None)
+    ) as client:
+        opened: list[asyncio.Event] = []
+
+        async def listen(path: str, headers: dict[str, str]) -> None:
+            async with client.stream("GET", path, headers=headers) as response:
+                assert response.status_code == 200
+                opened[-1].set()
+                async for _ in response.aiter_bytes():
+                    pass
+
+        streams = []
+        for path, who in [
+            ("/channels/presence-lobby/events", "alice"),
+            ("/channels/presence-lobby/events", "alice"),
+            ("/channels/presence-lobby/events", "bob"),
+            ("/channels/presence-side/events", "carol"),
+        ]:
+            opened.append(asyncio.Event())
+            streams.append(asyncio.create_task(listen(path, token(who))))
+            await asyncio.wait_for(opened[-1].wait(), 10)
+        try:
+            page, errors, _ = await open_page(browser, server.url, "/dashboard")
+            rows = page.locator("#presence-channels tr")
+            await expect(rows).to_have_count(2)
+            await expect(rows.nth(0).locator("td")).to_have_text(["presence-lobby", "2", "3"])
+            await expect(rows.nth(1).locator("td")).to_have_text(["presence-side", "1", "1"])
+            await expect(page.locator('[data-presence="members"]')).to_have_text("3")
+            await expect(page.locator('[data-presence="connections"]')).to_have_text("4")
+
+            # /metrics: the totals only, no label per channel or per member.
+            text = (await client.get("/metrics")).text
+            lines = [line for line in text.splitlines() if line.startswith("quart_app_presence")]
+            assert sorted(lines) == [
+                "quart_app_presence_connections 4.0",
+                "quart_app_presence_members 3.0",
+            ]
+            assert "lobby" not in text and "alice" not in text
+
+            streams[3].cancel()
+            await expect(rows).to_have_count(1)
+            await expect(page.locator('[data-presence="connections"]')).to_have_text("3")
+            assert errors == []
+        finally:
+            for stream in streams:
+                stream.cancel()
+            await asyncio.gather(*streams, return_exceptions=True)

@@ -342,3 +342,42 @@ async def test_the_chart_breaks_its_line_where_no_numbers_came(
     assert chart["least"] < 0.05, chart
     await page.locator(".numbers").screenshot(path=tmp_path / "gap.png")
     assert page.js_errors == []  # type: ignore[attr-defined]
+
+
+async def test_the_chat_shows_who_is_here_once_however_many_tabs(
+    server: Any, browser: BrowserContext, tmp_path: Path
+) -> None:
+    from .browser import chromium_context
+
+    first = await open_live(browser, server.url)
+    await expect(first.locator("#here li")).to_have_text(["anonymous"])
+    await send_chat(first, "hello", user="Ada")
+    # The new name in the session: the page is in the chat as Ada now, not anonymous.
+    await expect(first.locator("#here li")).to_have_text(["Ada"])
+    second = await open_live(browser, server.url)  # another tab, the same session
+    for page in (first, second):
+        await expect(page.locator("#here li")).to_have_text(["Ada"])
+        await expect(page.locator("#here-count")).to_have_text("1")
+
+    # Another person (another browser profile, another session) comes and goes.
+    async with chromium_context(tmp_path / "another-person") as other:
+        guest = await open_live(other, server.url)
+        await send_chat(guest, "hi all", user="Grace")
+        for page in (first, second, guest):
+            await expect(page.locator("#here li")).to_have_text(["Ada", "Grace"])
+        await expect(guest.locator("#here li[data-self]")).to_have_text("Grace")
+        await guest.screenshot(path=tmp_path / "here.png", full_page=True)
+        await guest.close()
+    for page in (first, second):
+        await expect(page.locator("#here li")).to_have_text(["Ada"])
+        await expect(page.locator("#here-count")).to_have_text("1")
+
+    # The tab that holds the stream closes: the other takes it over, and Ada stays.
+    roles = [await page.evaluate("window.live.streams.chat.role") for page in (first, second)]
+    leader, follower = (first, second) if roles[0] == "leader" else (second, first)
+    await leader.close()
+    await follower.wait_for_function("() => window.live.streams.chat.role === 'leader'")
+    await expect(follower.locator("#here li")).to_have_text(["Ada"])
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        await stable_open_streams(client, server.url, want={"chat": 1})
+    assert follower.js_errors == []  # type: ignore[attr-defined]

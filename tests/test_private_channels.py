@@ -153,6 +153,8 @@ HOSTILE = {
     "info of 2 KB": lambda: token({"info": {"bio": "x" * 2048}}),
     "info of 1 MB": lambda: token({"info": {"bio": "x" * 1_000_000}}),
     "a token of 8 KB and more": lambda: token({"pad": "x" * MAX_TOKEN_BYTES}),
+    "info with a lone surrogate": lambda: token({"info": {"name": "\udc80"}}),
+    "sub with a lone surrogate": lambda: token({"sub": "user-\ud800"}),
     "garbage": lambda: "not-a-jwt",
     "three dots of nothing": lambda: "..",
 }

@@ -198,3 +198,78 @@ async def test_sse_publish_outside_the_serving_app_says_what_to_use(
             pass
     with pytest.raises(PublishError, match="QUART_PUBLISH_TOKEN"):
         await HTTPPublisher("http://127.0.0.1:1", token="").publish(1, channel="news")
+
+
+# -- retries with an idempotency key (SPEC §11) ------------------------------------------
+
+
+@pytest.mark.e2e
+async def test_a_retried_publish_with_a_key_publishes_once_over_redis(redis_url: str) -> None:
+    """Three processes publish with one key (the command line twice, the library once):
+    one event, and every one of them prints its id; another event with the key fails."""
+    from quart_app.brokers import create_broker
+    from quart_app.publisher import Publisher
+
+    env = {"QUART_BROKER_URL": redis_url}
+    args = ["-m", "quart_app", "publish", "news", '{"n": 1}', "--event", "greeting"]
+    runs = [run_in_another_process([*args, "--idempotency-key", "job-42"], env) for _ in "ab"]
+    library = run_in_another_process(
+        [
+            "-c",
+            "from quart_app.publisher import publish\n"
+            "print(publish({'n': 1}, type='greeting', channel='news', idempotency_key='job-42'))",
+        ],
+        env,
+    )
+    for done in [*runs, library]:
+        assert done.returncode == 0, done.stderr
+    ids = {done.stdout.strip() for done in [*runs, library]}
+    assert len(ids) == 1
+    other = run_in_another_process(
+        ["-m", "quart_app", "publish", "news", '{"n": 2}', "--idempotency-key", "job-42"], env
+    )
+    assert other.returncode == 1
+    assert len(other.stderr.splitlines()) == 1 and "idempotency_key" in other.stderr
+    async with Publisher(redis_url) as sse:
+        # The async client: several channels at once, retried.
+        first = await sse.publish_all(["news", "sport"], {"n": 3}, idempotency_key="batch")
+        assert await sse.publish_all(["sport", "news"], {"n": 3}, idempotency_key="batch") == first
+    broker = create_broker(redis_url)
+    await broker.start()
+    try:
+        news = await broker.entries("channel:news", 0, 100)
+        sport = await broker.entries("channel:sport", 0, 100)
+    finally:
+        await broker.close()
+    assert [(seq, json.loads(data), event) for seq, data, event in news] == [
+        (1, {"n": 1}, "greeting"),
+        (2, {"n": 3}, None),
+    ]
+    assert [seq for seq, _, _ in sport] == [1]
+
+
+@pytest.mark.e2e
+def test_the_http_publisher_retries_with_a_key(server_factory: Any) -> None:
+    from quart_app.publisher import HTTPPublisher, PublishError
+
+    server: ServerProcess = server_factory({"QUART_PUBLISH_TOKEN": TOKEN})
+    publisher = HTTPPublisher(server.url, TOKEN)
+    ids = {publisher.publish_sync([1], channel="orders", idempotency_key="o-1") for _ in "ab"}
+    retry = ["--url", server.url, "--idempotency-key", "o-1"]
+    cli = run_in_another_process(
+        ["-m", "quart_app", "publish", "orders", "[1]", *retry], {"QUART_PUBLISH_TOKEN": TOKEN}
+    )
+    assert cli.returncode == 0, cli.stderr
+    ids.add(cli.stdout.strip())
+    assert len(ids) == 1
+    many = [
+        publisher.publish_all_sync(["orders", "audit"], {"x": 1}, idempotency_key="o-2")
+        for _ in "ab"
+    ]
+    assert many[0] == many[1] and set(many[0]) == {"orders", "audit"}
+    # The orders channel has two events: o-1's and o-2's.
+    assert [int(i.partition(".")[0]) for i in (ids.pop(), many[0]["orders"])] == [1, 2]
+    with pytest.raises(PublishError, match="422: this idempotency_key was used"):
+        publisher.publish_all_sync(["orders"], {"x": 1}, idempotency_key="o-2")
+    with pytest.raises(ValueError, match="1-64 characters"):
+        publisher.publish_sync(1, channel="orders", idempotency_key="k" * 65)

@@ -29,7 +29,7 @@ from httpx_sse import aconnect_sse
 
 from harness import ROOT, RedisSentinel, RedisServer, ServerProcess
 from quart_app.brokers import CloseReason, Subscription, create_broker
-from quart_app.brokers.base import Seq
+from quart_app.brokers.base import Hole, Seq
 from quart_app.brokers.redis import RedisBroker
 from quart_app.config import ConfigError, SentinelURL, check_environment, parse_sentinel_url
 
@@ -253,8 +253,8 @@ async def test_a_job_topic_that_lost_entries_keeps_its_subscribers(
     two: list[RedisBroker], redis_session: RedisServer
 ) -> None:
     """A job's events carry their own ids and its owner numbers them: nothing its
-    watchers hold is contradicted, so they go on (its owner publishes after its
-    last index into the stream that lost the ones before)."""
+    watchers hold is contradicted, so they go on. Its owner's next publish after the
+    lost ones is refused as a hole, so that it puts them back first (jobs/leased.py)."""
     broker, _ = two
     topic = "job:lossy"
     key = broker.key(topic)
@@ -274,9 +274,14 @@ async def test_a_job_topic_that_lost_entries_keeps_its_subscribers(
         kill_pubsub(broker, redis_session)
         await eventually(lambda: broker.follower.shards["redis"].connects == 2)
         await eventually(lambda: not broker.follower._resyncing)
+        with pytest.raises(Hole) as hole:
+            await broker.publish_many(topic, items(7, 8), maxlen=100, first_seq=7)
+        assert hole.value.newest == 3
+        await broker.publish_many(topic, items(4, 6), maxlen=100, first_seq=4)  # put back
         await broker.publish_many(topic, items(7, 8), maxlen=100, first_seq=7)
         assert await receive(sub, 2) == [7, 8]
         assert not sub.closed
+        assert [seq for seq, _, _ in await broker.entries(topic, 0, 10)] == list(range(1, 9))
 
 
 # -- failovers ---------------------------------------------------------------------------------

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from quart import Quart
 
 from quart_app import create_app
 from quart_app.brokers import create_broker
-from quart_app.brokers.base import Fenced
+from quart_app.brokers.base import Fenced, Hole
 from quart_app.config import Defaults
 from quart_app.jobs import leased
 
@@ -162,6 +163,31 @@ async def test_explicit_ids_fence_a_slow_former_owner(redis_url: str) -> None:
             await broker.publish_many("job:j", [("x", None, "j:2")], maxlen=10, first_seq=2)
         assert await broker.last_seq("job:j") == 2
         assert [e[:2] for e in await broker.entries("job:j", 0, 10)] == [(1, "a"), (2, "b")]
+    finally:
+        await broker.close()
+
+
+async def test_explicit_ids_after_a_hole_are_refused_as_a_hole(redis_url: str) -> None:
+    """Redis lost what came before (it restarted empty): the writer is told so, and
+    nothing is written, so that it puts the lost ids back first (jobs/leased.py)."""
+    broker = create_broker(redis_url)
+    await broker.start()
+    try:
+        items = [("a", None, "j:1"), ("b", None, "j:2")]
+        assert await broker.publish_many("job:h", items, maxlen=10, first_seq=1) == 2
+        with redis.Redis.from_url(redis_url) as client:
+            client.flushall()
+        with pytest.raises(Hole) as hole:
+            await broker.publish_many("job:h", [("c", None, "j:3")], maxlen=10, first_seq=3)
+        assert hole.value.newest == 0
+        assert await broker.last_seq("job:h") in (None, 0)
+        await broker.publish_many("job:h", items, maxlen=10, first_seq=1)  # put back
+        await broker.publish_many("job:h", [("c", None, "j:3")], maxlen=10, first_seq=3)
+        assert [e[:2] for e in await broker.entries("job:h", 0, 10)] == [
+            (1, "a"),
+            (2, "b"),
+            (3, "c"),
+        ]
     finally:
         await broker.close()
 

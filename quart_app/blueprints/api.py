@@ -8,8 +8,9 @@ errors and HTTP errors alike; routing's own 404 and 405 under ``/api/v1``
 reach them through one app-level hook (``routing_error``, which says why).
 Elsewhere the app keeps its ``{"error": ...}`` JSON.
 
-OpenAPI (``/openapi.json``) documents the API and the operations endpoints;
-``/docs`` renders it with a vendored Swagger UI (no CDN; ``pages.py``).
+OpenAPI (``/openapi.json``) documents every route of the app but its HTML
+pages and static files (:class:`APIDocumentation`); ``/docs`` renders it with
+a vendored Swagger UI (no CDN; ``pages.py``).
 """
 
 from __future__ import annotations
@@ -39,9 +40,18 @@ from ..db import BadCursor, HistoryUnavailable
 from ..errors import APIError, NotFound, http_error, log_error
 from ..jobs import JOB_ID_RE
 from ..jobs.service import start_job
-from ..openapi import Documentation, document_body, document_errors, document_stream
+from ..openapi import (
+    Documentation,
+    document_body,
+    document_errors,
+    document_links,
+    document_parameters,
+    document_stream,
+    job_links,
+)
 from ..schemas import (
     ECHO_BODY,
+    JOB_KEY_PARAMETERS,
     EchoContent,
     Envelope,
     ErrorEnvelope,
@@ -229,6 +239,7 @@ async def job_history(query_args: JobsQuery) -> tuple[dict[str, Any], int, dict[
 @json_only
 @validate_request(JobCreate)
 @validate_response(Envelope[JobInfo], 201)
+@document_links(201, job_links("$response.body#/content/id", "$response.body#/content/key"))
 @document_errors(ErrorEnvelope, 400, 403, 413, 415, 429, 503)
 async def create_job(data: JobCreate) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Start a generation job (the session's character sets); watch it at events_url."""
@@ -242,9 +253,16 @@ async def create_job(data: JobCreate) -> tuple[dict[str, Any], int, dict[str, st
 
 @bp.get("/jobs/<job_id:job_id>")
 @validate_response(Envelope[JobInfo])
+@document_parameters(*JOB_KEY_PARAMETERS)
+@document_links(200, job_links("$response.body#/content/id", None))
 @document_errors(ErrorEnvelope, 404, 503)
 async def job_detail(job_id: str) -> dict[str, Any]:
-    """One job: live while the server knows it, then from the history."""
+    """One job: live while the server knows it, then from the history.
+
+    This API only reads jobs: to watch, cancel or download one, use the /jobs
+    routes its links name (GET /jobs/{job_id}/events, DELETE /jobs/{job_id},
+    GET /jobs/{job_id}/result), with the same session, address or key.
+    """
     try:
         live: dict[str, Any] | None = await get_jobs().lookup(
             job_id, identities(), request.args.get("key") or request.headers.get("X-Job-Key")
@@ -406,17 +424,31 @@ async def routing_error() -> Response | None:
 
 # -- OpenAPI -------------------------------------------------------------------
 
-DOCUMENTED = ("/metrics", "/healthz")
+# HTML pages, static files and the document itself: not API, left out of the document.
+UNDOCUMENTED = frozenset(
+    {"/", "/live", "/dashboard", "/docs", "/openapi.json", "/static/<path:filename>"}
+)
+
+DESCRIPTION = (
+    "The HTTP contract of quart_app: every route but the HTML pages (`/`, `/live`, "
+    "`/dashboard`, `/docs`), static files and this document. Every /api/v1 answer and error is "
+    '`{"status", "success", "message", "content"}`; the other routes answer JSON '
+    '(errors `{"error", "field"?}`, or a small HTML page to a browser that asks for HTML), '
+    "or Server-Sent Events (`text/event-stream`). A stream's schema describes one event "
+    "(the OpenAPI 3.2 reading): its type, its data and its id. State-changing requests "
+    "from another site are refused (403); with MAX_CONNECTIONS_PER_CLIENT set, any route "
+    "can answer 429."
+)
 
 
 class APIDocumentation(Documentation):
-    """Documents /api/v1 and the operations endpoints, not the pages and streams of the app."""
+    """Documents every route of the app but its HTML pages and static files."""
 
     path_patterns = {JobIdConverter: JobIdConverter.regex}  # noqa: RUF012
     error_models = frozenset({"AppError", ErrorEnvelope.__name__})
 
     def include(self, path: str) -> bool:
-        return is_api_path(path) or path in DOCUMENTED
+        return path not in UNDOCUMENTED
 
 
 def init_app(app: Quart) -> None:
@@ -428,11 +460,12 @@ def init_app(app: Quart) -> None:
         swagger_ui_path=None,
         redoc_ui_path=None,
         scalar_ui_path=None,
-        info={
-            "title": "quart_app API",
-            "version": "1",
-            "description": "JSON API of quart_app. Every /api/v1 answer and error is "
-            '{"status", "success", "message", "content"}.',
+        info={"title": "quart_app API", "version": "1", "description": DESCRIPTION},
+        # Publishing over HTTP: Authorization: Bearer <QUART_PUBLISH_TOKEN>.
+        # Private channels: a JWT granting them (or its sse_token cookie, described there).
+        security_schemes={
+            "publishToken": {"type": "http", "scheme": "bearer"},
+            "channelToken": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"},
         },
         openapi_provider_class=APIDocumentation,
     )

@@ -1,9 +1,9 @@
 """Brokers: topics with history and exact resume, shared state and counters.
 
-``protocols`` holds the two protocols (``Topics``, ``Coordination``; a
-``Broker`` is both), ``base`` the topic core both brokers share, ``memory``
-the one-process broker, ``redis`` the broker for several workers and hosts
-(the only module that imports redis-py).  :func:`create_broker` picks one by
+``protocols`` holds the three protocols (``Topics``, ``Coordination``,
+``Presences``; a ``Broker`` is all three), ``base`` the topic core both brokers
+share, ``memory`` the one-process broker, ``redis`` the broker for several
+workers and hosts (the only module that imports redis-py).  :func:`create_broker` picks one by
 ``BROKER_URL``.
 """
 

@@ -98,12 +98,26 @@ class Overflow(enum.Enum):
     DROP_OLDEST = "drop_oldest"
 
 
+# Read on every write of every stream: module constants, not enum class lookups.
+_DROP_OLDEST = Overflow.DROP_OLDEST
+_DISCONNECT = Overflow.DISCONNECT
+
+
 class BrokerUnavailable(RuntimeError):
     """The broker cannot accept the operation right now (e.g. Redis is down)."""
 
 
 class Fenced(RuntimeError):
     """A publish at explicit seqs that the topic already has: another writer got there first."""
+
+
+class Hole(RuntimeError):
+    """A publish at explicit seqs after seqs the topic lacks (``newest`` is the newest
+    it has): the broker lost them, and their writer puts them back first."""
+
+    def __init__(self, topic: str, newest: int) -> None:
+        super().__init__(f"{topic}: the broker lacks the seqs after {newest}")
+        self.newest = newest
 
 
 class Message:
@@ -213,6 +227,8 @@ class TopicHistory:
     def since(self, after: int, max_count: int, max_bytes: int) -> list[Message]:
         start = max(0, after + 1 - self._first)
         chunk = self._items[start : start + max_count]
+        if len(chunk) == 1:
+            return chunk  # a live subscriber's usual take: one message, whatever its size
         total = 0
         for index, message in enumerate(chunk):
             total += len(message.frame)
@@ -241,6 +257,7 @@ class Subscription:
         "deadline",
         "ends_as",
         "gap",
+        "hears",
         "heartbeat_due",
         "kind",
         "last_sent",
@@ -280,6 +297,8 @@ class Subscription:
         self.task: asyncio.Task[Any] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.source: PageSource | None = None
+        # Whether it hears its topic's live-only events (presence's join and leave).
+        self.hears = False
 
     def _paging(self) -> bool:
         return (
@@ -289,7 +308,11 @@ class Subscription:
         )
 
     def pending(self) -> bool:
-        return bool(self.backlog) or self.topic.history.last_seq > self.cursor
+        if self.backlog:
+            return True
+        history = self.topic.history
+        # ``history.last_seq``, without the property: read on every write of every stream.
+        return history._first + len(history._items) - 1 > self.cursor
 
     def take(self, max_count: int = 4096, max_bytes: int = 256 * 1024) -> list[Message]:
         """Everything after the cursor (bounded), advancing the cursor."""
@@ -299,12 +322,17 @@ class Subscription:
             if chunk:
                 self.cursor = max(self.cursor, chunk[-1].seq)
             return chunk
+        # ``first_seq`` and ``last_seq`` without the properties: this runs on every
+        # write of every stream.
         history = self.topic.history
-        if self.cursor >= history.last_seq or self._paging():
+        first = history._first
+        last = first + len(history._items) - 1
+        if self.cursor >= last or self._paging():
             return []
-        if self.overflow is Overflow.DROP_OLDEST and self.max_lag is not None:
-            self.cursor = max(self.cursor, history.last_seq - self.max_lag)
-        if self.cursor < history.first_seq - 1:
+        max_lag = self.max_lag
+        if max_lag is not None and self.overflow is _DROP_OLDEST and self.cursor < last - max_lag:
+            self.cursor = last - max_lag
+        if self.cursor < first - 1:
             # Fell out of the history: the client must resume (and get a gap).
             self.close(CloseReason.OVERFLOW)
             return []
@@ -345,6 +373,26 @@ class Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def hear(self, message: Message) -> None:
+        """Queue a live-only event: a frame without ``id:``, kept in no history.
+
+        It goes to ``backlog``, ahead of the history the cursor has not taken
+        yet, numbered as the message before it there (``LIVE_SEQ`` alone), so
+        that taking it never moves the cursor: ids and resume stay as they are.
+        A subscriber that lets too many pile up is closed as behind (it
+        resumes; the presence API gives what it missed).
+        """
+        if self.closed:
+            return
+        backlog = self.backlog
+        if len(backlog) >= (self.max_lag or 0) + LIVE_SEQ_ROOM:
+            self.close(CloseReason.OVERFLOW)
+            return
+        if backlog:
+            message = Message(backlog[-1].seq, message.frame, message.event)
+        backlog.append(message)
+        self.wake()
+
     def close(self, reason: CloseReason) -> None:
         if self.closed:
             return
@@ -356,6 +404,18 @@ class Subscription:
         elif reason is CloseReason.OVERFLOW and self.task is not None and not self.task.done():
             # Stuck writing to a client that does not read: end its request.
             self.task.cancel()
+
+
+# The seq of a live-only message (``Subscription.hear``): below every cursor.
+LIVE_SEQ = -1
+# Room in a subscriber's backlog for live-only events, beyond its queue bound (a
+# catch-up page, at most 1000 messages, may be waiting there too).
+LIVE_SEQ_ROOM = 2048
+
+
+def live_message(data: str, event: str) -> Message:
+    """A live-only event (presence's ``join``/``leave``): no ``id:``, never in a history."""
+    return Message(LIVE_SEQ, encode(data, event=event), event)
 
 
 class SubscriberTally:
@@ -459,21 +519,27 @@ class LocalTopic:
             self.history.append(message)
         self.notify()
 
+    def announce(self, messages: Sequence[Message]) -> None:
+        """Live-only events (:func:`live_message`) to the subscribers that hear them."""
+        for sub in list(self.subscribers):
+            if sub.hears:
+                for message in messages:
+                    sub.hear(message)
+
     def notify(self) -> None:
         last = self.history.last_seq
         overflowed: list[Subscription] = []
         for sub in self.subscribers:
             max_lag = sub.max_lag
-            if (
-                max_lag is not None
-                and sub.overflow is Overflow.DISCONNECT
-                and last - max(sub.cursor, sub.live_from) > max_lag
-            ):
-                overflowed.append(sub)
-            else:
-                waiter = sub._waiter
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
+            if max_lag is not None and sub.overflow is _DISCONNECT:
+                # ``last - max(cursor, live_from) > max_lag``, without the call.
+                cursor, live_from = sub.cursor, sub.live_from
+                if last - (cursor if cursor > live_from else live_from) > max_lag:
+                    overflowed.append(sub)
+                    continue
+            waiter = sub._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         for sub in overflowed:
             sub.close(CloseReason.OVERFLOW)
 

@@ -21,9 +21,28 @@ from .base import (
     make_message,
     message_data,
 )
+from .memory_presence import MemoryPresence
+from .protocols import Claim
 
 
-class MemoryBroker:
+class _ClaimRecord:
+    """A claim's record (see :meth:`Coordination.claim`); times are monotonic."""
+
+    __slots__ = ("answer", "done", "expires", "fingerprint", "held_until", "holder")
+
+    def __init__(self) -> None:
+        self.new("", 0.0)
+
+    def new(self, fingerprint: str, expires: float) -> None:
+        self.fingerprint = fingerprint
+        self.answer = ""
+        self.done = False
+        self.holder = ""
+        self.held_until = 0.0
+        self.expires = expires
+
+
+class MemoryBroker(MemoryPresence):
     """One process, nothing to install.  Expiry is swept once a second, from a heap
     of due times (a topic is looked at when it may be due, not every second).
 
@@ -32,6 +51,7 @@ class MemoryBroker:
     """
 
     def __init__(self, url: str = "memory://") -> None:
+        MemoryPresence.__init__(self)
         self.url = url
         self._topics: dict[str, LocalTopic] = {}
         self.subscribers = SubscriberTally()
@@ -48,6 +68,10 @@ class MemoryBroker:
         # Counted sets (running jobs): member -> when it stops counting (monotonic).
         self._holds: dict[str, dict[str, float]] = {}
         self._tracked: dict[str, set[str]] = {}
+        # Claims (idempotency keys): key -> its record, and one (when, key) per record
+        # in a heap of when to look at its expiry again.
+        self._claims: dict[str, _ClaimRecord] = {}
+        self._claim_expiries: list[tuple[float, str]] = []
         self._handlers: list[Callable[[str], None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.node = "local"
@@ -63,6 +87,9 @@ class MemoryBroker:
         for topic in self._topics.values():
             for sub in list(topic.subscribers):
                 sub.close(CloseReason.CLOSED)
+
+    async def check_data(self) -> None:
+        """Nothing to look at: this process's memory loses nothing while it runs."""
 
     async def healthy(self) -> bool:
         return True
@@ -274,6 +301,35 @@ class MemoryBroker:
     def on_message(self, handler: Callable[[str], None]) -> None:
         self._handlers.append(handler)
 
+    async def claim(
+        self, key: str, holder: str, fingerprint: str, hold_s: float, ttl_s: float
+    ) -> Claim:
+        now = time.monotonic()
+        record = self._claims.get(key)
+        if record is None or record.expires <= now:  # none, or forgotten but not swept yet
+            if record is None:
+                record = self._claims[key] = _ClaimRecord()
+                heapq.heappush(self._claim_expiries, (now + max(ttl_s, hold_s), key))
+            record.new(fingerprint, now + max(ttl_s, hold_s))
+        elif record.done or record.fingerprint != fingerprint or record.held_until > now:
+            return Claim(False, record.fingerprint, record.answer, record.done)
+        record.holder = holder
+        record.held_until = now + hold_s
+        record.expires = max(record.expires, record.held_until)
+        return Claim(True, record.fingerprint, record.answer)
+
+    async def settle(self, key: str, holder: str, answer: str, *, done: bool, ttl_s: float) -> bool:
+        now = time.monotonic()
+        record = self._claims.get(key)
+        if record is None or record.expires <= now or record.holder != holder:
+            return False
+        record.answer = answer
+        record.done = done
+        record.holder = ""
+        record.held_until = 0.0
+        record.expires = now + ttl_s
+        return True
+
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -295,6 +351,16 @@ class MemoryBroker:
             for sub in list(topic.subscribers):
                 sub.close(CloseReason.EXPIRED)
             del self._topics[name]
+        claims = self._claim_expiries
+        while claims and claims[0][0] <= now:
+            _, key = heapq.heappop(claims)
+            record = self._claims.get(key)
+            if record is None:
+                continue
+            if record.expires > now:
+                heapq.heappush(claims, (record.expires, key))  # kept longer since: look again then
+            else:
+                del self._claims[key]
         for key, (_, expires) in list(self._records.items()):
             if expires is not None and expires <= now:
                 del self._records[key]

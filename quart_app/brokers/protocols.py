@@ -1,13 +1,16 @@
-"""What the rest of the app needs from a broker: two protocols, one per concern.
+"""What the rest of the app needs from a broker: three protocols, one per concern.
 
 - :class:`Topics`: pub/sub with history, "responsible for PUB/SUB mechanics"
   only: publish, subscribe (a cursor into the topic's history), entries, the
   newest seq, expiry.
 - :class:`Coordination`: what several processes need to cooperate, trivial in
   one process: records (small shared hashes), counters, leases, counted sets
-  (holds), plain sets and messages to one process.
+  (holds), plain sets, messages to one process, and claims (an idempotency
+  key's record: taken once, then its answer).
+- :class:`Presences`: who is connected to a topic (presence), with ``join`` and
+  ``leave`` announced once, however many processes connect a member.
 
-A :class:`Broker` is both; the memory broker and the Redis broker implement
+A :class:`Broker` is all three; the memory broker and the Redis broker implement
 it.  A component that needs only one side says so in its types.
 """
 
@@ -15,9 +18,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Protocol
 
 from .base import Overflow, SubscriberTally, Subscription
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What :meth:`Coordination.claim` found: whether the caller took the claim, and
+    the record's fingerprint, answer so far (``""``: none) and whether it is done."""
+
+    won: bool
+    fingerprint: str
+    answer: str = ""
+    done: bool = False
 
 
 class Topics(Protocol):
@@ -94,6 +109,11 @@ class Coordination(Protocol):
     # Whether other processes share this broker (jobs are then owned by leases).
     shared: bool
 
+    async def check_data(self) -> None:
+        """Look now whether the broker lost its data (Redis: a new epoch), and act on it
+        as the periodic check would (``data_lost_at``)."""
+        ...
+
     async def set_record(self, key: str, record: dict[str, str], ttl_s: float | None) -> None:
         """Write the record (a small hash of strings) ``key``; forgotten after ``ttl_s``."""
         ...
@@ -164,6 +184,81 @@ class Coordination(Protocol):
 
     def on_message(self, handler: Callable[[str], None]) -> None: ...
 
+    # Claims (idempotency keys, SPEC §11): one record per key, one key (one slot on a
+    # cluster) per record.  The first ``claim`` of a key takes it; later ones get its
+    # record, until it is forgotten ``ttl_s`` after its last ``settle``.
 
-class Broker(Topics, Coordination, Protocol):
-    """Both sides: what the memory broker and the Redis broker implement."""
+    async def claim(
+        self, key: str, holder: str, fingerprint: str, hold_s: float, ttl_s: float
+    ) -> Claim:
+        """Take claim ``key`` for ``holder``, or tell what it holds; atomic on the key.
+
+        Won when nobody had it (a new record of ``fingerprint``), or when its
+        record has the same fingerprint, is not done and nobody holds it (its
+        holder settled it unfinished, or held it past ``hold_s``): the winner
+        goes on from the record's answer.  Otherwise not won, with the record's
+        fingerprint, answer and whether it is done.  The record is kept at least
+        ``ttl_s`` (and while held).
+        """
+        ...
+
+    async def settle(self, key: str, holder: str, answer: str, *, done: bool, ttl_s: float) -> bool:
+        """Write ``answer`` to claim ``key`` and let it go (``done``: finished; else a
+        later claim of the same fingerprint takes it over from ``answer``), kept
+        ``ttl_s``.  False, with nothing written, if ``holder`` no longer holds it."""
+        ...
+
+
+class Presences(Protocol):
+    """Who is connected to a topic (presence, SPEC §10), exact across processes.
+
+    A connection ``conn`` (``<node>/<n>``: the caller's process, then its own
+    number) belongs to a ``member``; ``data`` is what the member's ``join`` and
+    ``leave`` events carry (JSON ``{"id", "info"}``).  The first connection of a
+    member announces ``join``, its last one ``leave``: live-only events
+    (:meth:`~.base.LocalTopic.announce`) to the subscribers of the topic that
+    hear them, in every process that follows it, decided atomically in the
+    broker, so once however many processes connect the member.  Joins and leaves
+    are idempotent (a connection is counted once).  A process's connections
+    count until ``ttl_s`` after it last joined or refreshed them: those of a
+    process that died are swept, and their members leave.
+    """
+
+    async def presence_join(
+        self, topic: str, conn: str, member: str, data: str, ttl_s: float
+    ) -> bool:
+        """Count ``conn`` for ``member``; True if it is the member's first (``join``)."""
+        ...
+
+    async def presence_leave(self, topic: str, conn: str) -> bool:
+        """Stop counting ``conn``; True if it was its member's last (``leave``)."""
+        ...
+
+    async def presence_refresh(self, topics: Sequence[str], ttl_s: float) -> list[int]:
+        """This process's connections count ``ttl_s`` more in each topic; per topic,
+        how many of them it holds (fewer than the caller has: some were swept)."""
+        ...
+
+    async def presence_reconcile(
+        self, topic: str, conns: Sequence[tuple[str, str, str]], ttl_s: float
+    ) -> None:
+        """This process's connections in ``topic`` are exactly ``conns`` (``(conn,
+        member, data)``): the others leave, the missing ones join."""
+        ...
+
+    async def presence_members(self, topic: str) -> list[tuple[str, str, int]]:
+        """Every member of ``topic``: ``(member, data, connections)``."""
+        ...
+
+    async def presence_counts(self, topics: Sequence[str]) -> list[tuple[int, int]]:
+        """Per topic: ``(members, connections)``."""
+        ...
+
+    async def presence_sweep(self) -> int:
+        """Remove the connections of processes that stopped refreshing them (their
+        members leave); how many processes were swept."""
+        ...
+
+
+class Broker(Topics, Coordination, Presences, Protocol):
+    """Every side: what the memory broker and the Redis broker implement."""

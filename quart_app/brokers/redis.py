@@ -25,6 +25,17 @@ tag, so on a Redis Cluster every key of one topic, and its channel, share a slot
     Counted sets (running jobs per owner, ``held:{jobs-of:<owner>}``, and per
     deployment, ``held:{jobs}``): sorted sets scored by when each member stops
     counting, by the server's clock; checked and added to in one script.
+``once:{<digest>}``
+    Claims (idempotency keys of publishes, ``channels.Once``): a hash with the
+    request's fingerprint, the answer so far, its holder and whether it is done
+    (``lua/claim.lua``, ``lua/settle.lua``); the digest hides the publisher's
+    credential and its key, and is the hash tag: one key, one slot per claim.
+``p:{<topic>}:members``, ``:data``, ``:conns``, ``:nodes``, ``:per-node``
+    Presence (``redis_presence``): who is connected to the topic, per member and per
+    process, changed only by scripts that announce ``join``/``leave`` (live-only
+    notifications on ``n:{<topic>}``); ``presence:{nodes}`` and
+    ``presence-of:{<node>}``: the processes that hold connections, until when, and
+    where, so that a dead one's members are swept.
 ``inbox:{<node>}``
     Each process's inbox stream: messages to that process (job cancels).
 ``epoch``
@@ -73,12 +84,13 @@ from redis.asyncio.connection import AbstractConnection
 from .base import new_incarnation
 from .redis_conn import RedisConnection
 from .redis_coord import RedisCoordination
+from .redis_presence import RedisPresence
 from .redis_shard import FollowedTopic
 from .redis_topics import RedisTopics, incarnation_key
 
 
-class RedisBroker(RedisTopics, RedisCoordination):
-    """Topics on Redis Streams and coordination in Redis, over one connection."""
+class RedisBroker(RedisTopics, RedisCoordination, RedisPresence):
+    """Topics on Redis Streams, coordination and presence in Redis, over one connection."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Coordination on Redis: records, counters, leases, counted sets, and each process's inbox.
+"""Coordination on Redis: records, counters, leases, counted sets, claims, each process's inbox.
 
 One reader task per process XREADs (``BLOCK``) only its inbox (messages to
 this process: job cancels), and every few seconds checks the dataset's epoch:
@@ -27,7 +27,8 @@ from redis.exceptions import ResponseError
 
 from ..retry import Backoff
 from ..tasks import cancel_and_wait
-from .redis_conn import DOWN, RedisConnection, close_client
+from .protocols import Claim
+from .redis_conn import DOWN, RedisConnection, close_client, lua_source
 
 log = logging.getLogger("quart_app.brokers.redis")
 
@@ -36,10 +37,16 @@ INBOX_MAXLEN = 1000
 INBOX_TTL_MS = 3_600_000
 # A member of a capped set that never leaves by itself.
 NEVER_MS = 2**52
+# The scripts of claims (lua/claim.lua, lua/settle.lua), registered at start.
+CLAIM_SCRIPTS = ("claim", "settle")
 
 
 def _ms(ttl_s: float | None) -> int:
     return 0 if ttl_s is None else max(1, int(ttl_s * 1000))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RedisCoordination:
@@ -73,6 +80,8 @@ class RedisCoordination:
         self._up = True
 
     async def start(self) -> None:
+        for name in CLAIM_SCRIPTS:
+            self.conn.scripts[name] = self.conn.redis.register_script(lua_source(name))
         self._reader_redis = self.conn.client()
         self._reader = asyncio.create_task(self._read_forever(), name="redis-broker-reader")
 
@@ -189,6 +198,23 @@ class RedisCoordination:
         script = self.conn.scripts["held"]
         return int(await self.conn.call(script(keys=[self.conn.key("held", key)])))
 
+    # -- claims (idempotency keys) -------------------------------------------------------
+
+    async def claim(
+        self, key: str, holder: str, fingerprint: str, hold_s: float, ttl_s: float
+    ) -> Claim:
+        script = self.conn.scripts["claim"]
+        args = [holder, fingerprint, _ms(hold_s), _ms(ttl_s)]
+        won, found, answer, done = await self.conn.call(
+            script(keys=[self.conn.key("once", key)], args=args)
+        )
+        return Claim(bool(won), _text(found), _text(answer), bool(done))
+
+    async def settle(self, key: str, holder: str, answer: str, *, done: bool, ttl_s: float) -> bool:
+        script = self.conn.scripts["settle"]
+        args = [holder, answer, "1" if done else "", _ms(ttl_s)]
+        return bool(await self.conn.call(script(keys=[self.conn.key("once", key)], args=args)))
+
     # -- messages to one process ---------------------------------------------------------
 
     async def send(self, node: str, message: str) -> None:
@@ -258,6 +284,13 @@ class RedisCoordination:
                 handler(message)
             except Exception:
                 log.exception("broker message handler failed")
+
+    async def check_data(self) -> None:
+        """Look now whether Redis lost its data (a new epoch), not at the next check."""
+        if self._reader_redis is None:
+            return
+        async with asyncio.timeout(self.conn.timeout_s * 3):
+            await self.conn.call(self._check_epoch())
 
     async def _resync(self) -> None:
         async with asyncio.timeout(self.conn.timeout_s * 3):

@@ -27,6 +27,11 @@ The subscribe path (:class:`Follower`):
 * while Redis is down a topic simply stays not ready; the joiner retries, and
   the streams that wait on it stay open on their heartbeats.
 
+A notification may also be *live-only* (presence's ``join`` and ``leave``,
+``redis_presence``): it carries no seq and is in no stream; it goes at once to
+the topic's local subscribers that hear such events, held or not, and is never
+caught up (a subscriber that missed one asks the presence API).
+
 Redis may come back holding less than this process had of a topic, with the
 same epoch and the same incarnation: a replica promoted by Sentinel before it
 had the last writes, a restart from an older append-only file.  Its seqs then
@@ -60,7 +65,7 @@ from ..retry import Backoff
 from ..tasks import cancel_and_wait
 from .base import BrokerUnavailable, CloseReason, Message, SubscriberTally, TopicHistory
 from .redis_conn import DOWN as REDIS_DOWN
-from .redis_replies import entry_seq, messages_of, parse_notification
+from .redis_replies import LIVE_MARK, entry_seq, messages_of, parse_live, parse_notification
 from .redis_shard import JOIN_BATCH, FollowedTopic, Shard
 
 log = logging.getLogger("quart_app.brokers.redis")
@@ -293,6 +298,14 @@ class Follower:
     # -- notifications and catching up ------------------------------------------------
 
     def notified(self, entry: FollowedTopic, payload: bytes) -> None:
+        if payload[:1] == LIVE_MARK:
+            # Live-only (presence's join and leave): to the local subscribers that
+            # hear them, at once; no seq, nothing in the history or the stream.
+            try:
+                entry.local.announce(parse_live(payload))
+            except (ValueError, IndexError, UnicodeDecodeError):
+                log.warning("topic %s: malformed live notification ignored", entry.name)
+            return
         if entry.lost:
             return  # its subscribers are closed once it has a new incarnation
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from .base import Message, make_message
+from .base import Message, live_message, make_message
 
 log = logging.getLogger("quart_app.brokers.redis")
 
@@ -46,6 +46,31 @@ def parse_notification(payload: bytes) -> tuple[int, str, list[Message]]:
         seq += 1
         pos = end_n + 1 + size
     return first, incarnation, messages
+
+
+# A live-only notification (presence's join and leave, ``lua/_presence.lua``) starts
+# with this byte, which no publish notification does (theirs start with a seq):
+# "!<count>\0" then per event "<event>\0<bytes>\0<data>".
+LIVE_MARK = b"!"
+
+
+def parse_live(payload: bytes) -> list[Message]:
+    """A live-only notification's events (frames without ``id:``, encoded here, once)."""
+    index = payload.index
+    end = index(b"\0")
+    count = int(payload[1:end])
+    pos = end + 1
+    messages = []
+    for _ in range(count):
+        end_e = index(b"\0", pos)
+        end_n = index(b"\0", end_e + 1)
+        size = int(payload[end_e + 1 : end_n])
+        data = payload[end_n + 1 : end_n + 1 + size]
+        if len(data) != size:
+            raise ValueError("a live notification cut short")
+        messages.append(live_message(data.decode(), payload[pos:end_e].decode()))
+        pos = end_n + 1 + size
+    return messages
 
 
 def entry_seq(entry_id: bytes | str) -> int:

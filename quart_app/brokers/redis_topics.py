@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -29,6 +30,7 @@ from .base import (
     BrokerUnavailable,
     CloseReason,
     Fenced,
+    Hole,
     Item,
     Message,
     Overflow,
@@ -69,6 +71,10 @@ class RedisTopics:
         # How long a burst of subscribes may wait for Redis (bounded) before a
         # stream opens without its topic and is placed when Redis answers.
         self.wait_s = wait_s
+        # Times this process saw Redis lose its data (a new epoch): job owners put back
+        # what they had published (jobs/leased.py).
+        self.data_losses = 0
+        self.data_lost_at: float | None = None
         self.follower = Follower(self, linger_s=linger_s, by_slot=conn.cluster)
         self._pubsub_pools: dict[str, ConnectionPool] = {}
         # One pipelined connection per node for publishes (``redis_lane``).
@@ -226,7 +232,10 @@ class RedisTopics:
             # the redirection and refreshes its slot table for the next lane.
             last_id, inc = await self.conn.call(script(keys=keys, args=args))
         if not last_id:
-            raise Fenced(f"{topic}: seq {first_seq} is already taken (newest {inc.decode()})")
+            newest = inc.decode()
+            if newest.startswith("hole:"):
+                raise Hole(topic, int(newest[5:]))
+            raise Fenced(f"{topic}: seq {first_seq} is already taken (newest {newest})")
         return Seq(entry_seq(last_id), inc.decode())
 
     async def _lane_for(self, key: str) -> Lane:
@@ -406,6 +415,8 @@ class RedisTopics:
 
     def reset_all(self) -> None:
         """Redis lost its data: local subscribers end, so that their clients resume."""
+        self.data_losses += 1
+        self.data_lost_at = time.monotonic()
         self.follower.reset_all()
 
 

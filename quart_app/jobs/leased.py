@@ -30,7 +30,7 @@ from typing import Any
 import aiofiles
 
 from ..brokers import Broker, BrokerUnavailable, Item, Subscription
-from ..brokers.base import Fenced
+from ..brokers.base import Fenced, Hole
 from .journal import Journal
 from .limits import holds
 from .model import (
@@ -56,6 +56,11 @@ TAKEOVER_SCAN_S = 1.0
 RUNNING_SET = "running-jobs"
 # Strings per page read back from a job's stream.
 REPLAY_PAGE = 512
+
+
+def _data_losses(broker: Broker) -> int:
+    """How many times this process saw the broker lose its data (Redis's new epochs)."""
+    return int(getattr(broker, "data_losses", 0))
 
 
 def lease_name(job_id: str) -> str:
@@ -92,6 +97,12 @@ class RedisLease:
         maxlen = self.maxlen(job.params.amount)
         try:
             await self.broker.publish_many(topic, items, maxlen=maxlen, first_seq=first_seq)
+        except Hole as hole:
+            # Redis lost what this process published (it restarted empty, or a replica
+            # without the last writes took over): put it back from the result file,
+            # which holds every line published, then go on.
+            await self._put_back(job, hole.newest, first_seq - 1)
+            await self.broker.publish_many(topic, items, maxlen=maxlen, first_seq=first_seq)
         except Fenced:
             # Our own earlier try whose answer was lost, if the job is still ours.
             if not await self.broker.lease(lease_name(job.id), self.broker.node, LEASE_S):
@@ -99,12 +110,55 @@ class RedisLease:
             if (await self.broker.last_seq(topic) or 0) < first_seq + len(items) - 1:
                 raise
 
+    async def _put_back(self, job: Job, after: int, upto: int, *, terminal: bool = False) -> None:
+        """Publish a job's events ``after + 1 .. upto`` again, from its result file
+        (and its terminal event after them, for a job that ended here)."""
+        topic = topic_for(job.id)
+        maxlen = self.maxlen(job.params.amount)
+        length = job.params.length
+        log.warning(
+            "job %s: the broker lost events %d-%d; putting them back", job.id, after + 1, upto
+        )
+        while after < upto:
+            count = min(REPLAY_PAGE, upto - after)
+            texts = await self.files.read_lines(job.id, length, after, count)
+            if not texts:
+                break
+            items = [job.item(i, text) for i, text in enumerate(texts, start=after + 1)]
+            await self.broker.publish_many(topic, items, maxlen=maxlen, first_seq=after + 1)
+            after += len(texts)
+        if terminal:
+            ttl_s = max(1.0, (job.finished_at or time.time()) + self.ttl_s - time.time())
+            await self.broker.publish_many(
+                topic, [job.terminal_item()], maxlen=maxlen, ttl_s=ttl_s, first_seq=after + 1
+            )
+
+    async def _put_back_ended(self, host: JobHost) -> None:
+        """After Redis lost its data: the jobs that ended here, still kept, come back
+        (their record and their stream, from the result file), so that every process
+        answers for them, and their results, as before."""
+        for job in list(host.jobs.values()):
+            if job.running_here or job.status == JobStatus.RUNNING or not job.produced:
+                continue
+            topic = topic_for(job.id)
+            with contextlib.suppress(BrokerUnavailable, Fenced, Hole):
+                if await self.broker.get_record(record_key(job.id)) is None:
+                    await self.broker.set_record(
+                        record_key(job.id), self.record(job), max(1.0, self.ttl_s)
+                    )
+                if (await self.broker.last_seq(topic) or 0) == 0:
+                    await self._put_back(job, 0, job.produced, terminal=True)
+
     def loops(self, host: JobHost) -> list[Coroutine[Any, Any, None]]:
         return [self._heartbeat_forever(host)]
 
     async def _heartbeat_forever(self, host: JobHost) -> None:
+        losses = _data_losses(self.broker)
         while True:
             await asyncio.sleep(HEARTBEAT_S)
+            if _data_losses(self.broker) != losses:
+                losses = _data_losses(self.broker)
+                await self._put_back_ended(host)
             for job in list(host.jobs.values()):
                 if not job.running_here:
                     continue

@@ -57,6 +57,11 @@ CANCEL_WAIT_S = 3.0
 RESULT_CHUNK = 65536
 
 
+# After the broker lost its data, how long a job it does not know is "may come back"
+# (503) rather than "no such job" (404): its owner's heartbeats put it back.
+LOST_DATA_GRACE_S = 30.0
+
+
 def create_ownership(
     broker: Broker, results_dir: Path, window: int, ttl_s: float, *, sync_batches: bool = True
 ) -> Ownership:
@@ -287,9 +292,19 @@ class JobRegistry:
         answer must not tell which ids exist.
         """
         record = await self._record(job_id)
+        if record is None and is_job_id(job_id):
+            await self._unless_lost(job_id)
         if record is None or not may_access(record, identities, key):
             raise NotFound(f"no job {job_id!r} (unknown or expired)")
         return await self._describe(job_id, record)
+
+    async def _unless_lost(self, job_id: str) -> None:
+        """A job the broker does not know: if the broker lost its data a moment ago,
+        its owner may be putting it back (``leased.py``): 503, not "no such job"."""
+        await self.broker.check_data()
+        lost_at = getattr(self.broker, "data_lost_at", None)
+        if lost_at is not None and time.monotonic() - lost_at < LOST_DATA_GRACE_S:
+            raise BrokerUnavailable(f"job {job_id}: the broker lost its data; it may come back")
 
     async def state(self, job_id: str) -> dict[str, Any] | None:
         """The public state of any job this deployment knows (no access check)."""

@@ -5,11 +5,19 @@ local inc, changed = incarnation(ARGV[3])
 local n = tonumber(ARGV[4])
 -- Explicit seqs (a job's indexes): refused, with nothing written, if the stream
 -- already has the first one (fencing: a slow former owner never repeats an index).
+-- Refused too, as a hole ('hole:<newest seq>'), if the stream lacks the seqs before
+-- it: Redis lost them (restarted empty, or a replica without the last writes took
+-- over), and the writer puts them back first.
 local want = tonumber(ARGV[6 + 3 * n])
 if want > 0 then
   local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-  if top[1] and tonumber(string.match(top[1][1], '%-(%d+)$')) >= want then
+  local newest = 0
+  if top[1] then newest = tonumber(string.match(top[1][1], '%-(%d+)$')) end
+  if newest >= want then
     return {'', top[1][1]}
+  end
+  if want > 1 and newest < want - 1 then
+    return {'', 'hole:' .. newest}
   end
 end
 local id
