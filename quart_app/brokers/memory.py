@@ -128,8 +128,10 @@ class MemoryBroker(MemoryPresence):
         maxlen: int,
         ttl_s: float | None = None,
         first_seq: int | None = None,
+        notify: bool = True,
     ) -> int:
-        """As :meth:`Broker.publish_many`; ``first_seq``: the items' seqs start there.
+        """As :meth:`Broker.publish_many`; ``first_seq``: the items' seqs start there
+        (``notify`` is for a broker that can lose what it held: this one cannot).
 
         An empty topic starts at ``first_seq`` (a job resumed from its journal);
         a topic whose newest seq is not ``first_seq - 1`` refuses with

@@ -63,6 +63,7 @@ class Topics(Protocol):
         maxlen: int,
         ttl_s: float | None = None,
         first_seq: int | None = None,
+        notify: bool = True,
     ) -> int:
         """Append ``(data, event, sse_id)`` items (:class:`~.base.Item`) atomically; the newest seq.
 
@@ -70,7 +71,9 @@ class Topics(Protocol):
         this publish unless another one comes.  With ``first_seq`` the items get
         seqs ``first_seq, first_seq + 1, ...`` and the batch is refused whole
         (:class:`~.base.Fenced`) if the topic already has ``first_seq``: the
-        fencing of a job's writers.
+        fencing of a job's writers.  A batch after seqs the topic lacks is refused as a
+        :class:`~.base.Hole` (Redis lost them).  ``notify=False`` writes without telling
+        live subscribers (a writer putting back what the broker lost, which they had).
         """
         ...
 

@@ -201,6 +201,7 @@ class RedisTopics:
         maxlen: int,
         ttl_s: float | None = None,
         first_seq: int | None = None,
+        notify: bool = True,
     ) -> int:
         """As the protocol says; with ``first_seq``, entries get ids ``0-<first_seq + k>``
         and the batch is refused (:class:`Fenced`) if the stream already has the first."""
@@ -221,6 +222,7 @@ class RedisTopics:
             args += (data, event or "", sse_id or "")
         args.append(self.channel(topic))
         args.append(first_seq or 0)
+        args.append(1 if notify else 0)
         script = self.conn.scripts["publish"]
         keys = [key, incarnation_key(key)]
         try:

@@ -125,12 +125,20 @@ class RedisLease:
             if not texts:
                 break
             items = [job.item(i, text) for i, text in enumerate(texts, start=after + 1)]
-            await self.broker.publish_many(topic, items, maxlen=maxlen, first_seq=after + 1)
+            # Silently: live watchers had these; resumes and results read the stream.
+            await self.broker.publish_many(
+                topic, items, maxlen=maxlen, first_seq=after + 1, notify=False
+            )
             after += len(texts)
         if terminal:
             ttl_s = max(1.0, (job.finished_at or time.time()) + self.ttl_s - time.time())
             await self.broker.publish_many(
-                topic, [job.terminal_item()], maxlen=maxlen, ttl_s=ttl_s, first_seq=after + 1
+                topic,
+                [job.terminal_item()],
+                maxlen=maxlen,
+                ttl_s=ttl_s,
+                first_seq=after + 1,
+                notify=False,
             )
 
     async def _put_back_ended(self, host: JobHost) -> None:

@@ -1,6 +1,8 @@
 --! include _incarnation
 -- ARGV: maxlen, ttl ms (0: none), a fresh incarnation, n, then n times
--- (data, event, id), then the topic's channel and the first explicit seq (0: none).
+-- (data, event, id), then the topic's channel, the first explicit seq (0: none) and
+-- whether to notify the followers ('0': a silent put-back of what Redis lost, which
+-- live subscribers had already; catch-ups read it from the stream).
 local inc, changed = incarnation(ARGV[3])
 local n = tonumber(ARGV[4])
 -- Explicit seqs (a job's indexes): refused, with nothing written, if the stream
@@ -40,5 +42,7 @@ if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 mirror_ttl()
 -- The followers' notification (redis_replies.py), on the topic's channel.
 local head = first .. '\0' .. inc .. '\0' .. n .. '\0'
-redis.call('SPUBLISH', ARGV[5 + 3 * n], head .. table.concat(parts))
+if ARGV[7 + 3 * n] ~= '0' then
+  redis.call('SPUBLISH', ARGV[5 + 3 * n], head .. table.concat(parts))
+end
 return {id, inc}
