@@ -20,6 +20,11 @@ TARGET_TICK_P99_MS = 300.0
 TARGET_MAKESPAN_RATIO = 0.75
 TARGET_DELIVERY_P99_RATIO = 0.5
 TARGET_EVENTS_RATIO = 3.0
+# The product on Granian (issue 21): the same ratios, tighter.
+GRANIAN_TARGET_RSS_RATIO = 1.1
+GRANIAN_TARGET_TICK_P99_MS = 150.0
+GRANIAN_TARGET_MAKESPAN_RATIO = 0.4
+GRANIAN_TARGET_DELIVERY_P99_RATIO = 0.2
 # Scale-out: the Redis broker on one worker against the memory broker on one worker
 # (fan-out makespan p50, same run), and everyone served over 2 workers.
 TARGET_REDIS_MAKESPAN_RATIO = 1.3
@@ -65,181 +70,233 @@ def pct(part: Any, whole: Any) -> float | None:
     return 100.0 * part / whole
 
 
+# The servers of the main table, in its column order (results key -> heading).  Each
+# scenario runs against every one of them in the same run; every ratio is against
+# ``baseline`` (bare Quart on Hypercorn) of that run.
+SERVER_COLUMNS = {
+    "product": "product on Hypercorn",
+    "product-granian": "product on Granian",
+    "product-uvicorn": "product on uvicorn (reference)",
+    "baseline": "bare Quart on Hypercorn",
+}
+SERVER_NAMES = {
+    "product": "Hypercorn",
+    "product-granian": "Granian",
+    "product-uvicorn": "uvicorn",
+    "baseline": "bare Quart",
+}
+PRODUCTS = ("product", "product-granian", "product-uvicorn")
+# Targets per server (issue 21 sets Granian's); uvicorn is a reference, without targets.
+TARGETS: dict[str, dict[str, float]] = {
+    "product": {
+        "rss": TARGET_RSS_RATIO,
+        "tick_p99_ms": TARGET_TICK_P99_MS,
+        "makespan": TARGET_MAKESPAN_RATIO,
+        "delivery_p99": TARGET_DELIVERY_P99_RATIO,
+        "events": TARGET_EVENTS_RATIO,
+    },
+    "product-granian": {
+        "rss": GRANIAN_TARGET_RSS_RATIO,
+        "tick_p99_ms": GRANIAN_TARGET_TICK_P99_MS,
+        "makespan": GRANIAN_TARGET_MAKESPAN_RATIO,
+        "delivery_p99": GRANIAN_TARGET_DELIVERY_P99_RATIO,
+    },
+}
+
+
+def server_kinds(results: dict[str, Any]) -> list[str]:
+    """The servers of the main table that this run measured (the product on
+    Hypercorn and the baseline always: reports before issue 21 have only them)."""
+    seen = {"product", "baseline"}
+    for pair in [*results.get("hold", {}).values(), results.get("fanout"), results.get("generate")]:
+        if isinstance(pair, dict):
+            seen.update(pair)
+    return [kind for kind in SERVER_COLUMNS if kind in seen]
+
+
+def main_header(results: dict[str, Any]) -> list[str]:
+    return ["metric", *(SERVER_COLUMNS[k] for k in server_kinds(results)), "target", "met?"]
+
+
 def build_rows(results: dict[str, Any], plan: Plan) -> tuple[list[list[str]], list[dict[str, Any]]]:
+    """The main table: one row per metric, one column per server (``main_header``);
+    a product's cell carries its ratio to the baseline of the same run."""
     rows: list[list[str]] = []
     targets: list[dict[str, Any]] = []
+    kinds = server_kinds(results)
+    products = [k for k in kinds if k in PRODUCTS]
 
     def add(
         label: str,
-        p: Any,
-        b: Any,
-        unit_digits: int = 1,
-        target: str = "",
-        ok: bool | None = None,
+        runs: dict[str, Any],
+        path: tuple[str, ...] | Any,
+        digits: int = 1,
+        check: Any = None,
         show_ratio: bool = True,
     ) -> None:
-        r = ratio(p, b) if show_ratio else None
+        """``path``: where the figure is in a run, or a function of the run.  ``check``:
+        kind -> (target text, met) for the servers that have a target here."""
+        values = {
+            k: (path(runs.get(k)) if callable(path) else get(runs.get(k), *path)) for k in kinds
+        }
+        base = values.get("baseline")
+        cells = []
+        for kind in kinds:
+            value = values[kind]
+            r = ratio(value, base) if show_ratio and kind != "baseline" else None
+            cells.append(fmt(value, digits) + (f" ({fmt_ratio(r)})" if r is not None else ""))
+        checks = {k: check(k, values[k], ratio(values[k], base)) for k in products} if check else {}
+        checks = {k: c for k, c in checks.items() if c is not None}
         rows.append(
             [
                 label,
-                fmt(p, unit_digits),
-                fmt(b, unit_digits),
-                fmt_ratio(r),
-                target,
-                verdict(ok) if target else "",
+                *cells,
+                "; ".join(f"{SERVER_NAMES[k]} {text}" for k, (text, _) in checks.items()),
+                "; ".join(f"{SERVER_NAMES[k]} {verdict(ok)}" for k, (_, ok) in checks.items()),
             ]
         )
-        if target:
+        for kind, (text, ok) in checks.items():
             targets.append(
                 {
-                    "metric": label,
-                    "product": p,
-                    "baseline": b,
-                    "ratio": r,
-                    "target": target,
+                    "metric": f"{label}, {SERVER_COLUMNS[kind]}",
+                    "product": values[kind],
+                    "baseline": base,
+                    "ratio": ratio(values[kind], base),
+                    "target": text,
                     "met": ok,
                 }
             )
 
+    def within(key: str, text: str, higher: bool = False) -> Any:
+        """A check of a ratio against each server's target ``key``."""
+
+        def check(kind: str, _value: Any, r: float | None) -> tuple[str, bool | None] | None:
+            goal = TARGETS.get(kind, {}).get(key)
+            if goal is None:
+                return None
+            return text.format(goal=goal), None if r is None else (
+                r >= goal if higher else r <= goal
+            )
+
+        return check
+
     top = str(max(plan.hold_ns))
     for n in plan.hold_ns:
-        pair = results["hold"].get(str(n), {})
-        p, b = pair.get("product"), pair.get("baseline")
+        runs = results["hold"].get(str(n), {})
         is_top = str(n) == top
-        p_conn, b_conn = pct(get(p, "connected"), n), pct(get(b, "connected"), n)
-        p_tick, b_tick = pct(get(p, "streams_all_ticks"), n), pct(get(b, "streams_all_ticks"), n)
-        all_ok = None if p_conn is None or p_tick is None else (p_conn == 100.0 and p_tick == 100.0)
-        add(f"hold {n:,}: connected (%)", p_conn, b_conn, 1, show_ratio=False)
+
+        def every_tick(kind: str, _v: Any, _r: Any, n: int = n, runs: Any = runs) -> Any:
+            if kind not in TARGETS:
+                return None
+            conn = pct(get(runs.get(kind), "connected"), n)
+            tick = pct(get(runs.get(kind), "streams_all_ticks"), n)
+            ok = None if conn is None or tick is None else (conn == 100.0 and tick == 100.0)
+            return "100% connected and ticking", ok
+
+        def tick_p99(kind: str, value: Any, _r: Any) -> Any:
+            goal = TARGETS.get(kind, {}).get("tick_p99_ms")
+            if goal is None:
+                return None
+            return f"<= {goal:g} ms", None if value is None else value <= goal
+
         add(
-            f"hold {n:,}: got every tick (%)",
-            p_tick,
-            b_tick,
-            1,
-            "100% connected and ticking" if is_top else "",
-            all_ok if is_top else None,
+            f"hold {n:,}: connected (%)",
+            runs,
+            lambda r, n=n: pct(get(r, "connected"), n),
             show_ratio=False,
         )
-        p_rss, b_rss = get(p, "rss_per_stream_kib"), get(b, "rss_per_stream_kib")
-        rss_ratio = ratio(p_rss, b_rss)
+        add(
+            f"hold {n:,}: got every tick (%)",
+            runs,
+            lambda r, n=n: pct(get(r, "streams_all_ticks"), n),
+            check=every_tick if is_top else None,
+            show_ratio=False,
+        )
         add(
             f"hold {n:,}: server RSS per stream (KiB)",
-            p_rss,
-            b_rss,
-            1,
-            f"<= {TARGET_RSS_RATIO}x baseline" if is_top else "",
-            None if rss_ratio is None else rss_ratio <= TARGET_RSS_RATIO,
+            runs,
+            ("rss_per_stream_kib",),
+            check=within("rss", "<= {goal:g}x baseline") if is_top else None,
         )
-        add(
-            f"hold {n:,}: tick delivery p50 (ms)",
-            get(p, "latency", "p50_ms"),
-            get(b, "latency", "p50_ms"),
-        )
-        p99 = get(p, "latency", "p99_ms")
+        add(f"hold {n:,}: tick delivery p50 (ms)", runs, ("latency", "p50_ms"))
         add(
             f"hold {n:,}: tick delivery p99 (ms)",
-            p99,
-            get(b, "latency", "p99_ms"),
-            1,
-            f"<= {TARGET_TICK_P99_MS:g} ms" if is_top else "",
-            None if p99 is None else p99 <= TARGET_TICK_P99_MS,
+            runs,
+            ("latency", "p99_ms"),
+            check=tick_p99 if is_top else None,
         )
         add(
             f"hold {n:,}: server CPU (% of its core)",
-            _pct(get(p, "cpu", "server_cpu_util")),
-            _pct(get(b, "cpu", "server_cpu_util")),
+            runs,
+            lambda r: _pct(get(r, "cpu", "server_cpu_util")),
         )
         add(
             f"hold {n:,}: server CPU per tick delivery (µs)",
-            _per(get(p, "cpu", "server_cpu_s"), get(p, "latency", "samples")),
-            _per(get(b, "cpu", "server_cpu_s"), get(b, "latency", "samples")),
+            runs,
+            lambda r: _per(get(r, "cpu", "server_cpu_s"), get(r, "latency", "samples")),
         )
     n = plan.fan_n
-    p, b = results["fanout"].get("product"), results["fanout"].get("baseline")
+    runs = results["fanout"]
     add(
         f"fan-out {n:,}: deliveries (of {n * plan.publishes:,})",
-        get(p, "deliveries"),
-        get(b, "deliveries"),
+        runs,
+        ("deliveries",),
         show_ratio=False,
     )
-    add(
-        f"fan-out {n:,}: delivery p50 (ms)",
-        get(p, "latency", "p50_ms"),
-        get(b, "latency", "p50_ms"),
-    )
-    r = ratio(get(p, "latency", "p99_ms"), get(b, "latency", "p99_ms"))
+    add(f"fan-out {n:,}: delivery p50 (ms)", runs, ("latency", "p50_ms"))
     add(
         f"fan-out {n:,}: delivery p99 (ms)",
-        get(p, "latency", "p99_ms"),
-        get(b, "latency", "p99_ms"),
-        1,
-        f"<= {TARGET_DELIVERY_P99_RATIO}x baseline",
-        None if r is None else r <= TARGET_DELIVERY_P99_RATIO,
+        runs,
+        ("latency", "p99_ms"),
+        check=within("delivery_p99", "<= {goal:g}x baseline"),
     )
-    r = ratio(get(p, "makespan", "p50_ms"), get(b, "makespan", "p50_ms"))
     add(
         f"fan-out {n:,}: makespan p50 (ms)",
-        get(p, "makespan", "p50_ms"),
-        get(b, "makespan", "p50_ms"),
-        1,
-        f"<= {TARGET_MAKESPAN_RATIO}x baseline",
-        None if r is None else r <= TARGET_MAKESPAN_RATIO,
+        runs,
+        ("makespan", "p50_ms"),
+        check=within("makespan", "<= {goal:g}x baseline"),
     )
-    add(
-        f"fan-out {n:,}: makespan max (ms)",
-        get(p, "makespan", "max_ms"),
-        get(b, "makespan", "max_ms"),
-    )
+    add(f"fan-out {n:,}: makespan max (ms)", runs, ("makespan", "max_ms"))
     add(
         f"fan-out {n:,}: server CPU per delivery (µs)",
-        _per(get(p, "cpu", "server_cpu_s"), get(p, "deliveries")),
-        _per(get(b, "cpu", "server_cpu_s"), get(b, "deliveries")),
+        runs,
+        lambda r: _per(get(r, "cpu", "server_cpu_s"), get(r, "deliveries")),
     )
     label = f"generate {plan.gen_n}x{plan.gen_amount:,}"
-    p, b = results["generate"].get("product"), results["generate"].get("baseline")
+    runs = results["generate"]
+
+    def events(kind: str, _value: Any, r: float | None) -> Any:
+        goal = TARGETS.get(kind, {}).get("events")
+        if goal is None:
+            return None
+        complete = get(runs.get(kind), "complete") == plan.gen_n
+        return f">= {goal:g}x baseline", None if r is None else (r >= goal and complete)
+
     add(
         f"{label}: complete streams (with `done`)",
-        get(p, "complete"),
-        get(b, "complete"),
+        runs,
+        ("complete",),
         show_ratio=False,
     )
-    r = ratio(get(p, "events_per_s"), get(b, "events_per_s"))
-    complete = get(p, "complete") == plan.gen_n
-    add(
-        f"{label}: events/s",
-        get(p, "events_per_s"),
-        get(b, "events_per_s"),
-        0,
-        f">= {TARGET_EVENTS_RATIO:g}x baseline",
-        None if r is None else (r >= TARGET_EVENTS_RATIO and complete),
-    )
+    add(f"{label}: events/s", runs, ("events_per_s",), 0, check=events)
     add(
         f"{label}: server CPU per event (µs)",
-        _per(get(p, "cpu", "server_cpu_s"), get(p, "events")),
-        _per(get(b, "cpu", "server_cpu_s"), get(b, "events")),
+        runs,
+        lambda r: _per(get(r, "cpu", "server_cpu_s"), get(r, "events")),
         2,
     )
-    add(
-        f"{label}: time to first byte p50 (ms)",
-        get(p, "first_byte", "p50_ms"),
-        get(b, "first_byte", "p50_ms"),
-    )
+    add(f"{label}: time to first byte p50 (ms)", runs, ("first_byte", "p50_ms"))
 
-    # Scale-out: product only.  The product column holds "Redis / memory" and the
-    # ratio column their ratio; there is no baseline.
+    # Scale-out: the product on Hypercorn only.  Its column holds "Redis / memory"
+    # and that ratio; the other columns are empty.
+    others = ["—"] * (len(kinds) - 1)
+
     def add_vs(
         label: str, a: Any, b: Any, digits: int = 1, target: str = "", ok: bool | None = None
     ) -> None:
         r = ratio(a, b)
-        rows.append(
-            [
-                label,
-                f"{fmt(a, digits)} / {fmt(b, digits)}",
-                "—",
-                fmt_ratio(r),
-                target,
-                verdict(ok) if target else "",
-            ]
-        )
+        cell = f"{fmt(a, digits)} / {fmt(b, digits)}" + (f" ({fmt_ratio(r)})" if r else "")
+        rows.append([label, cell, *others, target, verdict(ok) if target else ""])
         if target:
             targets.append(
                 {
@@ -252,19 +309,22 @@ def build_rows(results: dict[str, Any], plan: Plan) -> tuple[list[list[str]], li
                 }
             )
 
-    memory = results["fanout"].get("product")
     one, two = scale_runs(results)
+    memory = scale_memory(results)
     n = plan.fan_n
     expected = n * plan.publishes
+    earlier = ((results.get("scaleout") or {}).get("run") or {}).get("started")
+    # Scale-out rows of an earlier run than the table's say so.
+    when = f" (run of {earlier})" if earlier else ""
     add_vs(
-        f"fan-out {n:,} one worker: Redis / memory deliveries (of {expected:,})",
+        f"fan-out {n:,} one worker: Redis / memory deliveries (of {expected:,}){when}",
         get(one, "deliveries"),
         get(memory, "deliveries"),
         0,
     )
     r = ratio(get(one, "makespan", "p50_ms"), get(memory, "makespan", "p50_ms"))
     add_vs(
-        f"fan-out {n:,} one worker: Redis makespan p50 / memory makespan p50 (ms)",
+        f"fan-out {n:,} one worker: Redis makespan p50 / memory makespan p50 (ms){when}",
         get(one, "makespan", "p50_ms"),
         get(memory, "makespan", "p50_ms"),
         1,
@@ -272,12 +332,12 @@ def build_rows(results: dict[str, Any], plan: Plan) -> tuple[list[list[str]], li
         None if r is None else (r <= TARGET_REDIS_MAKESPAN_RATIO and served(one, n, plan)),
     )
     add_vs(
-        f"fan-out {n:,} one worker: Redis delivery p99 / memory delivery p99 (ms)",
+        f"fan-out {n:,} one worker: Redis delivery p99 / memory delivery p99 (ms){when}",
         get(one, "latency", "p99_ms"),
         get(memory, "latency", "p99_ms"),
     )
     add_vs(
-        f"fan-out {n:,} one worker: server CPU per delivery, Redis / memory (µs)",
+        f"fan-out {n:,} one worker: server CPU per delivery, Redis / memory (µs){when}",
         _per(workers_cpu_s(one), get(one, "deliveries")),
         _per(workers_cpu_s(memory), get(memory, "deliveries")),
     )
@@ -285,17 +345,17 @@ def build_rows(results: dict[str, Any], plan: Plan) -> tuple[list[list[str]], li
     ok = served(two, n2, plan)
     rows.append(
         [
-            f"scale-out {n2:,} over 2 workers, Redis: deliveries (of {n2 * plan.publishes:,})",
+            f"scale-out {n2:,} over 2 workers, Redis: deliveries "
+            f"(of {n2 * plan.publishes:,}){when}",
             fmt(get(two, "deliveries")),
-            "—",
-            "",
+            *others,
             "everyone served",
             verdict(ok),
         ]
     )
     targets.append(
         {
-            "metric": f"scale-out {n2:,} over 2 workers, Redis: everyone served",
+            "metric": f"scale-out {n2:,} over 2 workers, Redis: everyone served{when}",
             "product": get(two, "deliveries"),
             "baseline": None,
             "ratio": None,
@@ -307,15 +367,45 @@ def build_rows(results: dict[str, Any], plan: Plan) -> tuple[list[list[str]], li
         q = "p99_ms" if key == "latency" else "p50_ms"
         rows.append(
             [
-                f"scale-out {n2:,} over 2 workers, Redis: {name} (ms)",
+                f"scale-out {n2:,} over 2 workers, Redis: {name} (ms){when}",
                 fmt(get(two, key, q)),
-                "—",
-                "",
+                *others,
                 "",
                 "",
             ]
         )
     return rows, targets
+
+
+def keep_scaleout_baseline(
+    previous: dict[str, Any], results: dict[str, Any], scenarios_run: list[str]
+) -> None:
+    """The Redis scale-out rows compare with the memory broker's fan-out of their own
+    run: when the main scenarios run again without them, that fan-out (and when it
+    ran) stays with them in ``previous``."""
+    scale = previous.get("scaleout")
+    if (
+        not results.get("fanout")
+        or "scaleout" in scenarios_run
+        or not isinstance(scale, dict)
+        or "redis_1_worker" not in scale
+        or "memory_1_worker" in scale
+    ):
+        return
+    scale["memory_1_worker"] = (previous.get("fanout") or {}).get("product")
+    meta = previous.get("meta") or {}
+    scale["run"] = {
+        k: meta[k] for k in ("started", "minutes", "quick", "smoke", "revision") if k in meta
+    }
+
+
+def scale_memory(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The memory broker's fan-out that the Redis scale-out runs compare with: the one
+    of their own run (kept with them when the main scenarios ran again without them),
+    else the main table's."""
+    scale = results.get("scaleout") or {}
+    kept = scale.get("memory_1_worker") if isinstance(scale, dict) else None
+    return kept if isinstance(kept, dict) else results["fanout"].get("product")
 
 
 def scale_runs(
@@ -362,13 +452,14 @@ def client_rows(results: dict[str, Any], plan: Plan) -> list[list[str]]:
     """The client's own CPU (% of its core) in every run, and its ceiling."""
     rows = []
     runs: list[tuple[str, dict[str, Any] | None]] = []
+    kinds = [(kind, SERVER_COLUMNS[kind]) for kind in server_kinds(results)]
     for n in plan.hold_ns:
-        for kind in ("product", "baseline"):
-            runs.append((f"hold {n:,} vs {kind}", results["hold"].get(str(n), {}).get(kind)))
-    for kind in ("product", "baseline"):
-        runs.append((f"fan-out {plan.fan_n:,} vs {kind}", results["fanout"].get(kind)))
-    for kind in ("product", "baseline"):
-        runs.append((f"generate vs {kind}", results["generate"].get(kind)))
+        for kind, name in kinds:
+            runs.append((f"hold {n:,} vs {name}", results["hold"].get(str(n), {}).get(kind)))
+    for kind, name in kinds:
+        runs.append((f"fan-out {plan.fan_n:,} vs {name}", results["fanout"].get(kind)))
+    for kind, name in kinds:
+        runs.append((f"generate vs {name}", results["generate"].get(kind)))
     ceiling = results.get("ceiling", {})
     runs.append((f"hold {max(plan.hold_ns):,} vs ceiling server", ceiling.get("hold")))
     runs.append((f"fan-out {plan.fan_n:,} vs ceiling server", ceiling.get("fanout")))
@@ -429,7 +520,16 @@ def machine(revision: str) -> dict[str, str]:
         pass
     info["os"] = f"{platform.system()} {platform.release()}"
     info["python"] = platform.python_version()
-    for package in ("quart", "hypercorn", "h11", "werkzeug", "uvloop"):
+    for package in (
+        "quart",
+        "hypercorn",
+        "h11",
+        "werkzeug",
+        "uvloop",
+        "granian",
+        "uvicorn",
+        "httptools",
+    ):
         try:
             info[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -441,6 +541,16 @@ def machine(revision: str) -> dict[str, str]:
     return info
 
 
+COLORS = {
+    "product": "#1f77b4",
+    "product-granian": "#2ca02c",
+    "product-uvicorn": "#9467bd",
+    "baseline": "#ff7f0e",
+    "ceiling": "#7f7f7f",
+    "redis": "#17becf",
+}
+
+
 def chart(results: dict[str, Any], plan: Plan, path: Path) -> bool:
     try:
         import matplotlib
@@ -450,34 +560,48 @@ def chart(results: dict[str, Any], plan: Plan, path: Path) -> bool:
     except ImportError:
         log("matplotlib is missing: no chart")
         return False
-    colors = {"product": "#1f77b4", "baseline": "#ff7f0e", "ceiling": "#7f7f7f"}
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    kinds = server_kinds(results)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     ns = plan.hold_ns
     labels = [f"{n:,}" for n in ns]
-    width = 0.38
+    width = 0.8 / len(kinds)
     xs = range(len(ns))
     for ax, key, title, ylabel in (
         (axes[0][0], ("rss_per_stream_kib",), "hold: server RSS per stream", "KiB"),
         (axes[0][1], ("latency", "p99_ms"), "hold: tick delivery p99", "ms"),
     ):
-        for offset, kind in ((-width / 2, "product"), (width / 2, "baseline")):
+        for index, kind in enumerate(kinds):
+            offset = (index - (len(kinds) - 1) / 2) * width
             values = [get(results["hold"].get(str(n), {}).get(kind), *key) or 0 for n in ns]
-            ax.bar([x + offset for x in xs], values, width, label=kind, color=colors[kind])
+            ax.bar(
+                [x + offset for x in xs],
+                values,
+                width,
+                label=SERVER_COLUMNS[kind],
+                color=COLORS[kind],
+            )
         ax.set_xticks(list(xs), labels)
         ax.set_xlabel("concurrent streams")
         ax.set_title(title)
         ax.set_ylabel(ylabel)
-        ax.margins(y=0.15)
-        ax.legend(loc="upper left")
-    axes[0][1].axhline(TARGET_TICK_P99_MS, color="red", linestyle="--", linewidth=1)
-    axes[0][1].annotate(
-        "target",
-        (len(ns) - 1, TARGET_TICK_P99_MS),
-        color="red",
-        textcoords="offset points",
-        xytext=(0, 3),
-        ha="center",
-    )
+        ax.margins(y=0.4)
+        ax.legend(loc="upper left", fontsize=8)
+    for goal, name in (
+        (TARGET_TICK_P99_MS, "target (Hypercorn)"),
+        (GRANIAN_TARGET_TICK_P99_MS, "target (Granian)"),
+    ):
+        if "product-granian" not in kinds and goal == GRANIAN_TARGET_TICK_P99_MS:
+            continue
+        axes[0][1].axhline(goal, color="red", linestyle="--", linewidth=1)
+        axes[0][1].annotate(
+            name,
+            (len(ns) - 0.6, goal),
+            color="red",
+            fontsize=8,
+            textcoords="offset points",
+            xytext=(0, 3),
+            ha="right",
+        )
     ax = axes[1][0]
     metrics = [
         ("latency", "p50_ms", "delivery p50"),
@@ -485,14 +609,14 @@ def chart(results: dict[str, Any], plan: Plan, path: Path) -> bool:
         ("makespan", "p50_ms", "makespan p50"),
     ]
     mx = range(len(metrics))
-    series = [
-        ("product", results["fanout"].get("product"), colors["product"]),
-        ("baseline", results["fanout"].get("baseline"), colors["baseline"]),
-    ]
+    series = [(SERVER_COLUMNS[k], results["fanout"].get(k), COLORS[k]) for k in kinds]
     redis_one, _ = scale_runs(results)
-    if redis_one is not None and "error" not in redis_one:
-        series[0] = ("product (memory broker)", *series[0][1:])
-        series.insert(1, ("product, Redis broker", redis_one, "#2ca02c"))
+    if (
+        redis_one is not None
+        and "error" not in redis_one
+        and not (results.get("scaleout") or {}).get("run")
+    ):
+        series.insert(1, ("product on Hypercorn, Redis broker", redis_one, COLORS["redis"]))
     bar_w = 0.8 / len(series)
     for index, (name, r, color) in enumerate(series):
         offset = (index - (len(series) - 1) / 2) * bar_w
@@ -506,10 +630,10 @@ def chart(results: dict[str, Any], plan: Plan, path: Path) -> bool:
     ax.set_xticks(list(mx), [m[2] for m in metrics])
     ax.set_title(f"fan-out: {plan.fan_n:,} subscribers, {plan.publishes} publishes")
     ax.set_ylabel("ms")
-    ax.margins(y=0.15)
-    ax.legend(loc="upper left")
+    ax.margins(y=0.3)
+    ax.legend(loc="upper left", fontsize=8)
     ax = axes[1][1]
-    kinds = ["product", "baseline", "ceiling"]
+    bars_of = [*kinds, "ceiling"]
     values = [
         get(
             results["generate"].get(k)
@@ -518,12 +642,13 @@ def chart(results: dict[str, Any], plan: Plan, path: Path) -> bool:
             "events_per_s",
         )
         or 0
-        for k in kinds
+        for k in bars_of
     ]
+    names = {**SERVER_COLUMNS, "ceiling": "client ceiling (trivial server)"}
     bars = ax.bar(
-        ["product", "baseline", "client ceiling\n(trivial server)"],
+        [names[k].replace(" on ", "\non ").replace(" (", "\n(") for k in bars_of],
         values,
-        color=[colors[k] for k in kinds],
+        color=[COLORS[k] for k in bars_of],
     )
     for bar, value in zip(bars, values, strict=True):
         ax.annotate(
@@ -531,15 +656,67 @@ def chart(results: dict[str, Any], plan: Plan, path: Path) -> bool:
             (bar.get_x() + bar.get_width() / 2, bar.get_height()),
             ha="center",
             va="bottom",
-            fontsize=9,
+            fontsize=8,
         )
+    ax.tick_params(axis="x", labelsize=7)
     ax.set_title(f"generate: {plan.gen_n} x {plan.gen_amount:,} strings, aggregate")
     ax.set_ylabel("events/s")
-    fig.suptitle("quart_app vs plain Quart SSE (one Hypercorn worker on one core)")
+    fig.suptitle("quart_app on three servers vs bare Quart SSE (one worker on one core)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+# The main table's rows that the servers section shows (by label, with the plan's N).
+HEADLINE = (
+    "fan-out {fan}: makespan p50 (ms)",
+    "fan-out {fan}: delivery p99 (ms)",
+    "fan-out {fan}: server CPU per delivery (µs)",
+    "hold {hold}: tick delivery p99 (ms)",
+    "hold {hold}: server CPU (% of its core)",
+    "hold {hold}: server CPU per tick delivery (µs)",
+    "hold {hold}: server RSS per stream (KiB)",
+    "{gen}: events/s",
+    "{gen}: server CPU per event (µs)",
+)
+
+
+def servers_section(results: dict[str, Any], plan: Plan, rows: list[list[str]]) -> list[str]:
+    """The headline figures of every server side by side (rows of the main table),
+    and how each server was started."""
+    kinds = server_kinds(results)
+    if len(kinds) <= 2:
+        return []
+    names = {
+        line.format(
+            fan=f"{plan.fan_n:,}",
+            hold=f"{max(plan.hold_ns):,}",
+            gen=f"generate {plan.gen_n}x{plan.gen_amount:,}",
+        )
+        for line in HEADLINE
+    }
+    chosen = [row[: 1 + len(kinds)] for row in rows if row[0] in names]
+    commands = (results.get("meta") or {}).get("servers") or {}
+    parts = [
+        "## Servers side by side",
+        "",
+        "The headline rows of the table below: the same product on each server, one worker "
+        "pinned to one core, against bare Quart on Hypercorn, all in this run (ratios to "
+        "bare Quart in brackets; lower is better but for events/s).",
+        "",
+        table(["", *(SERVER_COLUMNS[k] for k in kinds)], chosen),
+        "",
+    ]
+    if commands:
+        parts += [
+            "How each server was started (`PORT`: a free port; each pinned with `taskset`, "
+            "see *Machine and versions*):",
+            "",
+            *(f"* {SERVER_COLUMNS.get(k, k)}: `{c}`" for k, c in commands.items()),
+            "",
+        ]
+    return parts
 
 
 def markdown(
@@ -561,7 +738,14 @@ def markdown(
         "bare Quart (`bench/baseline_app.py`: an async generator per request, one "
         "`asyncio.Queue` per subscriber, `/generate` yielding one frame per string), "
         "same URLs, same frames, same Hypercorn settings (`hypercorn.toml`, one worker). "
-        "Regenerate this page with `bench/run` (a smoke run: `bench/run --quick`); the "
+        + (
+            "The product also runs on Granian and, for reference, on uvicorn (uvloop and "
+            "httptools), in the same run, one worker each; every ratio is against bare "
+            "Quart on Hypercorn of that run. "
+            if len(server_kinds(results)) > 2
+            else ""
+        )
+        + "Regenerate this page with `bench/run` (a smoke run: `bench/run --quick`); the "
         "storm, topic, cost and jobs' memory sections alone with `bench/run --at HEAD "
         "--only storm --only topics --only jobmem --into docs/BENCHMARKS.md`, which keeps "
         "the other sections' raw results.",
@@ -575,9 +759,12 @@ def markdown(
         f"**{extra_met} of {len(extra_targets)}** in the storm, topic and cost sections "
         "(their own runs, dated in each section).",
         "",
+        *servers_section(results, plan, rows),
         "## Results",
         "",
-        table(["metric", "product", "baseline", "product / baseline", "target", "met?"], rows),
+        "Each product cell carries its ratio to bare Quart on Hypercorn (same run).",
+        "",
+        table(main_header(results), rows),
         "",
     ]
     if png_name:
@@ -618,8 +805,16 @@ def markdown(
     parts += [
         "## How to read it",
         "",
-        "* **Ratios** are product / baseline, from the same run on the same machine. For "
-        "latency and memory lower is better; for events/s higher is better.",
+        "* **Ratios** are product / baseline (bare Quart on Hypercorn), from the same run "
+        "on the same machine, whichever server the product runs on. For latency and "
+        "memory lower is better; for events/s higher is better.",
+        "* **Servers**: the product on Hypercorn (`hypercorn.toml`, the default serve "
+        "command), on Granian (`granian --interface asgi --factory` with the options the "
+        "README recommends) and on uvicorn with uvloop and httptools (a reference: the "
+        "product is not tested on it); bare Quart on Hypercorn only. Each is a fresh "
+        "process per scenario, one worker. Hypercorn and Granian serve from a worker "
+        "child process (Granian forks it with the parent's command line), uvicorn "
+        "in its own process: the process measured is the one that serves.",
         "* **hold N**: N idle `GET /numbers` streams (1 tick per second) for "
         f"{plan.hold_s:g} s after all are connected. *Connected*: HTTP 200 and the first "
         "bytes received. *Got every tick*: the stream received every tick stamped inside "
@@ -698,11 +893,21 @@ def scaleout_section(results: dict[str, Any], plan: Plan) -> list[str]:
             "processes).",
             "",
         ]
-    memory = results["fanout"].get("product")
+    memory = scale_memory(results)
     one, two = scale_runs(results)
     cores = (results.get("meta", {}).get("machine") or {}).get("cores") or str(os.cpu_count())
     redis_cpu = get(scale, "redis_server", "cpu") or SERVER_CPU
+    stamp = one_stamp(scale.get("run") or {})
     parts = [
+        *(
+            [
+                f"{stamp} Not run since: its rows compare with the memory-broker fan-out "
+                "of that run (kept with them), not with the main table's.",
+                "",
+            ]
+            if stamp
+            else []
+        ),
         "Product only (the baseline cannot fan out across processes). `bench/run` starts "
         "one `redis-server` (no persistence) and, flushing it (`FLUSHALL`) before each "
         f"run, runs the fan-out client against the product (a) on ONE worker with "
@@ -1422,9 +1627,10 @@ def raw_json(results: dict[str, Any]) -> str:
 
 
 def _number(cell: str) -> float | None:
-    """A table cell's number (of ``a / b``, the first: the row's own figure)."""
+    """A table cell's number (of ``a / b``, the first: the row's own figure; without
+    the ratio in brackets that follows it)."""
     try:
-        return float(cell.split(" / ", 1)[0].replace(",", "").rstrip("x"))
+        return float(cell.split(" / ", 1)[0].split(" (", 1)[0].replace(",", "").rstrip("x"))
     except ValueError:
         return None
 

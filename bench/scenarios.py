@@ -34,7 +34,18 @@ SECRET = "bench-secret-key-not-for-production-0123456789abcdef"
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
 BASELINE_APP = str(BENCH / "baseline_app.py") + ":app"
-KINDS = ("product", "baseline")
+# The servers of the main table, all in one run: the product on each server the
+# harness knows (Hypercorn, the default; Granian; uvicorn with uvloop and
+# httptools, for reference) and the baseline, bare Quart on Hypercorn.
+KINDS = ("product", "product-granian", "product-uvicorn", "baseline")
+# What each kind serves, and on which server ("ceiling" is its own command).
+SERVED = {
+    "product": (PRODUCT_APP, "hypercorn"),
+    "product-granian": (PRODUCT_APP, "granian"),
+    "product-uvicorn": (PRODUCT_APP, "uvicorn"),
+    "baseline": (BASELINE_APP, "hypercorn"),
+    "ceiling": (BASELINE_APP, "hypercorn"),
+}
 SCENARIOS = ["hold", "fanout", "generate", "ceiling", "scaleout", "storm", "topics", "jobmem"]
 # The brokers the storm and topic scenarios run on: the default, one
 # redis-server, and a local 3-master Redis Cluster (``redis+cluster://``).
@@ -89,6 +100,8 @@ class Plan:
     # Wait (at most this long) for a quiet machine before each run; 0: do not wait.
     quiet_wait_s: float = QUIET_WAIT_S
     scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    # The servers that hold, fan-out and generate run against (``bench/run --kind``).
+    kinds: tuple[str, ...] = KINDS
 
 
 FULL = Plan(
@@ -229,9 +242,19 @@ def wait_quiet(limit_s: float, threshold: float = 0.25) -> float:
 
 
 def server(
-    bench: Bench, kind: str, *, workers: int | None = None, env: dict[str, str] | None = None
+    bench: Bench,
+    kind: str,
+    *,
+    workers: int | None = None,
+    env: dict[str, str] | None = None,
+    server: str | None = None,
 ) -> ServerProcess:
-    """A server of ``kind`` (product, baseline or ceiling) pinned to the server CPU."""
+    """A server of ``kind`` (one of ``SERVED``: product, product-granian,
+    product-uvicorn, baseline or ceiling) pinned to the server CPU; ``server``
+    (hypercorn, granian, uvicorn) overrides the one the kind names."""
+    if kind not in SERVED:
+        raise ValueError(f"unknown server kind {kind!r}")
+    app, served_by = SERVED[kind]
     port = free_port()
     command = None
     if kind == "ceiling":
@@ -248,20 +271,43 @@ def server(
         {"QUART_PUBLISH_TOKEN": TOKEN, "QUART_SECRET_KEY": SECRET, **LIMITS_LIFTED, **(env or {})},
         workers=workers,
         port=port,
-        app=PRODUCT_APP if kind == "product" else BASELINE_APP,
+        app=app,
         root=bench.serve_root,
         prefix=pinned(SERVER_CPU),
         command=command,
         log_path=bench.workdir / f"{kind}-{port}.log",
+        server=server or served_by,
     )
+
+
+_server = server  # for ``running``, whose ``server`` argument shadows it
+
+
+def server_commands(bench: Bench, kinds: Sequence[str]) -> dict[str, str]:
+    """How each kind of server is started (its command line, the port as ``PORT``,
+    without the pinning prefix), for the report."""
+    commands = {}
+    for kind in kinds:
+        srv = server(bench, kind)
+        argv = srv.argv()[len(srv.prefix) :]
+        port = str(srv.port)
+        argv = ["PORT" if arg == port else arg.replace(f":{port}", ":PORT") for arg in argv]
+        argv[0] = "python" if argv[0] == sys.executable else argv[0]
+        commands[kind] = " ".join(arg.replace(str(ROOT) + "/", "") for arg in argv)
+    return commands
 
 
 @contextmanager
 def running(
-    bench: Bench, kind: str, *, workers: int | None = None, env: dict[str, str] | None = None
+    bench: Bench,
+    kind: str,
+    *,
+    workers: int | None = None,
+    env: dict[str, str] | None = None,
+    server: str | None = None,
 ) -> Iterator[ServerProcess]:
     """A started server of ``kind``, stopped (workers included) on the way out."""
-    srv = server(bench, kind, workers=workers, env=env)
+    srv = _server(bench, kind, workers=workers, env=env, server=server)
     srv.start(timeout=30.0)  # stops it again if it does not come up
     try:
         srv.worker_pids()
@@ -840,19 +886,20 @@ def run_topics(bench: Bench, plan: Plan) -> dict[str, Any]:
 
 def run_all(bench: Bench, plan: Plan) -> dict[str, Any]:
     results: dict[str, Any] = {"hold": {}, "fanout": {}, "generate": {}, "ceiling": {}}
+    kinds = plan.kinds
     if "hold" in plan.scenarios:
         for n in plan.hold_ns:
             results["hold"][str(n)] = run_pair(
-                bench, plan, "hold", hold_args(plan, n), budget_for(plan, "hold", n)
+                bench, plan, "hold", hold_args(plan, n), budget_for(plan, "hold", n), kinds
             )
     fan_budget = budget_for(plan, "fanout", plan.fan_n)
     if "fanout" in plan.scenarios:
         results["fanout"] = run_pair(
-            bench, plan, "fanout", fanout_args(plan, plan.fan_n), fan_budget
+            bench, plan, "fanout", fanout_args(plan, plan.fan_n), fan_budget, kinds
         )
     if "generate" in plan.scenarios:
         results["generate"] = run_pair(
-            bench, plan, "generate", generate_args(plan), budget_for(plan, "generate")
+            bench, plan, "generate", generate_args(plan), budget_for(plan, "generate"), kinds
         )
     if "ceiling" in plan.scenarios:
         n = max(plan.hold_ns)
@@ -878,8 +925,9 @@ def run_all(bench: Bench, plan: Plan) -> dict[str, Any]:
     return results
 
 
-def run_profiles(bench: Bench, plan: Plan, outdir: Path) -> None:
-    """Product only, one py-spy recording (speedscope + flame graph) per scenario."""
+def run_profiles(bench: Bench, plan: Plan, outdir: Path, kind: str = "product") -> None:
+    """One server kind (the product on Hypercorn unless told), one py-spy recording
+    (speedscope + flame graph) per scenario."""
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     outdir.mkdir(parents=True, exist_ok=True)
@@ -892,7 +940,7 @@ def run_profiles(bench: Bench, plan: Plan, outdir: Path) -> None:
     for scenario, args, budget in jobs:
         if scenario not in plan.scenarios:
             continue
-        with running(bench, "product") as srv:
+        with running(bench, kind) as srv:
             worker = srv.worker_pids()[0]
             recorders = []
             for fmt, ext in (("speedscope", "json"), ("flamegraph", "svg")):
@@ -920,7 +968,7 @@ def run_profiles(bench: Bench, plan: Plan, outdir: Path) -> None:
                     )
                 )
             time.sleep(1.0)  # py-spy attaches
-            result = run_client(scenario, srv, "product-profiled", args, budget)
+            result = run_client(scenario, srv, f"{kind}-profiled", args, budget)
             (outdir / f"{scenario}-result.json").write_text(json.dumps(result, indent=1))
             for recorder in recorders:
                 recorder.send_signal(signal.SIGINT)

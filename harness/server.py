@@ -41,7 +41,7 @@ GRANIAN_OPTIONS = (
     "--backpressure",
     "16384",
     "--http1-buffer-size",
-    "65536",
+    "8192",
     "--http1-header-read-timeout",
     "5000",
     "--workers-kill-timeout",

@@ -265,3 +265,149 @@ def test_topic_runs_rotate_the_ks_so_each_k_runs_first_once() -> None:
     for place in range(len(ks)):  # and in every place once
         assert sorted(order[place] for order in orders) == ks
     assert topic_order(ks, len(ks)) == ks
+
+
+def _main_results(kinds: tuple[str, ...]) -> dict[str, Any]:
+    """Main-table results of a tiny plan (hold 10, fan-out 10 x 2, generate 1 x 10)."""
+
+    def hold(rss: float, p99: float) -> dict[str, Any]:
+        return {
+            "scenario": "hold",
+            "connected": 10,
+            "streams_all_ticks": 10,
+            "rss_per_stream_kib": rss,
+            "latency": {"p50_ms": p99 / 2, "p99_ms": p99, "samples": 100},
+            "cpu": {"server_cpu_s": 0.01, "server_cpu_util": 0.1},
+        }
+
+    def fanout(makespan: float, p99: float) -> dict[str, Any]:
+        return {
+            "scenario": "fanout",
+            "deliveries": 20,
+            "latency": {"p50_ms": p99 / 2, "p99_ms": p99},
+            "makespan": {"p50_ms": makespan, "max_ms": makespan},
+            "cpu": {"server_cpu_s": 0.001},
+        }
+
+    def generate(rate: float) -> dict[str, Any]:
+        return {"scenario": "generate", "complete": 1, "events_per_s": rate, "events": 10}
+
+    figures = {
+        "product": (30.0, 200.0, 60.0, 90.0, 400.0),
+        "product-granian": (40.0, 100.0, 30.0, 15.0, 500.0),
+        "product-uvicorn": (20.0, 120.0, 35.0, 20.0, 450.0),
+        "baseline": (32.0, 800.0, 100.0, 100.0, 100.0),
+    }
+    return {
+        "hold": {"10": {k: hold(*figures[k][:2]) for k in kinds}},
+        "fanout": {k: fanout(*figures[k][2:4]) for k in kinds},
+        "generate": {k: generate(figures[k][4]) for k in kinds},
+        "ceiling": {},
+    }
+
+
+def _tiny_plan() -> Any:
+    from bench.scenarios import Plan
+
+    return Plan(
+        hold_ns=[10],
+        hold_s=1.0,
+        fan_n=10,
+        publishes=2,
+        gen_n=1,
+        gen_amount=10,
+        gen_length=8,
+        scaleout_n=10,
+    )
+
+
+def test_main_table_has_a_column_per_server_and_ratios_to_bare_quart() -> None:
+    from bench import report
+
+    results = _main_results(("product", "product-granian", "product-uvicorn", "baseline"))
+    rows, targets = report.build_rows(results, _tiny_plan())
+    assert report.main_header(results) == [
+        "metric",
+        "product on Hypercorn",
+        "product on Granian",
+        "product on uvicorn (reference)",
+        "bare Quart on Hypercorn",
+        "target",
+        "met?",
+    ]
+    by_label = {row[0]: row for row in rows}
+    makespan = by_label["fan-out 10: makespan p50 (ms)"]
+    assert makespan[1:5] == ["60.0 (0.600x)", "30.0 (0.300x)", "35.0 (0.350x)", "100.0"]
+    # Each server its own target: Hypercorn's 0.75x, Granian's 0.4x; uvicorn none.
+    assert makespan[5] == "Hypercorn <= 0.75x baseline; Granian <= 0.4x baseline"
+    met = {t["metric"]: t["met"] for t in targets}
+    assert met["fan-out 10: makespan p50 (ms), product on Granian"] is True
+    assert met["hold 10: server RSS per stream (KiB), product on Granian"] is False  # 1.25x
+    assert met["hold 10: tick delivery p99 (ms), product on Hypercorn"] is True  # <= 300 ms
+    assert met["hold 10: tick delivery p99 (ms), product on Granian"] is True  # <= 150 ms
+    assert not any("uvicorn" in metric for metric in met)
+    page = report.markdown(results, _tiny_plan(), None)
+    assert "## Servers side by side" in page
+    assert "| fan-out 10: makespan p50 (ms) | 60.0 (0.600x) | 30.0 (0.300x) |" in page
+
+
+def test_reports_from_before_the_servers_render_with_their_two_columns() -> None:
+    from bench import report
+
+    results = _main_results(("product", "baseline"))
+    rows, _ = report.build_rows(results, _tiny_plan())
+    assert report.main_header(results)[1:3] == ["product on Hypercorn", "bare Quart on Hypercorn"]
+    assert all(len(row) == 5 for row in rows)
+    assert "## Servers side by side" not in report.markdown(results, _tiny_plan(), None)
+    # The before/after section reads a product cell's figure without its ratio.
+    assert report._number("31.6 (0.938x)") == 31.6
+    assert report._number("164.8 / 145.8 (1.130x)") == 164.8
+    assert report._number("1,247.8") == 1247.8
+
+
+def test_a_new_main_run_leaves_the_scaleout_rows_their_own_memory_fanout() -> None:
+    from bench import report
+
+    old_fanout = {"scenario": "fanout", "makespan": {"p50_ms": 145.8}}
+    previous: dict[str, Any] = {
+        "fanout": {"product": old_fanout},
+        "scaleout": {"redis_1_worker": {"scenario": "fanout"}},
+        "meta": {"started": "then", "revision": "abc"},
+    }
+    new = {"fanout": {"product": {"scenario": "fanout", "makespan": {"p50_ms": 99.0}}}}
+    report.keep_scaleout_baseline(previous, new, ["hold", "fanout"])
+    assert previous["scaleout"]["memory_1_worker"] is old_fanout
+    assert previous["scaleout"]["run"] == {"started": "then", "revision": "abc"}
+    previous["fanout"] = new["fanout"]  # as bench/run --into merges it
+    assert report.scale_memory(previous) is old_fanout
+    # Run together, the scale-out compares with the fan-out of the same run.
+    same: dict[str, Any] = {"fanout": new["fanout"], "scaleout": {"redis_1_worker": {}}}
+    report.keep_scaleout_baseline(same, new, ["fanout", "scaleout"])
+    assert "memory_1_worker" not in same["scaleout"]
+    assert report.scale_memory(same) is new["fanout"]["product"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "server", "app"),
+    [
+        ("product", "hypercorn", "quart_app:create_app()"),
+        ("product-granian", "granian", "quart_app:create_app"),
+        ("product-uvicorn", "uvicorn", "quart_app:create_app"),
+        ("baseline", "hypercorn", "baseline_app.py:app"),
+    ],
+)
+def test_each_kind_of_server_runs_its_app_on_its_server(
+    tmp_path: Path, kind: str, server: str, app: str
+) -> None:
+    from bench.scenarios import SERVER_CPU, Bench, server_commands
+    from bench.scenarios import server as bench_server
+
+    srv = bench_server(Bench(tmp_path), kind)
+    assert srv.server == server
+    argv = srv.argv()
+    assert argv[argv.index("-m") + 1] == server  # started as ``python -m <server>``
+    assert argv[-1].endswith(app)
+    if "taskset" in argv:
+        assert argv[argv.index("taskset") + 2] == SERVER_CPU  # pinned to the server's core
+    command = server_commands(Bench(tmp_path), [kind])[kind]
+    assert command.startswith(f"python -m {server} ") and str(srv.port) not in command
