@@ -1317,7 +1317,7 @@ def start(topology: Topology, workdir: Path, stack: Stack) -> list[Host]:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # processes started elsewhere (redis-server) read it too
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"campaign-{args.topology}-", dir=out))
     record = Record(topology=args.topology, seed=args.seed, minutes=args.minutes)

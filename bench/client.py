@@ -435,10 +435,12 @@ class SSEStream(asyncio.Protocol):
                     yield stamp, event
 
 
-def stream_request(port: int, path: str) -> bytes:
+def stream_request(port: int, path: str, bearer: str = "") -> bytes:
+    """The request that opens a stream (with ``Authorization: Bearer`` when given)."""
+    auth = f"Authorization: Bearer {bearer}\r\n" if bearer else ""
     return (
         f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nAccept: text/event-stream\r\n"
-        "Cache-Control: no-cache\r\nUser-Agent: quart-app-bench\r\n\r\n"
+        f"Cache-Control: no-cache\r\nUser-Agent: quart-app-bench\r\n{auth}\r\n"
     ).encode()
 
 
@@ -845,12 +847,15 @@ async def storm_open(
     *,
     timeout: float,  # noqa: ASYNC109 - a deadline for each stream to be served
     hits: Hits,
+    bearer: str = "",
 ) -> tuple[list[SSEStream], float]:
     """Open one stream per path ALL AT ONCE: every connect is its own task, and
     the tasks start together when one ``asyncio.Event`` is set (no pacing, no
     semaphore).  Returns the streams and the wall time of the start."""
     loop = asyncio.get_running_loop()
-    streams = [SSEStream(stream_request(port, path), hits=hits, loop=loop) for path in paths]
+    streams = [
+        SSEStream(stream_request(port, path, bearer), hits=hits, loop=loop) for path in paths
+    ]
     go = asyncio.Event()
 
     async def one(stream: SSEStream) -> None:
@@ -1050,7 +1055,9 @@ async def scenario_storm(args: argparse.Namespace) -> dict[str, Any]:
     hits = Hits(MARKER.encode())
     control = HTTPClient(args.port)
     meter = CpuMeter(args.rss_pid, args.cpu_pid)
-    streams, started = await storm_open(args.port, paths, timeout=args.served_timeout, hits=hits)
+    streams, started = await storm_open(
+        args.port, paths, timeout=args.served_timeout, hits=hits, bearer=args.bearer
+    )
     served = [s for s in streams if s.ok]
     placed, seen = await wait_placed(control, len(served), args.place_timeout)
     placed_s = _now() - started
@@ -1373,6 +1380,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     storm.add_argument("--publishers", type=int, default=4, help="publishing connections")
     storm.add_argument("--token", default=os.environ.get("QUART_PUBLISH_TOKEN", ""))
+    storm.add_argument(
+        "--bearer", default="", help="a token sent with every subscribe (private channels)"
+    )
     storm.add_argument("--served-timeout", type=float, default=120.0)
     storm.add_argument("--place-timeout", type=float, default=120.0)
     storm.add_argument("--publish-timeout", type=float, default=10.0)
