@@ -41,6 +41,7 @@ stopped on exit (also on Ctrl-C or SIGTERM).
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import contextlib
@@ -137,7 +138,7 @@ def is_subscriber(sent: bytes) -> bool:
 # -- the topologies ----------------------------------------------------------------------
 
 
-class Topology:
+class Topology(abc.ABC):
     """One Redis topology, the proxies of the Redis links, and its Redis faults."""
 
     kind = ""
@@ -146,16 +147,16 @@ class Topology:
         self.workdir = workdir
         self.proxies: list[FaultProxy] = []
 
-    def start(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def start(self) -> None: ...
 
+    @abc.abstractmethod
     def broker_url(self, host: int) -> tuple[str, list[FaultProxy]]:
         """Host ``host``'s QUART_BROKER_URL and the proxies of its Redis links."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def redis_fault(self, kind: str, rng: random.Random) -> dict[str, Any]:
         """Lose Redis (blocking; returns when the fault has been applied and undone)."""
-        raise NotImplementedError
 
     def stop(self) -> None:
         for proxy in self.proxies:
@@ -276,7 +277,12 @@ class Cluster(Topology):
 
 
 def make_topology(kind: str, workdir: Path) -> Topology:
-    return {"redis": OneRedis, "sentinel": Sentinel, "cluster": Cluster}[kind](workdir)
+    kinds: dict[str, type[OneRedis | Sentinel | Cluster]] = {
+        "redis": OneRedis,
+        "sentinel": Sentinel,
+        "cluster": Cluster,
+    }
+    return kinds[kind](workdir)
 
 
 # -- the hosts ---------------------------------------------------------------------------

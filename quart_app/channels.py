@@ -9,11 +9,11 @@ on both brokers.
 ``publish`` is what Flask-SSE users know as ``sse.publish``.
 
 Publishing can be retried (SPEC §11): a publish with an idempotency key
-(:class:`Once`) takes the key's claim in the broker (``Coordination.claim``),
+(:class:`~.idempotency.Once`) takes the key's claim in the broker (``Coordination.claim``),
 publishes and settles the claim with its ids; the same key again within
 ``PUBLISH_IDEMPOTENCY_S`` gets those ids and publishes nothing, on every worker
 and host that shares the broker.  A retry that comes while the first is still
-publishing waits for its answer (at most ``CLAIM_WAIT_S``, then ``409``); the
+publishing waits for its answer (at most ``idempotency.CLAIM_WAIT_S``, then ``409``); the
 same key with another request is a ``422`` (the IETF draft
 draft-ietf-httpapi-idempotency-key-header).  A publish that failed settles what
 it did publish, and a retry publishes only the rest.
@@ -22,7 +22,6 @@ it did publish, and a retry publishes only the rest.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import re
@@ -34,16 +33,16 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Quart, current_app, has_app_context
 
+from . import idempotency
 from .brokers import Broker, Overflow
 from .brokers.base import Item, parse_seq
-from .errors import APIError, InvalidInput, Overloaded, TooLarge
+from .errors import InvalidInput, Overloaded, TooLarge
 from .retry import Backoff
 from .state import AppState, get_state
 from .streams import Feed
 
 if TYPE_CHECKING:
     from .db import History
-    from .tokens import Grant
 
 log = logging.getLogger("quart_app.channels")
 
@@ -59,20 +58,6 @@ MAX_USER_CHARS = 64
 _CHANNELS_KEY = "channels"
 # One publish reaches at most this many channels (POST /api/v1/publish).
 MAX_PUBLISH_CHANNELS = 100
-MAX_IDEMPOTENCY_KEY_CHARS = 64
-IDEMPOTENCY_KEY_RULE = (
-    f"idempotency_key must be a string of 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters"
-)
-# The publish that takes a key's claim holds it this long: if its process dies
-# mid-publish, a retry takes the claim over after it (and publishes what is missing).
-CLAIM_HOLD_S = 10.0
-# A retry that finds its key's first publish still running waits this long for that
-# answer, then gets a 409 (try again).
-CLAIM_WAIT_S = 5.0
-# Who publishes through the broker itself (sse.publish, publisher.Publisher): one scope.
-BROKER_SCOPE = "broker"
-# On an answer repeated for a retried idempotency key (nothing published), as Stripe's.
-REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def is_channel_name(name: str) -> bool:
@@ -85,75 +70,6 @@ def is_event_type(value: object) -> bool:
 
 def topic_for(name: str) -> str:
     return f"channel:{name}"
-
-
-def is_idempotency_key(value: object) -> bool:
-    return isinstance(value, str) and 1 <= len(value) <= MAX_IDEMPOTENCY_KEY_CHARS
-
-
-class IdempotencyKeyReused(APIError):
-    """The key was used for another request: its answer is not this one's."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            422,
-            "this idempotency_key was used for another request (other channels, data or "
-            "event) within PUBLISH_IDEMPOTENCY_S: use a new key for a new publish",
-            field="idempotency_key",
-        )
-
-
-class IdempotencyKeyInFlight(APIError):
-    """The key's first publish is still running: its answer is not known yet."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            409,
-            "a publish with this idempotency_key is still in progress: retry shortly with "
-            "the same key",
-            field="idempotency_key",
-            headers={"Retry-After": "1"},
-        )
-
-
-def _digest(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-
-@dataclass(frozen=True, slots=True)
-class Once:
-    """An idempotency key, in the scope of the publisher that sends it.
-
-    ``scope``: who publishes (a digest of the credential, :func:`scope_of`), so
-    that two publishers never read each other's answers; ``ttl_s``: how long
-    its answer is kept (``PUBLISH_IDEMPOTENCY_S``).
-    """
-
-    key: str
-    scope: str
-    ttl_s: float
-
-    @property
-    def record(self) -> str:
-        """The claim's name in the broker: neither the key nor the credential shows."""
-        return _digest(self.scope, self.key)
-
-
-def scope_of(grant: Grant | None, config: Mapping[str, Any]) -> str:
-    """The scope of a publisher over HTTP: the JWT's ``sub`` (``grant``), or the
-    publish token (``grant`` None), as a digest."""
-    if grant is not None:
-        return _digest("jwt", grant.sub)
-    return _digest("token", str(config.get("PUBLISH_TOKEN") or ""))
-
-
-def once(key: str | None, scope: str, config: Mapping[str, Any]) -> Once | None:
-    """``key`` (None: no idempotency) in ``scope``, kept ``PUBLISH_IDEMPOTENCY_S``."""
-    if key is None:
-        return None
-    if not is_idempotency_key(key):
-        raise ValueError(IDEMPOTENCY_KEY_RULE)
-    return Once(key, scope, float(config["PUBLISH_IDEMPOTENCY_S"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +108,7 @@ async def publish_on(
     *,
     type: str | None = None,
     channel: str = "sse",
-    once: Once | None = None,
+    once: idempotency.Once | None = None,
 ) -> str:
     """Publish ``data`` (any JSON value) to ``channel`` through ``broker``; the event's id.
 
@@ -212,7 +128,7 @@ async def publish_all_on(
     data: Any,
     *,
     type: str | None = None,
-    once: Once | None = None,
+    once: idempotency.Once | None = None,
 ) -> Publication:
     """Publish ``data`` to each channel of ``names`` (1 to MAX_PUBLISH_CHANNELS, none
     twice): one event each, with its own id.  ``ValueError`` for a bad name, event
@@ -222,8 +138,9 @@ async def publish_all_on(
     With ``once``, the key's first publish is the only one (see the module's
     docstring): the same key and request again within its ``ttl_s`` get the
     first ids (``replayed``), another request with the key
-    :class:`IdempotencyKeyReused`, one while the first is still publishing waits
-    for its answer, at most ``CLAIM_WAIT_S`` (then :class:`IdempotencyKeyInFlight`).
+    :class:`~.idempotency.IdempotencyKeyReused`, one while the first is still
+    publishing waits for its answer, at most ``idempotency.CLAIM_WAIT_S`` (then
+    :class:`~.idempotency.IdempotencyKeyInFlight`).
     """
     names = list(names)
     if not 1 <= len(names) <= MAX_PUBLISH_CHANNELS:
@@ -279,18 +196,6 @@ async def _all(calls: Iterable[Coroutine[Any, Any, None]]) -> None:
         raise failure
 
 
-def _fingerprint(names: Sequence[str], item: Item, data: Any) -> str:
-    """What makes two publishes with one key the same request: the channels (in any
-    order), the event type and the data (a JSON object's members in any order)."""
-    try:
-        request = [sorted(names), item.event, data]
-        canonical = json.dumps(request, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    except TypeError:  # keys of several types (``{1: ..., "a": ...}``): as JSON has them
-        request = [sorted(names), item.event, json.loads(item.data)]
-        canonical = json.dumps(request, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
 # Publishes that took a claim run in tasks of their own (shielded from the request's
 # cancellation: a client that gave up still gets its answer settled for its retry).
 _SETTLING: set[asyncio.Task[Publication]] = set()
@@ -308,17 +213,19 @@ async def _publish_once(
     known: dict[str, float],
     names: list[str],
     item: Item,
-    once: Once,
+    once: idempotency.Once,
     data: Any,
 ) -> Publication:
-    fingerprint = _fingerprint(names, item, data)
+    fingerprint = idempotency.fingerprint(names, item, data)
     holder = secrets.token_hex(8)
-    deadline = time.monotonic() + CLAIM_WAIT_S
+    deadline = time.monotonic() + idempotency.CLAIM_WAIT_S
     backoff = Backoff(0.005, 0.1)
     while True:
-        claim = await broker.claim(once.record, holder, fingerprint, CLAIM_HOLD_S, once.ttl_s)
+        claim = await broker.claim(
+            once.record, holder, fingerprint, idempotency.CLAIM_HOLD_S, once.ttl_s
+        )
         if claim.fingerprint != fingerprint:
-            raise IdempotencyKeyReused()
+            raise idempotency.IdempotencyKeyReused()
         if claim.won:
             break
         if claim.done:
@@ -326,7 +233,7 @@ async def _publish_once(
             return Publication({name: first[name] for name in names}, replayed=True)
         left = deadline - time.monotonic()
         if left <= 0:
-            raise IdempotencyKeyInFlight()
+            raise idempotency.IdempotencyKeyInFlight()
         await asyncio.sleep(min(backoff.delay(), left))
     # Won: from what an earlier try of this key published (if it failed half-way).
     ids: dict[str, str] = json.loads(claim.answer) if claim.answer else {}
@@ -344,7 +251,7 @@ async def _publish_and_settle(
     known: dict[str, float],
     names: list[str],
     item: Item,
-    once: Once,
+    once: idempotency.Once,
     holder: str,
     ids: dict[str, str],
 ) -> Publication:
@@ -364,7 +271,7 @@ async def _publish_and_settle(
             log.warning(
                 "idempotent publish: held its key longer than %.0f s; a retry may have "
                 "published again",
-                CLAIM_HOLD_S,
+                idempotency.CLAIM_HOLD_S,
             )
     except Exception as error:  # published: the caller gets its ids all the same
         log.warning("idempotent publish: the answer was not kept (%s)", error)
@@ -411,12 +318,16 @@ async def publish(
         data,
         type=type,
         channel=channel,
-        once=once(idempotency_key, BROKER_SCOPE, config),
+        once=idempotency.once(idempotency_key, idempotency.BROKER_SCOPE, config),
     )
 
 
 async def publish_all(
-    names: Sequence[str], data: Any, *, type: str | None = None, once: Once | None = None
+    names: Sequence[str],
+    data: Any,
+    *,
+    type: str | None = None,
+    once: idempotency.Once | None = None,
 ) -> Publication:
     """:func:`publish_all_on` through the serving app's broker."""
     state = _serving()
@@ -475,27 +386,6 @@ class PublishRequest:
     key: str | None = None
 
 
-_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
-
-
-def idempotency_key_header(value: str | None) -> str | None:
-    """The ``Idempotency-Key`` header's key: a structured-field string (``"..."``, as
-    the IETF draft writes it) or the bare value (as Stripe's clients send it)."""
-    if value is None:
-        return None
-    value = value.strip(" \t")
-    quoted = _SF_STRING.fullmatch(value)
-    if quoted is not None:
-        value = re.sub(r"\\(.)", r"\1", quoted.group(1))
-    elif value.startswith('"'):
-        raise InvalidInput(
-            "the Idempotency-Key header is not a valid quoted string", field="Idempotency-Key"
-        )
-    if not is_idempotency_key(value):
-        raise InvalidInput(IDEMPOTENCY_KEY_RULE, field="Idempotency-Key")
-    return value
-
-
 def check_publish_body(
     body: dict[str, Any], *, channel: str | None = None, header_key: str | None = None
 ) -> PublishRequest:
@@ -522,8 +412,8 @@ def check_publish_body(
     if event is not None and not is_event_type(event):
         raise InvalidInput(EVENT_TYPE_RULE, field="event")
     key = body.get("idempotency_key")
-    if key is not None and not is_idempotency_key(key):
-        raise InvalidInput(IDEMPOTENCY_KEY_RULE, field="idempotency_key")
+    if key is not None and not idempotency.is_idempotency_key(key):
+        raise InvalidInput(idempotency.IDEMPOTENCY_KEY_RULE, field="idempotency_key")
     if header_key is not None:
         if key is not None and key != header_key:
             raise InvalidInput(

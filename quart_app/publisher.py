@@ -36,17 +36,9 @@ from types import TracebackType
 from typing import Any
 
 from .brokers import Broker, create_broker
-from .channels import (
-    BROKER_SCOPE,
-    CHANNEL_RULE,
-    IDEMPOTENCY_KEY_RULE,
-    is_channel_name,
-    is_idempotency_key,
-    once,
-    publish_all_on,
-    publish_on,
-)
+from .channels import CHANNEL_RULE, is_channel_name, publish_all_on, publish_on
 from .config import check_broker_url, check_environment
+from .idempotency import BROKER_SCOPE, IDEMPOTENCY_KEY_RULE, is_idempotency_key, once
 
 
 class PublishError(RuntimeError):

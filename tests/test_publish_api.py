@@ -25,7 +25,7 @@ from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from harness import ServerProcess
-from quart_app import channels, create_app
+from quart_app import channels, create_app, idempotency
 from quart_app.brokers import Broker, BrokerUnavailable
 from quart_app.brokers.protocols import Claim
 
@@ -86,7 +86,7 @@ async def test_one_event_to_several_channels(app: Quart, client: Client) -> None
     assert answer["status"] == 202 and answer["success"] is True and answer["message"]
     ids = answer["content"]["ids"]
     assert sorted(ids) == ["news", "room-1", "sport"]
-    assert channels.REPLAYED_HEADER not in response.headers
+    assert idempotency.REPLAYED_HEADER not in response.headers
     for name, event_id in ids.items():
         assert [(seq_of(event_id), {"n": 1}, "update")] == await published(app, name)
 
@@ -211,7 +211,7 @@ async def test_a_retry_with_the_key_answers_the_first_ids_and_publishes_nothing(
         response = await post(client, retry)
         assert response.status_code == 202
         assert (await response.get_json())["content"]["ids"] == ids
-        assert response.headers[channels.REPLAYED_HEADER] == "true"
+        assert response.headers[idempotency.REPLAYED_HEADER] == "true"
     assert [len(await published(app, name)) for name in ("a", "b")] == [1, 1]
     # Without a key, or with another one, it publishes.
     assert (await post(client, {"channels": ["a"], "data": 1})).status_code == 202
@@ -262,7 +262,7 @@ async def test_the_channel_route_takes_the_key_in_the_body_or_the_header(
         response = await publish(headers, body)
         assert response.status_code == 202
         assert (await response.get_json())["id"] == event_id
-        assert response.headers[channels.REPLAYED_HEADER] == "true"
+        assert response.headers[idempotency.REPLAYED_HEADER] == "true"
     # The API route with the same key and the same publish: the same event.
     api = await post(client, {"channels": ["news"], "data": 1, "idempotency_key": "order-7"})
     assert (await api.get_json())["content"]["ids"] == {"news": event_id}
@@ -304,7 +304,7 @@ async def test_the_key_is_forgotten_after_the_window(tmp_path: Path) -> None:
         assert (await retry.get_json())["content"]["ids"]["a"] == first
         await eventually(time.monotonic, lambda now: now > settled + 0.25, timeout=5)
         later = await post(client, body)
-        assert later.headers.get(channels.REPLAYED_HEADER) is None
+        assert later.headers.get(idempotency.REPLAYED_HEADER) is None
         assert seq_of((await later.get_json())["content"]["ids"]["a"]) == 2
 
 
@@ -377,7 +377,7 @@ async def concurrent_retries(
     responses = await asyncio.gather(*(post(clients[i % len(clients)], body) for i in range(count)))
     assert [r.status_code for r in responses] == [202] * count
     answers = [(await r.get_json())["content"]["ids"] for r in responses]
-    replayed = [r.headers.get(channels.REPLAYED_HEADER) for r in responses]
+    replayed = [r.headers.get(idempotency.REPLAYED_HEADER) for r in responses]
     assert replayed.count("true") == count - 1
     return answers
 
@@ -396,7 +396,7 @@ async def test_concurrent_retries_of_one_key_publish_once(
 async def test_a_retry_that_waits_too_long_is_409_then_gets_the_answer(
     app: Quart, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(channels, "CLAIM_WAIT_S", 0.05)
+    monkeypatch.setattr(idempotency, "CLAIM_WAIT_S", 0.05)
     held = FirstPublishHeld(monkeypatch, [broker_of(app)], waiters=10**6)
     body = {"channels": ["a"], "data": 1, "idempotency_key": "slow"}
     first = asyncio.ensure_future(post(client, body))
@@ -417,7 +417,7 @@ async def test_a_publisher_that_gives_up_still_gets_its_answer_kept(
     """The request is cancelled (its client timed out) while it publishes: the publish
     ends and settles all the same, so the retry gets its ids and publishes nothing."""
     held = FirstPublishHeld(monkeypatch, [broker_of(app)], waiters=10**6)
-    once = channels.Once("gave-up", channels.BROKER_SCOPE, 60.0)
+    once = idempotency.Once("gave-up", idempotency.BROKER_SCOPE, 60.0)
     async with app.app_context():
         first = asyncio.ensure_future(channels.publish_all(["a"], 1, once=once))
         await eventually(lambda: held.publishes, timeout=10)
@@ -491,7 +491,7 @@ async def test_a_retry_on_another_worker_publishes_nothing(two_apps: list[Quart]
     retry = await post(two, body)
     assert retry.status_code == 202
     assert (await retry.get_json())["content"]["ids"] == ids
-    assert retry.headers[channels.REPLAYED_HEADER] == "true"
+    assert retry.headers[idempotency.REPLAYED_HEADER] == "true"
     single = {"data": {"n": 1}, "idempotency_key": "across"}
     only_a = await two.post("/channels/a", json=single, headers=AUTH)
     assert only_a.status_code == 422  # the key was used for a and b
@@ -542,7 +542,7 @@ async def test_two_worker_processes_publish_a_crowd_of_retries_once(
         assert [r.status_code for r in responses] == [202] * 40
         answers = [r.json()["content"]["ids"] for r in responses]
         assert all(answer == answers[0] for answer in answers)
-        assert sum(r.headers.get(channels.REPLAYED_HEADER) == "true" for r in responses) == 39
+        assert sum(r.headers.get(idempotency.REPLAYED_HEADER) == "true" for r in responses) == 39
         # A plain publish next: the second event of each channel.
         for name in ("news", "sport"):
             after = await client.post(f"/channels/{name}", json={"data": 2}, headers=AUTH)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from quart import Blueprint, current_app, request
 from quart_schema import security_scheme, tag, validate_response
 
-from .. import access, channels
+from .. import access, channels, idempotency
 from ..errors import APIError
 from ..openapi import (
     document_body,
@@ -58,7 +58,7 @@ PUBLISH_ALL_BODY = {
             "idempotency_key": {
                 "type": ["string", "null"],
                 "minLength": 1,
-                "maxLength": channels.MAX_IDEMPOTENCY_KEY_CHARS,
+                "maxLength": idempotency.MAX_IDEMPOTENCY_KEY_CHARS,
                 "description": "Sent again within PUBLISH_IDEMPOTENCY_S (by the same "
                 "publisher: the same token, or a JWT with the same sub), the answer repeats "
                 "the first one's ids and nothing is published again; with another body, "
@@ -129,16 +129,16 @@ async def publish() -> tuple[dict[str, Any], int, dict[str, str]]:
     body = await read_body(config["MAX_MESSAGE_BYTES"])
     if not is_json(request.mimetype):
         raise APIError(415, 'publish with a JSON body: {"channels": [...], "data": ...}')
-    header_key = channels.idempotency_key_header(request.headers.get("Idempotency-Key"))
+    header_key = idempotency.idempotency_key_header(request.headers.get("Idempotency-Key"))
     asked = channels.check_publish_body(body, header_key=header_key)
     # Every channel is authorized before anything is published.
     grants = [access.check_publish(name) for name in asked.channels]
-    once = channels.once(asked.key, channels.scope_of(grants[0], config), config)
+    once = idempotency.once(asked.key, idempotency.scope_of(grants[0], config), config)
     published = await channels.publish_all(asked.channels, asked.data, type=asked.event, once=once)
     count = len(published.ids)
     if published.replayed:
         message = f"published to {count} channel(s) before, with this idempotency_key"
-        headers = {channels.REPLAYED_HEADER: "true"}
+        headers = {idempotency.REPLAYED_HEADER: "true"}
     else:
         message = f"published to {count} channel(s)"
         headers = {}

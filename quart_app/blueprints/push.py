@@ -9,7 +9,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, current_app, jsonify, render_template, request, session
 from quart_schema import document_response, operation_id, security_scheme, tag
 
-from .. import access, channels, presence
+from .. import access, channels, idempotency, presence
 from ..errors import APIError, NotFound
 from ..openapi import (
     AppError,
@@ -254,13 +254,13 @@ async def channel_publish(name: str) -> tuple[Response, int]:
     body = await read_body(config["MAX_MESSAGE_BYTES"])
     if request.mimetype != "application/json":
         raise APIError(415, 'publish with a JSON body: {"data": ..., "event": ...}')
-    header_key = channels.idempotency_key_header(request.headers.get("Idempotency-Key"))
+    header_key = idempotency.idempotency_key_header(request.headers.get("Idempotency-Key"))
     asked = channels.check_publish_body(body, channel=name, header_key=header_key)
-    once = channels.once(asked.key, channels.scope_of(grant, config), config)
+    once = idempotency.once(asked.key, idempotency.scope_of(grant, config), config)
     published = await channels.publish_all(asked.channels, asked.data, type=asked.event, once=once)
     response = jsonify({"id": published.ids[name]})
     if published.replayed:
-        response.headers[channels.REPLAYED_HEADER] = "true"
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
     return response, 202
 
 

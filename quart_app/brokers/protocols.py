@@ -109,6 +109,8 @@ class Topics(Protocol):
 
 class Coordination(Protocol):
     node: str  # this process, as ``send`` addresses it
+    data_losses: int  # times this process saw the broker lose its data (Redis: a new epoch)
+    data_lost_at: float | None  # when it last did (monotonic), None: never
     # Whether other processes share this broker (jobs are then owned by leases).
     shared: bool
 

@@ -26,7 +26,7 @@ tag, so on a Redis Cluster every key of one topic, and its channel, share a slot
     deployment, ``held:{jobs}``): sorted sets scored by when each member stops
     counting, by the server's clock; checked and added to in one script.
 ``once:{<digest>}``
-    Claims (idempotency keys of publishes, ``channels.Once``): a hash with the
+    Claims (idempotency keys of publishes, ``idempotency.Once``): a hash with the
     request's fingerprint, the answer so far, its holder and whether it is done
     (``lua/claim.lua``, ``lua/settle.lua``); the digest hides the publisher's
     credential and its key, and is the hash tag: one key, one slot per claim.

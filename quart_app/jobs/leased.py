@@ -58,11 +58,6 @@ RUNNING_SET = "running-jobs"
 REPLAY_PAGE = 512
 
 
-def _data_losses(broker: Broker) -> int:
-    """How many times this process saw the broker lose its data (Redis's new epochs)."""
-    return int(getattr(broker, "data_losses", 0))
-
-
 def lease_name(job_id: str) -> str:
     return f"job:{job_id}"
 
@@ -161,11 +156,11 @@ class RedisLease:
         return [self._heartbeat_forever(host)]
 
     async def _heartbeat_forever(self, host: JobHost) -> None:
-        losses = _data_losses(self.broker)
+        losses = self.broker.data_losses
         while True:
             await asyncio.sleep(HEARTBEAT_S)
-            if _data_losses(self.broker) != losses:
-                losses = _data_losses(self.broker)
+            if self.broker.data_losses != losses:
+                losses = self.broker.data_losses
                 await self._put_back_ended(host)
             for job in list(host.jobs.values()):
                 if not job.running_here:

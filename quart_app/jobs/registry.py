@@ -302,7 +302,7 @@ class JobRegistry:
         """A job the broker does not know: if the broker lost its data a moment ago,
         its owner may be putting it back (``leased.py``): 503, not "no such job"."""
         await self.broker.check_data()
-        lost_at = getattr(self.broker, "data_lost_at", None)
+        lost_at = self.broker.data_lost_at
         if lost_at is not None and time.monotonic() - lost_at < LOST_DATA_GRACE_S:
             raise BrokerUnavailable(f"job {job_id}: the broker lost its data; it may come back")
 
