@@ -67,7 +67,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the shared harness
 
 from harness import HOST, RedisCluster, RedisSentinel, RedisServer, ServerProcess  # noqa: E402
-from harness.faults import FaultProxy  # noqa: E402
+from harness.faults import FaultProxy, is_subscriber  # noqa: E402
 from harness.processes import cmdline, kill_left, raise_nofile  # noqa: E402
 
 TOKEN = "campaign-publish-token"
@@ -128,11 +128,6 @@ KNOWN = {
 def known(violation: dict[str, Any]) -> str | None:
     """The xfail test that holds ``violation`` (None: it is not a known one)."""
     return KNOWN.get(violation["kind"]) if violation.get("data_loss") else None
-
-
-def is_subscriber(sent: bytes) -> bool:
-    """A pub/sub connection: its client sent (S)SUBSCRIBE."""
-    return b"SUBSCRIBE\r\n" in sent.upper()
 
 
 # -- the topologies ----------------------------------------------------------------------

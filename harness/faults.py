@@ -28,6 +28,13 @@ from typing import Any
 from .processes import HOST, free_port
 
 
+def is_subscriber(sent: bytes) -> bool:
+    """A Redis pub/sub connection: its client has sent the RESP command SUBSCRIBE or
+    SSUBSCRIBE (not a script that mentions subscribers); for :meth:`FaultProxy.freeze`."""
+    upper = sent.upper()
+    return b"\r\nSSUBSCRIBE\r\n" in upper or b"\r\nSUBSCRIBE\r\n" in upper
+
+
 @dataclass(eq=False)
 class _Link:
     client: asyncio.StreamWriter

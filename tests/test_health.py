@@ -23,7 +23,7 @@ from quart import Quart
 from quart.typing import TestClientProtocol as Client
 
 from harness import ServerProcess
-from harness.faults import FaultProxy
+from harness.faults import FaultProxy, is_subscriber
 
 from .helpers import state
 from .polling import eventually
@@ -57,12 +57,6 @@ async def test_a_canary_that_does_not_come_back_is_503(app: Quart, client: Clien
     # The next canary that comes back makes it healthy again.
     await eventually(lambda: probe._waiting_since is None, timeout=5)
     assert (await client.get("/healthz")).status_code == 200
-
-
-def is_subscriber(sent: bytes) -> bool:
-    """A follower's pub/sub connection: its client has sent the RESP command SSUBSCRIBE
-    (not a script that mentions subscribers)."""
-    return b"$10\r\nSSUBSCRIBE\r\n" in sent.upper()
 
 
 @pytest.mark.e2e

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
+from harness.faults import FaultProxy, is_subscriber
 from quart_app.brokers import Broker, Subscription, create_broker
 from quart_app.brokers.base import Seq, parse_seq
+from quart_app.brokers.redis import RedisBroker
 from quart_app.sse import LastEventIdError
 
 from .polling import eventually
@@ -203,3 +207,41 @@ async def test_redis_subscribers_are_closed_when_the_incarnation_changes(redis_u
             assert sub.reason == "reset"
     finally:
         await broker.close()
+
+
+async def test_redis_an_id_newer_than_this_process_knows_is_not_answered_from_its_stale_copy(
+    redis_session: Any, redis_url: str
+) -> None:
+    """Found by the fault campaign (redis, seed 1): Redis restarted empty and one host
+    had not heard yet (its pub/sub link was down). A client that had already received
+    events of the topic's new incarnation on the other host resumed on this one, which
+    took the id for one of an *older* incarnation and answered from its own stale copy:
+    a gap back to ``1`` of the old incarnation, then events the client already had.
+    The id's incarnation is asked of Redis; this process follows the topic afresh."""
+    with FaultProxy(("127.0.0.1", redis_session.port)) as proxy:
+        stale = RedisBroker(f"redis://{proxy.url_host}/0", wait_s=0.5, resync_s=60)
+        fresh = create_broker(redis_url)
+        await stale.start()
+        await fresh.start()
+        try:
+            async with stale.subscribe("news", maxlen=100) as held:
+                old = await publish(fresh, "news", 3)
+                assert await drain(held, 3) == old
+                # The stale host stops hearing the topic; Redis loses it (the epoch is
+                # kept, so only the topic tells) and the other host starts it again.
+                assert proxy.freeze(is_subscriber) >= 1
+                client = Redis.from_url(redis_url)
+                key = stale.key("news")
+                await client.delete(key, f"{key}:inc")
+                await client.aclose()
+                new = await publish(fresh, "news", 3)
+                assert new[0].split(".")[1] != old[0].split(".")[1]
+                async with stale.subscribe("news", after=parse_seq(new[1]), maxlen=100) as sub:
+                    assert sub.gap is None
+                    proxy.thaw()  # its link heals; it now follows the new incarnation
+                    assert await drain(sub, 1, timeout=10) == [new[2]]
+                # Its own subscriber had the old incarnation: it ends, and resumes with a gap.
+                assert held.closed
+        finally:
+            await stale.close()
+            await fresh.close()

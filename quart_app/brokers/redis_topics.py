@@ -58,6 +58,10 @@ def _check_field(name: str, value: str | None) -> None:
         raise FieldError(f"SSE {name} must not contain CR, LF or NUL: {value!r}")
 
 
+class Stale(Exception):
+    """This process's copy of a topic is of an incarnation that Redis no longer has."""
+
+
 def incarnation_key(stream_key: str) -> str:
     return f"{stream_key}:inc"
 
@@ -324,24 +328,39 @@ class RedisTopics:
         follower = self.follower
         entry = follower.acquire(topic, maxlen)
         sub: CatchUpSubscription | None = None
-        # A live subscriber that waits for its topic's join gets what was published meanwhile.
-        live_from = None if entry.ready.is_set() else -1
         try:
-            if not entry.ready.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.wait_s):
-                        await entry.ready.wait()
-            if entry.ready.is_set() and follower.followed(entry):
-                with contextlib.suppress(BrokerUnavailable):
+            for attempt in range(2):
+                # A live subscriber that waits for its topic's join gets what was
+                # published meanwhile.
+                live_from = None if entry.ready.is_set() else -1
+                if not entry.ready.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.wait_s):
+                            await entry.ready.wait()
+                if not (entry.ready.is_set() and follower.followed(entry)):
+                    break
+                try:
                     first, page, gap = await self.position(
                         entry, after, backlog, max_lag, overflow, live_from
                     )
-                    sub = CatchUpSubscription(
-                        self, entry, first - 1, max_lag=max_lag, overflow=overflow
-                    )
-                    sub.place(first, page, gap)
-                    if not follower.followed(entry):
-                        sub.close(CloseReason.RESET)  # lost while the catch-up was read
+                except BrokerUnavailable:
+                    break
+                except Stale:
+                    # This process's copy is of an incarnation Redis no longer has
+                    # (it has not heard of the reset yet): follow the topic afresh.
+                    follower.reset(entry)
+                    follower.release(entry)
+                    entry = follower.acquire(topic, maxlen)
+                    if attempt == 0:
+                        continue
+                    break
+                sub = CatchUpSubscription(
+                    self, entry, first - 1, max_lag=max_lag, overflow=overflow
+                )
+                sub.place(first, page, gap)
+                if not follower.followed(entry):
+                    sub.close(CloseReason.RESET)  # lost while the catch-up was read
+                break
             if sub is None:
                 # Redis is slow or down: the stream opens now (heartbeats) and
                 # the subscriber is placed when the topic is ready.
@@ -377,6 +396,12 @@ class RedisTopics:
         """
         history = entry.local.history
         foreign = entry.local.foreign(after)
+        if foreign:
+            # An id of another incarnation: older than this process's copy, or newer
+            # (Redis lost its data and this process has not heard yet). Redis says.
+            _, current = (await self.tips([entry.key]))[0]
+            if (current or "").lstrip("?") != entry.local.incarnation:
+                raise Stale(entry.name)
         if after is None:
             start = max(0, history.last_seq - backlog)
             if live_from is not None:
@@ -524,6 +549,11 @@ class CatchUpSubscription(Subscription):
             )
         except BrokerUnavailable:
             return  # tried again at the next heartbeat
+        except Stale:
+            # Its client reconnects and finds the topic followed afresh.
+            self._topics.follower.reset(entry)
+            self.close(CloseReason.RESET)
+            return
         if not self.closed:
             self.place(first, page, None)
             if gap is not None:
