@@ -9,6 +9,8 @@
 * :meth:`freeze`: stop passing what the server sends on the connections that
   match (by what their client has sent so far, e.g. ``b"SUBSCRIBE"``): a stalled
   peer, with no error on either side, until :meth:`thaw`;
+* :meth:`stall_after`: freeze a connection as soon as its client sends bytes that
+  match (the request gets through; its answer is lost on the way back);
 * ``refusing``: close new connections as soon as they are accepted.
 
 It runs its own event loop in a thread, so synchronous and asynchronous tests
@@ -55,6 +57,7 @@ class FaultProxy:
         self.accepted = 0
         self._links: set[_Link] = set()
         self._freeze: Callable[[bytes], bool] | None = None
+        self._stall: Callable[[bytes], bool] | None = None
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -132,8 +135,18 @@ class FaultProxy:
                 link.frozen.clear()
         return count
 
+    def stall_after(self, matching: Callable[[bytes], bool]) -> None:
+        """Freeze each connection whose client sends a chunk that ``matching`` accepts,
+        from that chunk on: the chunk reaches the server, the answer stays here (until
+        :meth:`thaw`)."""
+        self._call(self._set_stall(matching))
+
+    async def _set_stall(self, matching: Callable[[bytes], bool] | None) -> None:
+        self._stall = matching
+
     def thaw(self) -> None:
-        """Pass everything again (what was held back flows on)."""
+        """Pass everything again (what was held back flows on); no more stalls."""
+        self._call(self._set_stall(None))
         self._call(self._set_freeze(None))
 
     def frozen_links(self) -> int:
@@ -178,6 +191,8 @@ class FaultProxy:
                     link.sent += chunk[: self.SNIFF_BYTES - len(link.sent)]
                     if self._freeze is not None and self._freeze(bytes(link.sent)):
                         link.frozen.set()
+                if upstream and self._stall is not None and self._stall(chunk):
+                    link.frozen.set()
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
                 if not upstream:

@@ -16,7 +16,10 @@ and host that shares the broker.  A retry that comes while the first is still
 publishing waits for its answer (at most ``idempotency.CLAIM_WAIT_S``, then ``409``); the
 same key with another request is a ``422`` (the IETF draft
 draft-ietf-httpapi-idempotency-key-header).  A publish that failed settles what
-it did publish, and a retry publishes only the rest.
+it did publish, and a retry publishes only the rest.  What a publish did is also kept
+beside each channel's history in the publish's own atomic step (``publish_many``'s
+``once``): a try whose reply was lost (a link cut after Redis ran it) could not
+settle it, and its retry gets the id it was given instead of publishing again.
 """
 
 from __future__ import annotations
@@ -168,15 +171,23 @@ async def _publish_each(
     names: Sequence[str],
     item: Item,
     ids: dict[str, str],
+    once: idempotency.Once | None = None,
 ) -> None:
     """Publish ``item`` to each of ``names`` that ``ids`` has no id for yet, noting
     each id in ``ids`` as it is published; the first failure is raised once every
-    publish has ended."""
+    publish has ended.  With ``once``, each channel's publish keeps its answer under
+    the key in the same atomic step: a retry whose first try's reply was lost (a cut
+    link) gets that id, never a second publish."""
     todo = [name for name in names if name not in ids]
+    record = None if once is None else (once.record, once.ttl_s)
 
     async def one(name: str) -> None:
         seq = await broker.publish_many(
-            topic_for(name), [item], maxlen=config["CHANNEL_HISTORY"], ttl_s=config["CHANNEL_TTL_S"]
+            topic_for(name),
+            [item],
+            maxlen=config["CHANNEL_HISTORY"],
+            ttl_s=config["CHANNEL_TTL_S"],
+            once=record,
         )
         ids[name] = str(seq)
 
@@ -256,7 +267,7 @@ async def _publish_and_settle(
     ids: dict[str, str],
 ) -> Publication:
     try:
-        await _publish_each(broker, config, known, names, item, ids)
+        await _publish_each(broker, config, known, names, item, ids, once)
     except BaseException:
         # What was published stays published, and noted: a retry publishes the rest.
         try:

@@ -87,6 +87,27 @@ async def test_publish_many_is_contiguous_and_keeps_explicit_ids(broker: Broker)
     ]
 
 
+async def test_a_publish_under_a_key_is_appended_once_per_topic(broker: Broker) -> None:
+    """``once``: the second publish under the record appends nothing and answers the
+    first one's seq (decided with the append, so a retry after a lost reply is safe);
+    another record, or another topic, is a publish of its own."""
+    first = await broker.publish_many("news", [("a", None, None)], maxlen=10, once=("k1", 5))
+    again = await broker.publish_many("news", [("a", None, None)], maxlen=10, once=("k1", 5))
+    assert str(again) == str(first)
+    other = await broker.publish_many("news", [("b", None, None)], maxlen=10, once=("k2", 5))
+    elsewhere = await broker.publish_many("misc", [("a", None, None)], maxlen=10, once=("k1", 5))
+    assert (int(first), int(other), int(elsewhere)) == (1, 2, 1)
+    assert await broker.last_seq("news") == 2
+    assert [data for _, data, _ in await broker.entries("news", 0, 10)] == ["a", "b"]
+
+
+async def test_a_publish_under_a_key_is_a_new_one_after_its_ttl(broker: Broker) -> None:
+    first = await broker.publish_many("news", [("a", None, None)], maxlen=10, once=("k", 0.05))
+    await asyncio.sleep(0.1)  # past its TTL: both brokers check it when asked
+    later = await broker.publish_many("news", [("a", None, None)], maxlen=10, once=("k", 5))
+    assert (int(first), int(later)) == (1, 2)
+
+
 @pytest.mark.parametrize("field", ["event", "sse_id"])
 async def test_publish_refuses_field_injection(broker: Broker, field: str) -> None:
     with pytest.raises(FieldError):

@@ -72,6 +72,10 @@ class MemoryBroker(MemoryPresence):
         # in a heap of when to look at its expiry again.
         self._claims: dict[str, _ClaimRecord] = {}
         self._claim_expiries: list[tuple[float, str]] = []
+        # Publishes under an idempotency key, per topic: (topic, record) -> (seq, until),
+        # and a heap of (until, (topic, record)) to forget them.
+        self._once: dict[tuple[str, str], tuple[int, float]] = {}
+        self._once_expiries: list[tuple[float, tuple[str, str]]] = []
         self._handlers: list[Callable[[str], None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.node = "local"
@@ -112,6 +116,10 @@ class MemoryBroker(MemoryPresence):
             self._due[local.name] = when
             heapq.heappush(self._expiries, (when, local.name))
 
+    def _remember_once(self, key: tuple[str, str], seq: int, until: float) -> None:
+        self._once[key] = (seq, until)
+        heapq.heappush(self._once_expiries, (until, key))
+
     async def publish(
         self,
         topic: str,
@@ -132,6 +140,7 @@ class MemoryBroker(MemoryPresence):
         ttl_s: float | None = None,
         first_seq: int | None = None,
         notify: bool = True,
+        once: tuple[str, float] | None = None,
     ) -> int:
         """As :meth:`Broker.publish_many`; ``first_seq``: the items' seqs start there
         (``notify`` is for a broker that can lose what it held: this one cannot).
@@ -141,6 +150,11 @@ class MemoryBroker(MemoryPresence):
         :class:`Fenced`, so no seq is ever published twice.
         """
         local = self._topic(topic, maxlen)
+        now = time.monotonic()
+        if once is not None:
+            done = self._once.get((topic, once[0]))
+            if done is not None and done[1] > now:
+                return done[0]
         if first_seq is not None and local.history.last_seq != first_seq - 1:
             if len(local.history) or local.history.last_seq >= first_seq:
                 raise Fenced(f"{topic}: seq {first_seq} follows {local.history.last_seq}")
@@ -152,6 +166,8 @@ class MemoryBroker(MemoryPresence):
             seq += 1
             messages.append(make_message(seq, data, event, sse_id, local.incarnation))
         local.add(messages)
+        if once is not None:
+            self._remember_once((topic, once[0]), local.seq(seq), now + once[1])
         return local.seq(seq)
 
     @asynccontextmanager
@@ -366,6 +382,11 @@ class MemoryBroker(MemoryPresence):
                 heapq.heappush(claims, (record.expires, key))  # kept longer since: look again then
             else:
                 del self._claims[key]
+        once = self._once_expiries
+        while once and once[0][0] <= now:
+            until, done = heapq.heappop(once)
+            if self._once.get(done, (0, None))[1] == until:
+                del self._once[done]
         for key, (_, expires) in list(self._records.items()):
             if expires is not None and expires <= now:
                 del self._records[key]

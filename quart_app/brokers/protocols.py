@@ -64,6 +64,7 @@ class Topics(Protocol):
         ttl_s: float | None = None,
         first_seq: int | None = None,
         notify: bool = True,
+        once: tuple[str, float] | None = None,
     ) -> int:
         """Append ``(data, event, sse_id)`` items (:class:`~.base.Item`) atomically; the newest seq.
 
@@ -74,6 +75,10 @@ class Topics(Protocol):
         fencing of a job's writers.  A batch after seqs the topic lacks is refused as a
         :class:`~.base.Hole` (Redis lost them).  ``notify=False`` writes without telling
         live subscribers (a writer putting back what the broker lost, which they had).
+        ``once=(record, ttl_s)``: a publish retried under an idempotency key; if this
+        topic already has a batch under ``record`` (within ``ttl_s`` of it), nothing is
+        appended and that batch's newest seq is the answer, decided in the same atomic
+        step as the append (a retry after a lost reply never publishes twice).
         """
         ...
 

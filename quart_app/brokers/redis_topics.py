@@ -38,6 +38,7 @@ from .base import (
     SubscriberTally,
     Subscription,
     new_incarnation,
+    parse_seq,
 )
 from .redis_cluster import node_url
 from .redis_conn import DOWN, NOT_RUN, RedisConnection, unavailable
@@ -206,6 +207,7 @@ class RedisTopics:
         ttl_s: float | None = None,
         first_seq: int | None = None,
         notify: bool = True,
+        once: tuple[str, float] | None = None,
     ) -> int:
         """As the protocol says; with ``first_seq``, entries get ids ``0-<first_seq + k>``
         and the batch is refused (:class:`Fenced`) if the stream already has the first."""
@@ -229,9 +231,15 @@ class RedisTopics:
         args.append(1 if notify else 0)
         script = self.conn.scripts["publish"]
         keys = [key, incarnation_key(key)]
+        if once is not None:
+            # Beside the stream (same hash tag): decided in the publish's own step.
+            keys.append(f"{key}:once:{once[0]}")
+            args.append(max(1, int(once[1] * 1000)))
         try:
             lane = await self._lane_for(key)
-            last_id, inc = await self._call_lane(lane.call("EVALSHA", script.sha, 2, *keys, *args))
+            last_id, inc = await self._call_lane(
+                lane.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            )
         except NOT_RUN:
             # NOSCRIPT (Redis restarted or flushed its scripts) or a cluster
             # redirection: the script did not run; redis-py loads it, follows
@@ -239,6 +247,8 @@ class RedisTopics:
             last_id, inc = await self.conn.call(script(keys=keys, args=args))
         if not last_id:
             newest = inc.decode()
+            if newest.startswith("once:"):
+                return parse_seq(newest[5:])
             if newest.startswith("hole:"):
                 raise Hole(topic, int(newest[5:]))
             raise Fenced(f"{topic}: seq {first_seq} is already taken (newest {newest})")

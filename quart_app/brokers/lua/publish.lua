@@ -2,9 +2,15 @@
 -- ARGV: maxlen, ttl ms (0: none), a fresh incarnation, n, then n times
 -- (data, event, id), then the topic's channel, the first explicit seq (0: none) and
 -- whether to notify the followers ('0': a silent put-back of what Redis lost, which
--- live subscribers had already; catch-ups read it from the stream).
-local inc, changed = incarnation(ARGV[3])
+-- live subscribers had already; catch-ups read it from the stream), then the ms to
+-- keep the answer of a publish under an idempotency key.  KEYS[3], if given: that
+-- answer (a retry finds it and appends nothing: 'once:<seq>.<incarnation>').
 local n = tonumber(ARGV[4])
+if KEYS[3] then
+  local done = redis.call('GET', KEYS[3])
+  if done then return {'', 'once:' .. done} end
+end
+local inc, changed = incarnation(ARGV[3])
 -- Explicit seqs (a job's indexes): refused, with nothing written, if the stream
 -- already has the first one (fencing: a slow former owner never repeats an index).
 -- Refused too, as a hole ('hole:<newest seq>'), if the stream lacks the seqs before
@@ -38,6 +44,9 @@ for k = 0, n - 1 do
   parts[#parts + 1] = ARGV[at + 1] .. '\0' .. ARGV[at + 2] .. '\0' .. #d .. '\0' .. d
 end
 if changed then redis.call('SET', KEYS[2], inc) end
+if KEYS[3] then
+  redis.call('SET', KEYS[3], string.match(id, '%-(%d+)$') .. '.' .. inc, 'PX', ARGV[8 + 3 * n])
+end
 if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 mirror_ttl()
 -- The followers' notification (redis_replies.py), on the topic's channel.
