@@ -34,7 +34,7 @@ async def test_a_retry_after_a_lost_reply_is_not_published_twice(
             {"QUART_BROKER_URL": f"redis://{proxy.url_host}/0", "QUART_PUBLISH_TOKEN": TOKEN},
             workers=0,
         )
-        redis = Redis.from_url(redis_url)
+        redis: Any = Redis.from_url(redis_url)
         body = {"channels": ["news"], "data": {"n": 1}, "idempotency_key": "order-1"}
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
             warm = await http.post("/channels/other", json={"data": 0}, headers=AUTH)
