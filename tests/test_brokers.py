@@ -108,6 +108,20 @@ async def test_a_publish_under_a_key_is_a_new_one_after_its_ttl(broker: Broker) 
     assert (int(first), int(later)) == (1, 2)
 
 
+async def test_a_stable_resume_ahead_of_the_topic_waits_for_it(broker: Broker) -> None:
+    """A job's ids after the broker lost its data: the client is ahead of the topic,
+    and its writer puts back what was lost at the same seqs; no gap, nothing twice.
+    Without ``stable`` the same resume is taken for one from before a reset (a gap)."""
+    await publish_range(broker, "job:s", 2)
+    async with broker.subscribe("job:s", after=4, maxlen=10) as reset:
+        assert reset.gap is not None
+    async with broker.subscribe("job:s", after=4, maxlen=10, stable=True) as sub:
+        assert sub.gap is None
+        assert sub.take() == []
+        await broker.publish_many("job:s", [(f"m{n}", None, None) for n in (3, 4, 5)], maxlen=10)
+        assert await receive(sub, 1) == [5]
+
+
 @pytest.mark.parametrize("field", ["event", "sse_id"])
 async def test_publish_refuses_field_injection(broker: Broker, field: str) -> None:
     with pytest.raises(FieldError):

@@ -117,15 +117,6 @@ async def test_a_job_result_on_another_host_is_whole_after_redis_restarts_empty(
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 23 (campaign, redis seed 2): a watcher that resumes after index i once "
-    "Redis restarted empty, before the job's owner has put its events back (at its next "
-    "publish), gets `event: gap` with resumed_from `<job>:1`, a gap that names nothing "
-    "missed. The broker treats an id ahead of its topic as one from before a reset; for "
-    "a job's ids (stable across a loss) it should wait for the owner instead: a "
-    "subscription option both brokers would need (Topics.subscribe).",
-)
 async def test_a_job_resumed_after_redis_restarts_empty_gets_no_backward_gap(
     tmp_path: Path, server_factory: Any
 ) -> None:

@@ -551,17 +551,19 @@ class LocalTopic:
         max_lag: int | None,
         overflow: Overflow,
         replay: Sequence[Message] = (),
+        stable: bool = False,
     ) -> Subscription:
         """Subscribe after seq ``after`` (None: live, preceded by the last ``backlog``).
 
         ``replay`` holds messages older than the local history that the caller
-        fetched elsewhere (the Redis broker's catch-up read).
+        fetched elsewhere (the Redis broker's catch-up read); ``stable``: an
+        ``after`` ahead of the history waits for it (``Topics.subscribe``).
         """
         history = self.history
         gap: tuple[int, int] | None = None
         if after is None:
             cursor = max(history.first_seq - 1, history.last_seq - backlog)
-        elif replay:
+        elif replay or (stable and after > history.last_seq and not self.foreign(after)):
             cursor = int(after)
         elif after > history.last_seq or after < history.first_seq - 1 or self.foreign(after):
             # Trimmed away, from before a reset, or of another incarnation.

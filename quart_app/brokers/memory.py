@@ -180,9 +180,10 @@ class MemoryBroker(MemoryPresence):
         max_lag: int | None = None,
         overflow: Overflow = Overflow.DISCONNECT,
         maxlen: int,
+        stable: bool = False,
     ) -> AsyncIterator[Subscription]:
         sub = self._topic(topic, maxlen).attach(
-            after, backlog=backlog, max_lag=max_lag, overflow=overflow
+            after, backlog=backlog, max_lag=max_lag, overflow=overflow, stable=stable
         )
         try:
             yield sub

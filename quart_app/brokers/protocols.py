@@ -91,7 +91,17 @@ class Topics(Protocol):
         max_lag: int | None = None,
         overflow: Overflow = Overflow.DISCONNECT,
         maxlen: int,
-    ) -> AbstractAsyncContextManager[Subscription]: ...
+        stable: bool = False,
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """A subscription after seq ``after`` (None: live, after the last ``backlog``).
+
+        An ``after`` the topic no longer has (trimmed, of another incarnation, ahead of
+        it after the broker lost its data) starts at the oldest kept, after a gap.
+        ``stable``: the topic's seqs are stable across a loss (a job's: its owner puts
+        back what the broker lost, at the same seqs), so an ``after`` ahead of the
+        topic waits for it instead.
+        """
+        ...
 
     async def last_seq(self, topic: str) -> int | None: ...
 

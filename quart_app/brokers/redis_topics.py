@@ -333,6 +333,7 @@ class RedisTopics:
         max_lag: int | None = None,
         overflow: Overflow = Overflow.DISCONNECT,
         maxlen: int,
+        stable: bool = False,
     ) -> AsyncIterator[Subscription]:
         # A followed topic costs no round trip; a new one joins in a batch.
         follower = self.follower
@@ -351,7 +352,7 @@ class RedisTopics:
                     break
                 try:
                     first, page, gap = await self.position(
-                        entry, after, backlog, max_lag, overflow, live_from
+                        entry, after, backlog, max_lag, overflow, live_from, stable
                     )
                 except BrokerUnavailable:
                     break
@@ -380,7 +381,7 @@ class RedisTopics:
                     0,
                     max_lag=max_lag,
                     overflow=overflow,
-                    unplaced=(after, backlog),
+                    unplaced=(after, backlog, stable),
                 )
                 if not follower.followed(entry):
                     sub.close(CloseReason.RESET)
@@ -398,6 +399,7 @@ class RedisTopics:
         max_lag: int | None,
         overflow: Overflow,
         live_from: int | None = None,
+        stable: bool = False,
     ) -> tuple[int, list[Message], tuple[int, int] | None]:
         """Where a subscriber starts: its first seq, a catch-up page, and any gap.
 
@@ -418,8 +420,9 @@ class RedisTopics:
                 start = min(start, entry.start)
         elif foreign:
             start = 0  # of another incarnation: all there is, after a gap
-        elif after > history.last_seq and after > (await self.newest(entry.key)):
+        elif not stable and after > history.last_seq and after > (await self.newest(entry.key)):
             # From before a reset of the topic (or never issued): all there is, after a gap.
+            # (Stable seqs wait instead: their writer puts back what Redis lost.)
             start = 0
         else:
             # Possibly ahead of the local history: a notification is on its way.
@@ -476,13 +479,13 @@ class CatchUpSubscription(Subscription):
         max_lag: int | None,
         overflow: Overflow,
         backlog: Sequence[Message] = (),
-        unplaced: tuple[int | None, int] | None = None,
+        unplaced: tuple[int | None, int, bool] | None = None,
     ) -> None:
         super().__init__(entry.local, cursor, max_lag=max_lag, overflow=overflow, backlog=backlog)
         self._topics = topics
         self._entry = entry
         self._key = entry.key
-        # (after, backlog) of a subscriber still waiting for its topic.
+        # (after, backlog, stable) of a subscriber still waiting for its topic.
         self._unplaced = unplaced
 
     def place(self, first: int, page: list[Message], gap: tuple[int, int] | None) -> None:
@@ -552,10 +555,10 @@ class CatchUpSubscription(Subscription):
                 entry.waiting.discard(self)
         if self.closed or not entry.ready.is_set() or self._unplaced is None:
             return
-        after, backlog = self._unplaced
+        after, backlog, stable = self._unplaced
         try:
             first, page, gap = await self._topics.position(
-                entry, after, backlog, self.max_lag, self.overflow, live_from=-1
+                entry, after, backlog, self.max_lag, self.overflow, live_from=-1, stable=stable
             )
         except BrokerUnavailable:
             return  # tried again at the next heartbeat

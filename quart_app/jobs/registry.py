@@ -385,6 +385,9 @@ class JobRegistry:
             topic_for(job_id),
             after=after,
             max_lag=None,
+            # A job's ids are its indices: one ahead of what the broker holds (it lost
+            # its data, and the owner has not put its events back yet) waits for them.
+            stable=state["status"] == JobStatus.RUNNING and after <= int(state["amount"]),
             # In this process's memory, a window: older events are paged from
             # storage (the journal, or the job's Redis stream) by those behind.
             maxlen=min(ownership.maxlen(state["amount"]), self.window),
