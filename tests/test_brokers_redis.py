@@ -17,6 +17,7 @@ import pytest
 
 from harness import RedisServer
 from quart_app.brokers import BrokerUnavailable, Subscription
+from quart_app.brokers.base import LeaseLost
 from quart_app.brokers.redis import RedisBroker
 
 from .polling import eventually
@@ -334,3 +335,30 @@ async def test_a_caller_that_stops_waiting_leaves_later_replies_to_their_callers
     finally:
         await lane.close()
         await pool.disconnect()
+
+
+async def test_a_publish_fenced_by_a_lease_goes_through_only_for_its_holder(
+    brokers: Callable[..., Awaitable[RedisBroker]],
+) -> None:
+    """A job's former owner, cut off past its lease, must not write after the process
+    that took the job over: the lease is checked in the publish's own step."""
+    new, old = await brokers(), await brokers()
+    item = [("x", None, "j:1")]
+    assert await new.lease("job:j", "new-owner", 5)
+    with pytest.raises(LeaseLost):
+        await old.publish_many("job:j", item, maxlen=10, first_seq=1, fence=("job:j", "old"))
+    assert await new.last_seq("job:j") in (None, 0)  # nothing written
+    seq = await new.publish_many(
+        "job:j", item, maxlen=10, first_seq=1, fence=("job:j", "new-owner")
+    )
+    assert int(seq) == 1
+    # Renewing is for the holder only; a free lease is not taken by a renewal.
+    assert not await old.renew("job:j", "old", 5)
+    await new.release("job:j", "new-owner")
+    assert not await old.renew("job:j", "old", 5)
+    with pytest.raises(LeaseLost):  # lapsed or released: nobody's, so nobody writes
+        await old.publish_many(
+            "job:j", [("y", None, "j:2")], maxlen=10, first_seq=2, fence=("job:j", "old")
+        )
+    with pytest.raises(ValueError, match="lease of its name"):
+        await new.publish_many("job:k", item, maxlen=10, fence=("job:j", "new-owner"))

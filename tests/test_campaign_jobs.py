@@ -6,6 +6,7 @@ processes on one real ``redis-server``, the fault applied by hand.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -155,5 +156,75 @@ async def test_a_job_resumed_after_redis_restarts_empty_gets_no_backward_gap(
             # names what was missed.
             assert gaps == [], gaps
             assert indices in ([], [2])
+    finally:
+        redis.stop()
+
+
+@pytest.mark.e2e
+async def test_a_former_owner_cut_off_past_its_lease_neither_writes_nor_answers_for_the_job(
+    tmp_path: Path, server_factory: Any
+) -> None:
+    """Found by the campaign (redis, seed 2): a job's owner whose Redis link slowed
+    down past its lease kept running the job while another host took it over. Its
+    publishes, sent before its link came back, went through after the takeover, so
+    the stream (what watchers got) held its string for an index and the new owner's
+    result file another; and meanwhile it answered for the job from its own stale
+    copy ("running", fewer strings, a shorter result). Its publishes are now fenced by
+    the lease in Redis, and past its lease it answers from the broker."""
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        with FaultProxy(("127.0.0.1", redis.port)) as owner_link:
+            owner: ServerProcess = server_factory(
+                env(f"redis://{owner_link.url_host}/0"), workers=0
+            )
+            other: ServerProcess = server_factory(env(redis.url), workers=0)
+            async with httpx.AsyncClient(timeout=20) as http:
+                created = await http.post(
+                    f"{owner.url}/jobs", json={"amount": 120, "length": 8, "delay_ms": 40}
+                )
+                assert created.status_code == 201
+                job_id, key = created.json()["id"], {"X-Job-Key": created.json()["key"]}
+                watched: dict[int, str] = {}
+                seen_twice: list[int] = []
+
+                async def watch() -> None:
+                    async with aconnect_sse(
+                        http, "GET", f"{other.url}/jobs/{job_id}/events", headers=key, timeout=60
+                    ) as source:
+                        async for sse in source.aiter_sse():
+                            if sse.event == "done":
+                                return
+                            if sse.event == "message" and sse.data:
+                                event = json.loads(sse.data)
+                                if event["index"] in watched:
+                                    seen_twice.append(event["index"])
+                                watched[event["index"]] = event["generated_string"]
+
+                watcher = asyncio.create_task(watch())
+                await produced(http, f"{owner.url}/jobs/{job_id}", key, 10)
+                # The owner's link stalls: what it sends still reaches Redis, no answer
+                # comes back. Past its lease (3 s) the other host takes the job over.
+                owner_link.freeze(lambda sent: True)
+                stale = await eventually(
+                    lambda: http.get(f"{owner.url}/jobs/{job_id}", headers=key),
+                    lambda r: r.status_code != 200,
+                    timeout=15,
+                )
+                assert stale.status_code == 503, stale.text  # not its stale "running"
+                await asyncio.wait_for(watcher, 60)
+                owner_link.thaw()
+                theirs = await http.get(f"{other.url}/jobs/{job_id}/result", headers=key)
+                mine = await eventually(
+                    lambda: http.get(f"{owner.url}/jobs/{job_id}/result", headers=key),
+                    lambda r: r.status_code == 200,
+                    timeout=15,
+                )
+                status = await http.get(f"{owner.url}/jobs/{job_id}", headers=key)
+        assert seen_twice == []
+        assert sorted(watched) == list(range(1, 121))
+        streamed = [watched[i] for i in range(1, 121)]
+        assert theirs.text.splitlines() == streamed
+        assert mine.text.splitlines() == streamed
+        assert status.json()["status"] == "done"
     finally:
         redis.stop()

@@ -111,6 +111,11 @@ class Fenced(RuntimeError):
     """A publish at explicit seqs that the topic already has: another writer got there first."""
 
 
+class LeaseLost(Fenced):
+    """A publish fenced by a lease (``publish_many``'s ``fence``) its writer does not
+    hold now: someone else holds it, it lapsed, or the broker lost it with its data."""
+
+
 class Hole(RuntimeError):
     """A publish at explicit seqs after seqs the topic lacks (``newest`` is the newest
     it has): the broker lost them, and their writer puts them back first."""

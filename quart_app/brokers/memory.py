@@ -141,9 +141,11 @@ class MemoryBroker(MemoryPresence):
         first_seq: int | None = None,
         notify: bool = True,
         once: tuple[str, float] | None = None,
+        fence: tuple[str, str] | None = None,
     ) -> int:
         """As :meth:`Broker.publish_many`; ``first_seq``: the items' seqs start there
-        (``notify`` is for a broker that can lose what it held: this one cannot).
+        (``notify`` is for a broker that can lose what it held: this one cannot, and
+        ``fence`` for processes that share it: leases here are always held).
 
         An empty topic starts at ``first_seq`` (a job resumed from its journal);
         a topic whose newest seq is not ``first_seq - 1`` refuses with
@@ -310,6 +312,9 @@ class MemoryBroker(MemoryPresence):
         return len(self._counted(key))
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        return True
+
+    async def renew(self, name: str, holder: str, ttl_s: float) -> bool:
         return True
 
     async def release(self, name: str, holder: str) -> None:

@@ -65,6 +65,7 @@ class Topics(Protocol):
         first_seq: int | None = None,
         notify: bool = True,
         once: tuple[str, float] | None = None,
+        fence: tuple[str, str] | None = None,
     ) -> int:
         """Append ``(data, event, sse_id)`` items (:class:`~.base.Item`) atomically; the newest seq.
 
@@ -79,6 +80,10 @@ class Topics(Protocol):
         topic already has a batch under ``record`` (within ``ttl_s`` of it), nothing is
         appended and that batch's newest seq is the answer, decided in the same atomic
         step as the append (a retry after a lost reply never publishes twice).
+        ``fence=(lease, holder)``: refused whole (:class:`~.base.LeaseLost`) unless
+        ``holder`` holds lease ``lease`` (of :meth:`Coordination.lease`) at that moment,
+        checked in the same step (a job's former owner, cut off past its lease, never
+        writes after the process that took the job over).
         """
         ...
 
@@ -169,6 +174,11 @@ class Coordination(Protocol):
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
         """Take or renew lease ``name`` for ``holder``; False while someone else holds it."""
+        ...
+
+    async def renew(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Renew lease ``name`` if ``holder`` holds it; False if not (held by someone
+        else, lapsed, or lost with the broker's data): never takes a free lease."""
         ...
 
     async def release(self, name: str, holder: str) -> None: ...

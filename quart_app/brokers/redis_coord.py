@@ -142,10 +142,15 @@ class RedisCoordination:
 
     async def lease(self, name: str, holder: str, ttl_s: float) -> bool:
         key = self.conn.key("lease", name)
-        ms = _ms(ttl_s)
-        if await self.conn.call(self.conn.scripts["renew"](keys=[key], args=[holder, ms])):
+        if await self.renew(name, holder, ttl_s):
             return True
-        return bool(await self.conn.call(self.conn.redis.set(key, holder, nx=True, px=ms)))
+        return bool(await self.conn.call(self.conn.redis.set(key, holder, nx=True, px=_ms(ttl_s))))
+
+    async def renew(self, name: str, holder: str, ttl_s: float) -> bool:
+        key = self.conn.key("lease", name)
+        return bool(
+            await self.conn.call(self.conn.scripts["renew"](keys=[key], args=[holder, _ms(ttl_s)]))
+        )
 
     async def release(self, name: str, holder: str) -> None:
         script = self.conn.scripts["release"]

@@ -32,6 +32,7 @@ from .base import (
     Fenced,
     Hole,
     Item,
+    LeaseLost,
     Message,
     Overflow,
     Seq,
@@ -208,6 +209,7 @@ class RedisTopics:
         first_seq: int | None = None,
         notify: bool = True,
         once: tuple[str, float] | None = None,
+        fence: tuple[str, str] | None = None,
     ) -> int:
         """As the protocol says; with ``first_seq``, entries get ids ``0-<first_seq + k>``
         and the batch is refused (:class:`Fenced`) if the stream already has the first."""
@@ -230,11 +232,18 @@ class RedisTopics:
         args.append(first_seq or 0)
         args.append(1 if notify else 0)
         script = self.conn.scripts["publish"]
-        keys = [key, incarnation_key(key)]
-        if once is not None:
-            # Beside the stream (same hash tag): decided in the publish's own step.
-            keys.append(f"{key}:once:{once[0]}")
-            args.append(max(1, int(once[1] * 1000)))
+        # Beside the stream (same hash tag on a cluster): decided in the publish's own
+        # step.  A lease fences a topic of the same name (a job's: ``job:<id>``).
+        if fence is not None and fence[0] != topic:
+            raise ValueError(f"a publish to {topic} is fenced by a lease of its name")
+        keys = [
+            key,
+            incarnation_key(key),
+            f"{key}:once:{'' if once is None else once[0]}",
+            self.conn.key("lease", topic if fence is None else fence[0]),
+        ]
+        args.append(0 if once is None else max(1, int(once[1] * 1000)))
+        args.append("" if fence is None else fence[1])
         try:
             lane = await self._lane_for(key)
             last_id, inc = await self._call_lane(
@@ -249,6 +258,8 @@ class RedisTopics:
             newest = inc.decode()
             if newest.startswith("once:"):
                 return parse_seq(newest[5:])
+            if newest == "lease":
+                raise LeaseLost(f"{topic}: publishing it needs lease {fence and fence[0]}")
             if newest.startswith("hole:"):
                 raise Hole(topic, int(newest[5:]))
             raise Fenced(f"{topic}: seq {first_seq} is already taken (newest {newest})")

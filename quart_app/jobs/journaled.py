@@ -207,6 +207,9 @@ class LocalJournal:
 
     # -- the result ------------------------------------------------------------------
 
+    def current(self, job: Job) -> bool:
+        return True  # one process: nobody else runs its jobs
+
     def owns_result(self, job: Job | None) -> bool:
         return True  # the journal in this instance folder is the job's storage
 

@@ -24,13 +24,14 @@ import os
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiofiles
 
 from ..brokers import Broker, BrokerUnavailable, Item, Subscription
-from ..brokers.base import Fenced, Hole
+from ..brokers.base import Fenced, Hole, LeaseLost
 from .journal import Journal
 from .limits import holds
 from .model import (
@@ -59,7 +60,15 @@ REPLAY_PAGE = 512
 
 
 def lease_name(job_id: str) -> str:
-    return f"job:{job_id}"
+    return f"job:{job_id}"  # the job's topic's name: the lease fences its publishes
+
+
+@dataclass(slots=True)
+class _Held:
+    """What this process knows of its lease of a job."""
+
+    until: float  # monotonic: it is this process's at least until then
+    losses: int  # the broker's data losses when it was last taken or renewed
 
 
 class RedisLease:
@@ -68,6 +77,46 @@ class RedisLease:
         # Its copy of each job's strings, named as the journal names them.
         self.files = Journal(results_dir)
         self.ttl_s = ttl_s
+        self._held: dict[str, _Held] = {}
+
+    # -- the lease -------------------------------------------------------------------
+
+    def _renewed(self, job_id: str, asked_at: float) -> None:
+        self._held[job_id] = _Held(asked_at + LEASE_S, self.broker.data_losses)
+
+    async def _take(self, job_id: str) -> bool:
+        """Take the job's lease (free, or already this process's)."""
+        asked_at = time.monotonic()
+        if await self.broker.lease(lease_name(job_id), self.broker.node, LEASE_S):
+            self._renewed(job_id, asked_at)
+            return True
+        return False
+
+    async def _keep(self, job: Job) -> bool:
+        """Renew the lease of a job this process runs; False: it is not this process's
+        any more (taken over, or lapsed while this process could not reach the broker:
+        whoever took it over may have published since).  A lease that went with the
+        broker's data (a new epoch since it was renewed) is taken again: its owner is
+        the one process that can put back what the broker lost."""
+        asked_at = time.monotonic()
+        if await self.broker.renew(lease_name(job.id), self.broker.node, LEASE_S):
+            self._renewed(job.id, asked_at)
+            return True
+        held = self._held.get(job.id)
+        await self.broker.check_data()
+        if held is not None and self.broker.data_losses != held.losses:
+            return await self._take(job.id)
+        return False
+
+    def holds(self, job: Job) -> bool:
+        """Whether this process's lease of ``job`` is surely still its own now."""
+        held = self._held.get(job.id)
+        return held is not None and time.monotonic() < held.until
+
+    def current(self, job: Job) -> bool:
+        # A job that runs here but whose lease may have lapsed (the broker out of reach
+        # past LEASE_S) may run elsewhere now: its state and result are the broker's.
+        return not job.running_here or self.holds(job)
 
     @property
     def scan_s(self) -> float:
@@ -84,26 +133,47 @@ class RedisLease:
         return {**job.record(), "node": self.broker.node, "pid": str(os.getpid())}
 
     async def claim(self, job: Job) -> None:
-        await self.broker.lease(lease_name(job.id), self.broker.node, LEASE_S)
+        await self._take(job.id)
         await self.broker.track(RUNNING_SET, job.id)
 
     async def publish(self, job: Job, items: Sequence[Item], first_seq: int) -> None:
-        topic = topic_for(job.id)
-        maxlen = self.maxlen(job.params.amount)
-        try:
-            await self.broker.publish_many(topic, items, maxlen=maxlen, first_seq=first_seq)
-        except Hole as hole:
-            # Redis lost what this process published (it restarted empty, or a replica
-            # without the last writes took over): put it back from the result file,
-            # which holds every line published, then go on.
-            await self._put_back(job, hole.newest, first_seq - 1)
-            await self.broker.publish_many(topic, items, maxlen=maxlen, first_seq=first_seq)
-        except Fenced:
-            # Our own earlier try whose answer was lost, if the job is still ours.
-            if not await self.broker.lease(lease_name(job.id), self.broker.node, LEASE_S):
-                raise
-            if (await self.broker.last_seq(topic) or 0) < first_seq + len(items) - 1:
-                raise
+        for _ in range(4):  # a lost lease taken again, a hole put back: each once
+            try:
+                try:
+                    await self._publish(job, items, first_seq)
+                    return
+                except Hole as hole:
+                    # Redis lost what this process published (it restarted empty, or a
+                    # replica without the last writes took over): put it back from the
+                    # result file, which holds every line published, then go on.
+                    await self._put_back(job, hole.newest, first_seq - 1)
+            except LeaseLost:
+                # Only with the lease: taken again if it went with the broker's data.
+                if not await self._keep(job):
+                    raise
+            except Fenced:
+                # Our own earlier try whose answer was lost, if the job is still ours
+                # (only the lease's holder writes: the publish is fenced by it).
+                if not await self._keep(job):
+                    raise
+                newest = await self.broker.last_seq(topic_for(job.id)) or 0
+                if newest < first_seq + len(items) - 1:
+                    raise
+                return
+        raise BrokerUnavailable(f"job {job.id}: the broker keeps losing what it publishes")
+
+    async def _publish(
+        self, job: Job, items: Sequence[Item], first_seq: int, *, notify: bool = True
+    ) -> None:
+        """Publish at explicit seqs, fenced by the job's lease (see ``publish_many``)."""
+        await self.broker.publish_many(
+            topic_for(job.id),
+            items,
+            maxlen=self.maxlen(job.params.amount),
+            first_seq=first_seq,
+            notify=notify,
+            fence=(lease_name(job.id), self.broker.node),
+        )
 
     async def _put_back(self, job: Job, after: int, upto: int, *, terminal: bool = False) -> None:
         """Publish a job's events ``after + 1 .. upto`` again, from its result file
@@ -121,9 +191,12 @@ class RedisLease:
                 break
             items = [job.item(i, text) for i, text in enumerate(texts, start=after + 1)]
             # Silently: live watchers had these; resumes and results read the stream.
-            await self.broker.publish_many(
-                topic, items, maxlen=maxlen, first_seq=after + 1, notify=False
-            )
+            if terminal:  # a job that ended here: its lease is released, seqs fence it
+                await self.broker.publish_many(
+                    topic, items, maxlen=maxlen, first_seq=after + 1, notify=False
+                )
+            else:
+                await self._publish(job, items, after + 1, notify=False)
             after += len(texts)
         if terminal:
             ttl_s = max(1.0, (job.finished_at or time.time()) + self.ttl_s - time.time())
@@ -165,10 +238,14 @@ class RedisLease:
             for job in list(host.jobs.values()):
                 if not job.running_here:
                     continue
-                # Broker unavailable: the lease may lapse; the job stops when it learns so.
+                # Broker unavailable: the lease may lapse; the job stops when it learns so
+                # (meanwhile its publishes are refused, and its state is the broker's).
                 with contextlib.suppress(BrokerUnavailable):
-                    if not await self.broker.lease(lease_name(job.id), self.broker.node, LEASE_S):
-                        log.warning("job %s: another process took it over; stopping", job.id)
+                    if not await self._keep(job):
+                        log.warning(
+                            "job %s: its lease is another process's or lapsed; stopping",
+                            job.id,
+                        )
                         host.stop(job, StopReason.FENCED)
                         continue
                     # Rewritten each beat: it comes back if the broker lost its data.
@@ -181,7 +258,7 @@ class RedisLease:
         for job_id in await self.broker.tracked(RUNNING_SET):
             if job_id in host.jobs or not is_job_id(job_id):
                 continue
-            if not await self.broker.lease(lease_name(job_id), self.broker.node, LEASE_S):
+            if not await self._take(job_id):
                 continue  # its owner is alive, or someone else got there first
             try:
                 job = await self._adopt(job_id)
@@ -228,12 +305,14 @@ class RedisLease:
         return job
 
     async def _untrack(self, job_id: str) -> None:
+        self._held.pop(job_id, None)
         await self.broker.track(RUNNING_SET, job_id, present=False)
         await self.broker.release(lease_name(job_id), self.broker.node)
 
     async def pause(self, job: Job) -> None:
         """A shutdown: another process takes the job over at once."""
         log.info("job %s: handed off after string %d (shutdown)", job.id, job.produced)
+        self._held.pop(job.id, None)
         with contextlib.suppress(BrokerUnavailable):  # else the lease lapses by itself
             await self.broker.release(lease_name(job.id), self.broker.node)
 
@@ -241,14 +320,17 @@ class RedisLease:
         """Nothing more: its end is its terminal event in the stream, and its record."""
 
     async def release(self, job: Job) -> None:
+        self._held.pop(job.id, None)
         await self.broker.track(RUNNING_SET, job.id, present=False)
         with contextlib.suppress(BrokerUnavailable):  # else it lapses by itself
             await self.broker.release(lease_name(job.id), self.broker.node)
 
     def let_go(self, job: Job) -> None:
         """Nothing to drop: its lease lapses by itself, or was released at the hand-off."""
+        self._held.pop(job.id, None)
 
     def forget(self, job_id: str) -> None:
+        self._held.pop(job_id, None)
         self.files.remove(job_id)
 
     def subscription(
@@ -261,8 +343,9 @@ class RedisLease:
     def owns_result(self, job: Job | None) -> bool:
         if job is None:
             return False
-        # A job handed off at shutdown stays known here, but runs elsewhere.
-        return job.status != JobStatus.RUNNING or job.running_here
+        # A job handed off at shutdown stays known here, but runs elsewhere; one whose
+        # lease may have lapsed may run elsewhere too.
+        return job.status != JobStatus.RUNNING or (job.running_here and self.holds(job))
 
     async def result_elsewhere(self, job_id: str) -> AsyncIterator[bytes]:
         """The strings in the job's stream, as result-file text."""

@@ -79,6 +79,11 @@ class Ownership(Protocol):
         """A watcher's subscription, paging from storage what the topic no longer holds."""
         ...
 
+    def current(self, job: Job) -> bool:
+        """Whether this process's copy of ``job`` is the job's state now (False: a job
+        that may run elsewhere since; its state is the broker's)."""
+        ...
+
     def owns_result(self, job: Job | None) -> bool:
         """Whether this process's result file is the job's result."""
         ...

@@ -278,10 +278,15 @@ class JobRegistry:
     async def _record(self, job_id: str) -> dict[str, str] | None:
         if not is_job_id(job_id):
             return None
-        job = self.jobs.get(job_id)
+        job = self._current(job_id)
         if job is not None:
             return job.record()
         return await self.broker.get_record(record_key(job_id))
+
+    def _current(self, job_id: str) -> Job | None:
+        """This process's copy of the job, if it is the job's state now."""
+        job = self.jobs.get(job_id)
+        return job if job is not None and self.ownership.current(job) else None
 
     async def lookup(
         self, job_id: str, identities: Sequence[str], key: str | None = None
@@ -313,7 +318,7 @@ class JobRegistry:
 
     async def _describe(self, job_id: str, record: Mapping[str, str]) -> dict[str, Any]:
         produced = None
-        if job_id not in self.jobs and record.get("status") == JobStatus.RUNNING:
+        if self._current(job_id) is None and record.get("status") == JobStatus.RUNNING:
             # Its owner writes the record only at start and end.
             produced = min(int(record["amount"]), await self.last_seq(job_id))
         return describe(record, produced)

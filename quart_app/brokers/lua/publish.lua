@@ -3,10 +3,17 @@
 -- (data, event, id), then the topic's channel, the first explicit seq (0: none) and
 -- whether to notify the followers ('0': a silent put-back of what Redis lost, which
 -- live subscribers had already; catch-ups read it from the stream), then the ms to
--- keep the answer of a publish under an idempotency key.  KEYS[3], if given: that
--- answer (a retry finds it and appends nothing: 'once:<seq>.<incarnation>').
+-- keep the answer of a publish under an idempotency key ('0': none) and the holder
+-- the publish is fenced by ('': none).  KEYS[3]: that answer (a retry finds it and
+-- appends nothing: 'once:<seq>.<incarnation>'); KEYS[4]: the lease that fences it
+-- (held by someone else, lapsed or lost: nothing is written, 'lease').
 local n = tonumber(ARGV[4])
-if KEYS[3] then
+local keep = tonumber(ARGV[8 + 3 * n])
+local holder = ARGV[9 + 3 * n]
+if holder ~= '' and redis.call('GET', KEYS[4]) ~= holder then
+  return {'', 'lease'}
+end
+if keep > 0 then
   local done = redis.call('GET', KEYS[3])
   if done then return {'', 'once:' .. done} end
 end
@@ -44,8 +51,8 @@ for k = 0, n - 1 do
   parts[#parts + 1] = ARGV[at + 1] .. '\0' .. ARGV[at + 2] .. '\0' .. #d .. '\0' .. d
 end
 if changed then redis.call('SET', KEYS[2], inc) end
-if KEYS[3] then
-  redis.call('SET', KEYS[3], string.match(id, '%-(%d+)$') .. '.' .. inc, 'PX', ARGV[8 + 3 * n])
+if keep > 0 then
+  redis.call('SET', KEYS[3], string.match(id, '%-(%d+)$') .. '.' .. inc, 'PX', keep)
 end
 if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 mirror_ttl()
