@@ -126,10 +126,12 @@ def tail(path: Path, chars: int = 4000) -> str:
         return ""
 
 
-def listening_inodes(port: int) -> set[str]:
-    """Socket inodes listening on TCP ``port`` (IPv4 and IPv6), from /proc/net."""
+def listening_inodes(port: int, pid: int | None = None) -> set[str]:
+    """Socket inodes listening on TCP ``port`` (IPv4 and IPv6), from /proc/net (of the
+    network namespace ``pid`` is in, if given)."""
     found: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    net = "/proc/net" if pid is None else f"/proc/{pid}/net"
+    for table in (f"{net}/tcp", f"{net}/tcp6"):
         try:
             with open(table) as handle:
                 rows = handle.read().splitlines()[1:]
@@ -153,7 +155,7 @@ def owns_listener(pid: int, port: int) -> bool:
     Tells a server that came up from another process that answers on a port it
     took first (two test runs picking the same free port at once).
     """
-    inodes = listening_inodes(port)
+    inodes = listening_inodes(port, pid)
     if not inodes:
         return False
     for candidate in [pid, *children(pid)]:

@@ -66,7 +66,8 @@ class ServerProcess:
     started is the server).  ``supervised``: ``python -m quart_app`` (Hypercorn's
     arguments, with the product's supervisor) instead of ``hypercorn``.
     ``command`` replaces the whole command line with any server that answers
-    ``GET /healthz``.
+    ``GET /healthz``.  ``host``: the address it binds (a network namespace's, with
+    ``prefix=ns.prefix``: ``harness.netns``).
     """
 
     def __init__(
@@ -84,12 +85,14 @@ class ServerProcess:
         log_path: Path | None = None,
         supervised: bool = False,
         server: str = "hypercorn",
+        host: str = HOST,
     ) -> None:
         if server not in (*SERVERS, "uvicorn"):
             raise ValueError(f"unknown server {server!r}")
         self.instance = instance
+        self.host = host
         self.port = port or free_port()
-        self.url = f"http://{HOST}:{self.port}"
+        self.url = f"http://{self.host}:{self.port}"
         self.env = {
             **os.environ,
             "QUART_INSTANCE_PATH": str(instance),
@@ -123,7 +126,7 @@ class ServerProcess:
             "--config",
             str(self.root / "hypercorn.toml"),
             "--bind",
-            f"{HOST}:{self.port}",
+            f"{self.host}:{self.port}",
             *(["--workers", str(self.workers)] if self.workers is not None else []),
             *self.args,
             self.app,
@@ -143,7 +146,7 @@ class ServerProcess:
                 *(["--factory"] if factory else []),
                 *GRANIAN_OPTIONS,
                 "--host",
-                HOST,
+                self.host,
                 "--port",
                 str(self.port),
                 "--workers",
@@ -158,7 +161,7 @@ class ServerProcess:
             *(["--factory"] if factory else []),
             *UVICORN_OPTIONS,
             "--host",
-            HOST,
+            self.host,
             "--port",
             str(self.port),
             *(["--workers", str(self.workers)] if self.workers else []),
@@ -180,7 +183,7 @@ class ServerProcess:
                 if not taken or attempt == attempts - 1 or self.command is not None:
                     raise
                 self.port = free_port()
-                self.url = f"http://{HOST}:{self.port}"
+                self.url = f"http://{self.host}:{self.port}"
         raise AssertionError("unreachable")
 
     def _start(self, timeout: float) -> ServerProcess:
