@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from httpx_sse import aconnect_sse
+from redis.asyncio import Redis
 
 from harness import RedisServer, ServerProcess
 from harness.faults import FaultProxy
@@ -226,5 +227,76 @@ async def test_a_former_owner_cut_off_past_its_lease_neither_writes_nor_answers_
         assert theirs.text.splitlines() == streamed
         assert mine.text.splitlines() == streamed
         assert status.json()["status"] == "done"
+    finally:
+        redis.stop()
+
+
+@pytest.mark.e2e
+async def test_a_job_whose_stream_lost_events_is_not_taken_over_from_where_it_stops(
+    tmp_path: Path, server_factory: Any
+) -> None:
+    """Found by the campaign (cluster, and Sentinel after a lossy failover): a job's
+    stream lost its events (the node that held it restarted empty) while its owner was
+    out of reach; another host took the job over from where the stream stopped (index
+    0) and made indices again with other strings. The other host now leaves the job to
+    its owner, which has the strings and puts them back when it is reachable again."""
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        with FaultProxy(("127.0.0.1", redis.port)) as owner_link:
+            owner: ServerProcess = server_factory(
+                env(f"redis://{owner_link.url_host}/0"), workers=0
+            )
+            other: ServerProcess = server_factory(env(redis.url), workers=0)
+            async with httpx.AsyncClient(timeout=20) as http:
+                created = await http.post(
+                    f"{owner.url}/jobs", json={"amount": 100, "length": 8, "delay_ms": 40}
+                )
+                assert created.status_code == 201
+                job_id, key = created.json()["id"], {"X-Job-Key": created.json()["key"]}
+                watched: list[tuple[int, str]] = []
+
+                async def watch() -> None:
+                    # As EventSource does: reconnect after an end, with the last id.
+                    url = f"{other.url}/jobs/{job_id}/events"
+                    for _ in range(20):
+                        last = {"Last-Event-ID": f"{job_id}:{watched[-1][0]}"} if watched else {}
+                        async with aconnect_sse(
+                            http, "GET", url, headers={**key, **last}, timeout=90
+                        ) as source:
+                            async for sse in source.aiter_sse():
+                                if sse.event == "done":
+                                    return
+                                if sse.event == "message" and sse.data:
+                                    event = json.loads(sse.data)
+                                    watched.append((event["index"], event["generated_string"]))
+                                assert sse.event in ("message", "done"), sse
+
+                watcher = asyncio.create_task(watch())
+                await produced(http, f"{owner.url}/jobs/{job_id}", key, 10)
+                await eventually(lambda: len(watched) >= 5, timeout=10)
+                # The owner is cut off; the job's stream (and its lease) are lost, its
+                # record and the set of running jobs are not (other cluster nodes).
+                owner_link.refusing = True
+                owner_link.cut()
+                client: Any = Redis.from_url(redis.url)
+                [stream] = [k async for k in client.scan_iter(match=f"*t:{{job:{job_id}}}")]
+                await client.delete(stream, stream + b":inc", stream.replace(b":t:", b":lease:"))
+                await client.aclose()
+                # The other host looks at the job once its lease is gone (and must
+                # leave it to its owner: the end says whether it did).
+                await eventually(
+                    lambda: any(said in other.log() for said in ("left to it", "taken over")),
+                    timeout=15,
+                )
+                owner_link.refusing = False
+                await asyncio.wait_for(watcher, 60)
+                results = [
+                    (await http.get(f"{host.url}/jobs/{job_id}/result", headers=key)).text
+                    for host in (owner, other)
+                ]
+        assert [index for index, _ in watched] == list(range(1, 101))
+        streamed = [text for _, text in watched]
+        for text in results:
+            assert text.splitlines() == streamed
     finally:
         redis.stop()

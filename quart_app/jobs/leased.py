@@ -63,12 +63,18 @@ def lease_name(job_id: str) -> str:
     return f"job:{job_id}"  # the job's topic's name: the lease fences its publishes
 
 
+# A running job whose stream lost events that only their owner had (Redis lost its
+# data) is left to that owner while it beats; after this long without a beat the owner
+# is gone with the strings, and the job fails (nobody can go on without repeating an
+# index with other strings).
+ORPHANED_LOSS_S = 30.0
+
+
 @dataclass(slots=True)
 class _Held:
     """What this process knows of its lease of a job."""
 
     until: float  # monotonic: it is this process's at least until then
-    losses: int  # the broker's data losses when it was last taken or renewed
 
 
 class RedisLease:
@@ -82,7 +88,7 @@ class RedisLease:
     # -- the lease -------------------------------------------------------------------
 
     def _renewed(self, job_id: str, asked_at: float) -> None:
-        self._held[job_id] = _Held(asked_at + LEASE_S, self.broker.data_losses)
+        self._held[job_id] = _Held(asked_at + LEASE_S)
 
     async def _take(self, job_id: str) -> bool:
         """Take the job's lease (free, or already this process's)."""
@@ -96,15 +102,14 @@ class RedisLease:
         """Renew the lease of a job this process runs; False: it is not this process's
         any more (taken over, or lapsed while this process could not reach the broker:
         whoever took it over may have published since).  A lease that went with the
-        broker's data (a new epoch since it was renewed) is taken again: its owner is
-        the one process that can put back what the broker lost."""
+        broker's data (the job's stream lacks what this process published: Redis
+        restarted empty, a lossy failover, a cluster node restarted empty) is taken
+        again: its owner is the one process that can put back what the broker lost."""
         asked_at = time.monotonic()
         if await self.broker.renew(lease_name(job.id), self.broker.node, LEASE_S):
             self._renewed(job.id, asked_at)
             return True
-        held = self._held.get(job.id)
-        await self.broker.check_data()
-        if held is not None and self.broker.data_losses != held.losses:
+        if (await self.broker.last_seq(topic_for(job.id)) or 0) < job.produced:
             return await self._take(job.id)
         return False
 
@@ -129,8 +134,14 @@ class RedisLease:
         return replay_bound(amount)
 
     def record(self, job: Job) -> dict[str, str]:
-        # ``pid``: which worker of a host runs it (operators; the failover tests).
-        return {**job.record(), "node": self.broker.node, "pid": str(os.getpid())}
+        # ``pid``: which worker of a host runs it (operators; the failover tests);
+        # ``beat``: when its owner last wrote it (each heartbeat).
+        return {
+            **job.record(),
+            "node": self.broker.node,
+            "pid": str(os.getpid()),
+            "beat": repr(time.time()),
+        }
 
     async def claim(self, job: Job) -> None:
         await self._take(job.id)
@@ -291,6 +302,11 @@ class RedisLease:
             await self._untrack(job_id)
             return None
         job.produced = last[-1][0] if last else 0
+        if job.produced < int(record.get("produced") or 0):
+            # The stream lost events that only their owner has (in its result file):
+            # going on from here would make those indices again, with other strings.
+            await self._orphaned_by_a_loss(job, record)
+            return None
         # This process's result file: what the stream holds, then what it makes.
         lines = 0
         async with aiofiles.open(job.result_path, "w", encoding="utf-8") as out:
@@ -303,6 +319,35 @@ class RedisLease:
         )
         await self.broker.set_record(record_key(job_id), self.record(job), None)
         return job
+
+    async def _orphaned_by_a_loss(self, job: Job, record: dict[str, str]) -> None:
+        """A job whose stream is behind its owner's last beat: left to its owner (it puts
+        the events back when it sees the loss) while it beats; once it has not for
+        ``ORPHANED_LOSS_S``, the strings went with it, and the job fails."""
+        try:
+            beat = float(record.get("beat") or 0)
+        except ValueError:
+            beat = 0.0
+        if time.time() - beat < ORPHANED_LOSS_S:
+            log.info(
+                "job %s: its stream lost events that its owner has; left to it", job.id
+            )
+            self._held.pop(job.id, None)
+            await self.broker.release(lease_name(job.id), self.broker.node)
+            return
+        job.status = JobStatus.FAILED
+        job.message = (
+            "Job failed: the broker lost its events after string "
+            f"{job.produced}, and the process that had them is gone."
+        )
+        job.finished_at = time.time()
+        log.warning("job %s: %s", job.id, job.message)
+        ttl_s = max(1.0, self.ttl_s)
+        await self._publish(job, [job.terminal_item()], job.produced + 1)
+        await self.broker.expire(topic_for(job.id), ttl_s)
+        await self.broker.set_record(record_key(job.id), job.record(), ttl_s)
+        await self.broker.drop_holds(holds(job))
+        await self._untrack(job.id)
 
     async def _untrack(self, job_id: str) -> None:
         self._held.pop(job_id, None)
