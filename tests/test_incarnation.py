@@ -245,3 +245,45 @@ async def test_redis_an_id_newer_than_this_process_knows_is_not_answered_from_it
         finally:
             await stale.close()
             await fresh.close()
+
+
+async def test_redis_an_id_ahead_of_a_stale_copy_is_not_answered_from_it(
+    redis_session: Any, redis_url: str
+) -> None:
+    """The same as above with an id of the *old* incarnation that this process never
+    had (published while its link was down, then lost with the topic): the fault
+    campaign (redis, seed 21) saw a gap back to the stale copy's oldest event and
+    170 events received twice.  The client missed nothing it can still get: a gap
+    to the new incarnation's first event, never back into what it had."""
+    with FaultProxy(("127.0.0.1", redis_session.port)) as proxy:
+        stale = RedisBroker(f"redis://{proxy.url_host}/0", wait_s=0.5, resync_s=60)
+        fresh = create_broker(redis_url)
+        await stale.start()
+        await fresh.start()
+        try:
+            async with stale.subscribe("news", maxlen=100) as held:
+                had = await publish(fresh, "news", 3)
+                assert await drain(held, 3) == had
+                assert proxy.freeze(is_subscriber) >= 1
+                missed = await publish(fresh, "news", 2)  # the stale copy never gets these
+                client = Redis.from_url(redis_url)
+                key = stale.key("news")
+                await client.delete(key, f"{key}:inc")
+                await client.aclose()
+                new = await publish(fresh, "news", 2)
+                after = parse_seq(missed[-1])
+                async with stale.subscribe("news", after=after, maxlen=100) as sub:
+                    # Following afresh waits for the link: nothing from the stale copy.
+                    assert sub.gap is None and sub.take() == []
+                    proxy.thaw()
+                    # Placed once the link is back; the gap could not go out first,
+                    # so the stream ends and its client resumes.
+                    assert await drain(sub, 1, timeout=10) == []
+                    assert sub.closed
+                async with stale.subscribe("news", after=after, maxlen=100) as sub:
+                    assert sub.gap is not None
+                    assert str(sub.gap[1]) == new[0]  # forward, into the new incarnation
+                    assert await drain(sub, 2, timeout=10) == new
+        finally:
+            await stale.close()
+            await fresh.close()

@@ -431,13 +431,18 @@ class RedisTopics:
                 start = min(start, entry.start)
         elif foreign:
             start = 0  # of another incarnation: all there is, after a gap
-        elif not stable and after > history.last_seq and after > (await self.newest(entry.key)):
-            # From before a reset of the topic (or never issued): all there is, after a gap.
-            # (Stable seqs wait instead: their writer puts back what Redis lost.)
-            start = 0
+        elif after > history.last_seq:
+            # Ahead of this process's copy: a notification on its way, an id from before
+            # a reset of the topic (or never issued), or this copy is stale (Redis lost
+            # the topic and this process has not heard yet). Redis says which.
+            newest, current = (await self.tips([entry.key]))[0]
+            if (current or "").lstrip("?") != entry.local.incarnation:
+                raise Stale(entry.name)
+            # From before a reset: all there is, after a gap. (Stable seqs wait
+            # instead: their writer puts back what Redis lost.)
+            start = 0 if after > newest and not stable else after
         else:
-            # Possibly ahead of the local history: a notification is on its way.
-            start = after
+            start = after  # within this process's copy
         if overflow is Overflow.DROP_OLDEST and max_lag is not None:
             start = max(start, history.last_seq - max_lag)
         page: list[Message] = []

@@ -329,9 +329,7 @@ class RedisLease:
         except ValueError:
             beat = 0.0
         if time.time() - beat < ORPHANED_LOSS_S:
-            log.info(
-                "job %s: its stream lost events that its owner has; left to it", job.id
-            )
+            log.info("job %s: its stream lost events that its owner has; left to it", job.id)
             self._held.pop(job.id, None)
             await self.broker.release(lease_name(job.id), self.broker.node)
             return
