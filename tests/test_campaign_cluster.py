@@ -8,8 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.exceptions import ClusterDownError, MasterDownError, RedisClusterUnreachableError
 
 from harness import RedisCluster, ServerProcess
+from quart_app.brokers import BrokerUnavailable
+from quart_app.brokers.redis_conn import RedisConnection
 
 TOKEN = "campaign-regression-token"
 CHANNEL = "down"
@@ -53,3 +56,26 @@ def _serves(node: Any, slot: int) -> bool:
             if int(start) <= slot <= int(end):
                 return bool(int(primary[1]) == node.port)
     return False
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RedisClusterUnreachableError("Redis Cluster cannot be connected."),
+        ClusterDownError("The cluster is down"),
+        MasterDownError("MASTERDOWN"),
+    ],
+)
+async def test_what_a_cluster_says_when_it_cannot_serve_is_an_outage(error: Exception) -> None:
+    """Campaign, cluster seed 23: a publish with an idempotency key while no node could
+    be reached (each closed the connection) answered 500: redis-py's
+    RedisClusterUnreachableError was not among the outages.  Every call to Redis goes
+    through ``RedisConnection.call``, which turns an outage into ``BrokerUnavailable``
+    (a 503, and a job that waits)."""
+    conn = RedisConnection("redis://127.0.0.1:1/0", prefix="t:", timeout_s=1, max_connections=1)
+
+    async def failing() -> None:
+        raise error
+
+    with pytest.raises(BrokerUnavailable):
+        await conn.call(failing())

@@ -37,6 +37,7 @@ from redis.exceptions import (
     MovedError,
     NoScriptError,
     ReadOnlyError,
+    RedisClusterUnreachableError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -48,9 +49,11 @@ from .redis_cluster import cluster_client, is_cluster_url
 
 # What "Redis is not there" looks like; anything else (e.g. WRONGTYPE) is a bug to surface.
 # CLUSTERDOWN (a slot not served, a node rejoining) and MASTERDOWN (a replica cut off
-# from its primary) are outages too: a 503, and a job waits them out.
+# from its primary) are outages too: a 503, and a job waits them out; so is a cluster
+# none of whose nodes answers (redis-py's RedisClusterUnreachableError).
 DOWN = (
     RedisConnectionError,
+    RedisClusterUnreachableError,
     RedisTimeoutError,
     ReadOnlyError,
     ClusterDownError,
