@@ -768,16 +768,22 @@ class Campaign:
         return False
 
     async def healthy(self) -> bool:
+        """Every host has its workers, and ``/healthz`` is 200 on each: asked on fresh
+        connections, several times per worker, as the kernel hands a new connection
+        to any of a host's workers (one worker healthy is not the host)."""
         for host in self.hosts:
             workers = await asyncio.to_thread(host.server.live_workers)
             if len(workers) < (host.server.workers or 1):
                 return False
-            try:
-                response = await self.client.get(f"{host.direct}/healthz", timeout=2.0)
-            except httpx.HTTPError:
-                return False
-            if response.status_code != 200:
-                return False
+            for _ in range(3 * len(workers)):
+                try:
+                    response = await self.client.get(
+                        f"{host.direct}/healthz", timeout=2.0, headers={"Connection": "close"}
+                    )
+                except httpx.HTTPError:
+                    return False
+                if response.status_code != 200:
+                    return False
         return True
 
     async def probe_all(self) -> bool:

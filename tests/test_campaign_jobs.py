@@ -300,3 +300,36 @@ async def test_a_job_whose_stream_lost_events_is_not_taken_over_from_where_it_st
             assert text.splitlines() == streamed
     finally:
         redis.stop()
+
+
+@pytest.mark.e2e
+async def test_a_watcher_right_after_redis_restarts_empty_is_served_not_503(
+    tmp_path: Path, server_factory: Any
+) -> None:
+    """Found by the campaign (redis, seed 21): right after Redis restarted empty, a
+    watcher of a running job on another host got 503 until the owner's next heartbeat
+    put the job back (up to a second), and a browser's EventSource stops for good on
+    a 503. The request now waits for the job to come back (a few seconds at most)."""
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        owner: ServerProcess = server_factory(env(redis.url), workers=0)
+        other: ServerProcess = server_factory(env(redis.url), workers=0)
+        async with httpx.AsyncClient(timeout=20) as http:
+            created = await http.post(
+                f"{owner.url}/jobs", json={"amount": 200, "length": 8, "delay_ms": 40}
+            )
+            assert created.status_code == 201
+            job_id, key = created.json()["id"], {"X-Job-Key": created.json()["key"]}
+            await produced(http, f"{owner.url}/jobs/{job_id}", key, 5)
+            redis.restart()  # empty
+            headers = {**key, "Last-Event-ID": f"{job_id}:3"}
+            async with aconnect_sse(
+                http, "GET", f"{other.url}/jobs/{job_id}/events", headers=headers, timeout=20
+            ) as source:
+                assert source.response.status_code == 200
+                async for sse in source.aiter_sse():
+                    if sse.event == "message" and sse.data:
+                        assert json.loads(sse.data)["index"] == 4
+                        break
+    finally:
+        redis.stop()

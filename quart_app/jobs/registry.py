@@ -60,6 +60,10 @@ RESULT_CHUNK = 65536
 # After the broker lost its data, how long a job it does not know is "may come back"
 # (503) rather than "no such job" (404): its owner's heartbeats put it back.
 LOST_DATA_GRACE_S = 30.0
+# How long a request for such a job waits for its owner to put it back (the owner's
+# heartbeat is 1 s), looking every LOST_DATA_POLL_S, before it answers 503.
+LOST_DATA_WAIT_S = 3.0
+LOST_DATA_POLL_S = 0.2
 
 
 def create_ownership(
@@ -298,18 +302,27 @@ class JobRegistry:
         """
         record = await self._record(job_id)
         if record is None and is_job_id(job_id):
-            await self._unless_lost(job_id)
+            record = await self._unless_lost(job_id)
         if record is None or not may_access(record, identities, key):
             raise NotFound(f"no job {job_id!r} (unknown or expired)")
         return await self._describe(job_id, record)
 
-    async def _unless_lost(self, job_id: str) -> None:
+    async def _unless_lost(self, job_id: str) -> dict[str, str] | None:
         """A job the broker does not know: if the broker lost its data a moment ago,
-        its owner may be putting it back (``leased.py``): 503, not "no such job"."""
+        its owner may be putting it back (``leased.py``, at its next heartbeat): its
+        record if it comes back within ``LOST_DATA_WAIT_S``, else 503, not "no such
+        job"; None: the broker lost nothing lately (it is unknown)."""
         await self.broker.check_data()
         lost_at = self.broker.data_lost_at
-        if lost_at is not None and time.monotonic() - lost_at < LOST_DATA_GRACE_S:
-            raise BrokerUnavailable(f"job {job_id}: the broker lost its data; it may come back")
+        if lost_at is None or time.monotonic() - lost_at >= LOST_DATA_GRACE_S:
+            return None
+        deadline = time.monotonic() + LOST_DATA_WAIT_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(LOST_DATA_POLL_S)
+            record = await self._record(job_id)
+            if record is not None:
+                return record
+        raise BrokerUnavailable(f"job {job_id}: the broker lost its data; it may come back")
 
     async def state(self, job_id: str) -> dict[str, Any] | None:
         """The public state of any job this deployment knows (no access check)."""
