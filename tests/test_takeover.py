@@ -22,6 +22,7 @@ from quart_app.brokers import create_broker
 from quart_app.brokers.base import Fenced, Hole
 from quart_app.config import Defaults
 from quart_app.jobs import leased
+from quart_app.jobs.model import record_key
 
 from .conftest import FAST
 from .polling import eventually
@@ -231,3 +232,43 @@ async def test_a_watcher_behind_the_window_pages_from_the_stream(
     assert [text for _, text in strings(result.parsed.events)] == (
         await download.get_data(as_text=True)
     ).splitlines()
+
+
+async def test_a_job_whose_stream_and_owner_are_both_gone_fails_with_its_reason(
+    workers: tuple[Quart, Quart], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's stream lost its events (Redis lost them) and the owner that had them
+    in its result file died too: nobody can go on without making indices again with
+    other strings. The job is left to its owner while the owner beats, then fails
+    with its reason, and a watcher gets the terminal event (never a job that runs
+    forever, nor one that starts over)."""
+    monkeypatch.setattr(leased, "ORPHANED_LOSS_S", 1.0)
+    one, two = workers
+    response = await one.test_client().post(
+        "/jobs", json={"amount": 500, "length": 6, "delay_ms": 20}
+    )
+    job = await response.get_json()
+    broker = registry(two).broker
+    key = record_key(job["id"])
+    # The owner's heartbeat has written how far it got.
+    await eventually(
+        lambda: broker.get_record(key), lambda r: int((r or {}).get("produced", 0)) >= 20
+    )
+    await die(one)
+    topic = broker.key(f"job:{job['id']}")
+    await broker.conn.redis.delete(topic, f"{topic}:inc")
+    state = await eventually(
+        lambda: registry(two).state(job["id"]),
+        lambda st: st is not None and st["status"] != "running",
+        timeout=15,
+    )
+    assert state["status"] == "failed"
+    assert "lost its events" in state["message"]
+    events = await read_stream(
+        two.test_client(),
+        f"/jobs/{job['id']}/events?key={job['key']}",
+        headers={"Last-Event-ID": f"{job['id']}:5"},
+        until=lambda p: bool(p.events) and p.events[-1].type == "failed",
+        timeout=10,
+    )
+    assert [e.type for e in events.parsed.events] == ["failed"]
