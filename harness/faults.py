@@ -48,10 +48,13 @@ class _Link:
 class FaultProxy:
     SNIFF_BYTES = 4096  # what is kept of a client's first bytes, to match freezes on
 
-    def __init__(self, target: tuple[str, int], port: int | None = None) -> None:
+    def __init__(
+        self, target: tuple[str, int], port: int | None = None, *, listen: str = HOST
+    ) -> None:
         self.target = target
+        self.listen = listen  # the address it listens on (a namespace's veth: netns.py)
         self.port = port or free_port()
-        self.url_host = f"{HOST}:{self.port}"
+        self.url_host = f"{listen}:{self.port}"
         self.delay_s = 0.0
         self.refusing = False
         self.accepted = 0
@@ -89,7 +92,7 @@ class FaultProxy:
         return future.result(timeout)
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._accept, HOST, self.port)
+        self._server = await asyncio.start_server(self._accept, self.listen, self.port)
 
     async def _end_tasks(self) -> None:
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
