@@ -52,6 +52,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -1392,7 +1393,36 @@ def run(args: argparse.Namespace) -> int:
     (out / "verdict.json").write_text(json.dumps(verdict, indent=2))
     print(summary(data, verdict))
     print(f"record: {out / 'campaign.json'}; logs: {workdir}")
+    if args.record_into:
+        record_into(Path(args.record_into), data, verdict, args.revision)
     return 1 if failed(verdict, args.known_ok) or interrupted else 0
+
+
+def record_into(
+    path: Path, record: dict[str, Any], verdict: dict[str, Any], revision: str | None
+) -> None:
+    """Add a run's figures to the list in ``path`` (replacing a run of the same
+    topology, seed and length)."""
+    if revision is None:
+        revision = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    entry = {
+        "topology": record["topology"],
+        "partitions": "host_partition" in verdict["figures"]["faults"],
+        "seed": record["seed"],
+        "minutes": record["minutes"],
+        "revision": revision or "?",
+        "violations": len(verdict["violations"]),
+        "figures": verdict["figures"],
+    }
+    runs = json.loads(path.read_text()) if path.exists() else []
+    same = (entry["topology"], entry["partitions"], entry["seed"], entry["minutes"])
+    runs = [r for r in runs if (r["topology"], r["partitions"], r["seed"], r["minutes"]) != same]
+    path.write_text(json.dumps([*runs, entry], indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1402,6 +1432,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "campaign"))
     parser.add_argument("--check", metavar="FILE", help="check a recorded campaign.json again")
+    parser.add_argument(
+        "--record-into",
+        metavar="JSON",
+        help="add this run's figures to a list of runs (docs/campaigns.json, which "
+        "bench/report.py renders in docs/BENCHMARKS.md)",
+    )
+    parser.add_argument(
+        "--revision", help="the product's revision to name with --record-into (default: HEAD)"
+    )
     parser.add_argument(
         "--partitions",
         action="store_true",
@@ -1420,6 +1459,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(Path(args.check).read_text())
         verdict = check(saved["record"])
         print(summary(saved["record"], verdict))
+        if args.record_into:
+            record_into(Path(args.record_into), saved["record"], verdict, args.revision)
         return 1 if failed(verdict, args.known_ok) else 0
     raise_nofile()
     return run(args)

@@ -803,6 +803,7 @@ def markdown(
     if scale_png_name:
         parts += [f"![storms and topics]({scale_png_name})", ""]
     parts += [
+        *campaign_section(),
         "## How to read it",
         "",
         "* **Ratios** are product / baseline (bare Quart on Hypercorn), from the same run "
@@ -1569,6 +1570,73 @@ def cost_section(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any
         "",
     ]
     return parts, targets
+
+
+# The fault campaigns' figures (``bench/campaign.py --record-into``): their own runs.
+CAMPAIGNS = Path(__file__).resolve().parents[1] / "docs" / "campaigns.json"
+
+
+def _words(kind: Any) -> str:
+    return str(kind or "?").replace("_", " ")
+
+
+def campaign_section(path: Path = CAMPAIGNS) -> list[str]:
+    """The fault campaigns (issue 23), from the figures each run recorded."""
+    try:
+        runs = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not runs:
+        return []
+    rows = []
+    for run in runs:
+        f = run["figures"]
+        faults = ", ".join(f"{_words(kind)} {count}" for kind, count in sorted(f["faults"].items()))
+        slowest = f.get("slowest_recovery") or {}
+        alone = f.get("slowest_recovery_alone") or {}
+        rows.append(
+            [
+                f"{run['topology']}{' + partitions' if run.get('partitions') else ''}, "
+                f"{run['minutes']:g} min, seed {run['seed']} ({run['revision']})",
+                f"{sum(f['faults'].values())}: {faults}",
+                f"{f['channel_events_checked']:,} ({f['gaps_received']:,} gaps; "
+                f"{f['retried_publishes']:,} retried publishes, "
+                f"{f.get('republished_after_data_loss', 0)} copied across a data loss)",
+                f"{f['jobs_accepted']} ({f['job_indices_checked']:,}); ends "
+                + ", ".join(f"{k} {v}" for k, v in sorted(f["jobs"].items())),
+                f"**{run['violations']}**",
+                f"{slowest.get('seconds', '?')} s ({_words(slowest.get('kind'))}; its "
+                f"window {slowest.get('window_s', '?')} s); a fault alone: "
+                f"{alone.get('seconds', '?')} s ({_words(alone.get('kind'))})",
+            ]
+        )
+    return [
+        "## Fault campaigns (issue 23)",
+        "",
+        "`bench/campaign.py`: two hosts (two workers each) on one Redis topology under "
+        "steady load (publishers that retry with idempotency keys, subscribers that resume "
+        "on the other host, a watched 300-string job every ~5 s), faults injected at random "
+        "(seeded; a process fault and a link fault may overlap), and a checker of the whole "
+        "history: every acknowledged publish delivered once and in order or covered by a "
+        "`gap`, every job index once with the result equal on every host to what was "
+        "streamed, no `5xx` outside the fault windows and never a `500` "
+        "(`docs/RELIABILITY.md` §10). Each run is its own, on this 2-core machine, three "
+        "runs at a time; *recovery* is from the end of a fault to `/healthz` 200 on every "
+        "worker and a publish on each host reaching a subscriber on the other.",
+        "",
+        table(
+            [
+                "run",
+                "faults",
+                "channel events checked",
+                "jobs (indices)",
+                "violations",
+                "slowest recovery",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def extra_sections(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
