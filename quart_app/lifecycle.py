@@ -20,9 +20,12 @@ it has just told to stop, which have not exited yet), so a supervisor set to
 restart on failure never restarts it, and one crash takes every worker down.
 :func:`main` (``python -m quart_app``, the same arguments as ``hypercorn``)
 runs Hypercorn with :func:`supervise` instead of its ``run``: a worker that
-dies is logged and replaced while the others keep serving; a worker that
-keeps dying (more than ``MAX_DEATHS`` in ``DEATHS_WINDOW_S``) stops the
-server with status 1, so that its supervisor can act.  SIGTERM/SIGINT shut
+dies is logged and replaced while the others keep serving; workers that keep
+dying young (more than ``MAX_DEATHS`` in ``DEATHS_WINDOW_S``, each within
+``YOUNG_S`` of its start: a crash loop, such as a worker that cannot start)
+stop the server with status 1, so that its supervisor can act.  Workers that
+had served for a while (killed by an operator, a deploy script or the kernel)
+are replaced however often they die.  SIGTERM/SIGINT shut
 down as Hypercorn does (status 0).
 """
 
@@ -108,6 +111,8 @@ class DrainTrigger:
 
 MAX_DEATHS = 5
 DEATHS_WINDOW_S = 60.0
+# A worker that dies within this long of its start counts toward a crash loop.
+YOUNG_S = 5.0
 
 
 def supervise(config: Any) -> int:
@@ -139,10 +144,13 @@ def supervise(config: Any) -> int:
         # reaches them only as the shutdown event.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _populate(processes, config, worker_func, sockets, shutdown_event, ctx)
+        for process in processes:
+            born.setdefault(process.pid, time.monotonic())
         for sig in _SIGNALS:
             signal.signal(sig, shutdown)
 
     processes: list[Any] = []
+    born: dict[int, float] = {}  # pid: when it started
     deaths: collections.deque[float] = collections.deque()
     status = 0
     populate(processes)
@@ -160,12 +168,16 @@ def supervise(config: Any) -> int:
                 process.pid,
                 process.exitcode,
             )
-            deaths.append(time.monotonic())
+            now = time.monotonic()
+            if now - born.pop(process.pid, now) < YOUNG_S:
+                deaths.append(now)
         while deaths and deaths[0] < time.monotonic() - DEATHS_WINDOW_S:
             deaths.popleft()
         if len(deaths) > MAX_DEATHS:
             log.error(
-                "%d workers died within %.0f s: stopping the server", len(deaths), DEATHS_WINDOW_S
+                "%d workers died young within %.0f s: stopping the server",
+                len(deaths),
+                DEATHS_WINDOW_S,
             )
             status = 1
             shutdown()

@@ -9,12 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from harness import ROOT, ServerProcess
 from harness.processes import children, cmdline, free_port
+from quart_app.lifecycle import YOUNG_S
 
 from .polling import wait_until
 
@@ -86,6 +88,37 @@ def test_a_killed_worker_is_replaced_and_sigterm_still_exits_0(tmp_path: Path) -
             server.wait(5)
     assert server.stderr is not None
     assert b"died (exit status -9); starting a new one" in server.stderr.read()
+
+
+def test_workers_killed_after_they_served_are_replaced_however_often(tmp_path: Path) -> None:
+    """Only workers that die young are a crash loop: the fault campaign (redis, seed 31)
+    killed workers that had served for a while, six in a minute on one host, and the
+    supervisor took that for a crash loop and stopped the whole server."""
+    server = serve(tmp_path, crash=False)
+    try:
+        killed: list[int] = []
+        for _ in range(4):  # 8 deaths in about 25 s: more than MAX_DEATHS in a minute
+            alive = wait_until(
+                lambda: workers(server.pid),
+                lambda w, gone=tuple(killed): len(w) == 2 and not set(w) & set(gone),
+                timeout=20,
+            )
+            time.sleep(YOUNG_S + 0.5)
+            for pid in alive:
+                os.kill(pid, signal.SIGKILL)
+            killed += alive
+        wait_until(
+            lambda: workers(server.pid),
+            lambda w: len(w) == 2 and not set(w) & set(killed),
+            timeout=20,
+        )
+        assert server.poll() is None  # still serving
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(20) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(5)
 
 
 def test_workers_that_keep_dying_stop_the_server_with_status_1(tmp_path: Path) -> None:
