@@ -238,11 +238,30 @@ async def test_a_stream_that_lost_what_a_process_had_is_announced_by_a_gap(
     with redis_session.client() as client:
         incarnation = client.get(f"{key}:inc")
     assert incarnation is not None and incarnation.decode() != kept[0].incarnation
-    # Every process: a client that resumes with an id it had gets a gap, then all there is.
+    new = incarnation.decode()
+    # Every process: a client that resumes with an id Redis lost gets a gap, then what
+    # it has not had: after the seqs both incarnations share where the process that
+    # found the loss knew them (a stream that ends early, entries published again at
+    # seqs it had), all there is where it did not (an entry it had, rewritten).
+    shared = {"behind": 3, "republished": 3, "rewritten": 0}[how]
+    stream = {
+        "behind": [1, 2, 3],
+        "republished": [1, 2, 3, 4, 5, 6],
+        "rewritten": [1, 2, 3, 4, 5, 6],
+    }[how]
     for resuming in (broker, other):
         async with resuming.subscribe(topic, after=had[-1], maxlen=100) as resumed:
-            assert resumed.gap == (had[-1], Seq(1, incarnation.decode()))
-            expected = [1, 2, 3] if how == "behind" else [1, 2, 3, 4, 5, 6]
+            assert resumed.gap == (had[-1], Seq(shared + 1, new))
+            expected = [seq for seq in stream if seq > shared]
+            assert await receive(resumed, len(expected)) == expected
+        # An id up to the shared seqs is resumed exactly, in the new incarnation.
+        async with resuming.subscribe(topic, after=kept[1], maxlen=100) as resumed:
+            if shared:
+                assert resumed.gap is None
+                expected = [seq for seq in stream if seq > 2]
+            else:
+                assert resumed.gap == (kept[1], Seq(1, new))
+                expected = stream
             assert await receive(resumed, len(expected)) == expected
     # Publishes go on under the new incarnation: no id the clients had names another event.
     newer = as_seq(await other.publish(topic, json.dumps({"n": 7}), maxlen=100))
@@ -354,9 +373,15 @@ async def test_a_failover_to_a_replica_that_missed_writes_is_announced_by_a_gap(
         await eventually(lambda: shard.up and shard.connects == 2, timeout=10)
         newer = await published(broker, topic, "5")
         assert int(newer) == 4 and newer.incarnation != kept[0].incarnation
+        # What it lost is announced, and only that: the replica's 1..3 are what the
+        # client had, and the new incarnation goes on from there.
         async with broker.subscribe(topic, after=lost[-1], maxlen=100) as resumed:
-            assert resumed.gap == (lost[-1], Seq(1, newer.incarnation))
-            assert await receive(resumed, 4) == [1, 2, 3, 4]
+            assert resumed.gap == (lost[-1], Seq(4, newer.incarnation))
+            assert await receive(resumed, 1) == [4]
+        # An id both primaries hold is resumed exactly.
+        async with broker.subscribe(topic, after=kept[-1], maxlen=100) as resumed:
+            assert resumed.gap is None
+            assert await receive(resumed, 1) == [4]
         print(f"failover {took:.1f} s, then the loss was announced in {noticed:.1f} s")
     finally:
         await broker.close()

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,10 @@ def test_a_killed_worker_is_replaced_and_sigterm_still_exits_0(tmp_path: Path) -
     assert b"died (exit status -9); starting a new one" in server.stderr.read()
 
 
+def fresh(alive: list[int], gone: tuple[int, ...]) -> bool:
+    return len(alive) == 2 and not set(alive) & set(gone)
+
+
 def test_workers_killed_after_they_served_are_replaced_however_often(tmp_path: Path) -> None:
     """Only workers that die young are a crash loop: the fault campaign (redis, seed 31)
     killed workers that had served for a while, six in a minute on one host, and the
@@ -100,7 +105,7 @@ def test_workers_killed_after_they_served_are_replaced_however_often(tmp_path: P
         for _ in range(4):  # 8 deaths in about 25 s: more than MAX_DEATHS in a minute
             alive = wait_until(
                 lambda: workers(server.pid),
-                lambda w, gone=tuple(killed): len(w) == 2 and not set(w) & set(gone),
+                partial(fresh, gone=tuple(killed)),
                 timeout=20,
             )
             time.sleep(YOUNG_S + 0.5)

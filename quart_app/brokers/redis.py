@@ -86,7 +86,7 @@ from .redis_conn import RedisConnection
 from .redis_coord import RedisCoordination
 from .redis_presence import RedisPresence
 from .redis_shard import FollowedTopic
-from .redis_topics import RedisTopics, incarnation_key
+from .redis_topics import RedisTopics, incarnation_key, predecessor_key
 
 
 class RedisBroker(RedisTopics, RedisCoordination, RedisPresence):
@@ -125,10 +125,9 @@ class RedisBroker(RedisTopics, RedisCoordination, RedisPresence):
         did already); the topic's incarnation now, or None if it has none."""
         key = entry.key
         script = self.conn.scripts["reincarnate"]
-        keys = [key, incarnation_key(key)]
-        reply = await self.conn.call(
-            script(keys=keys, args=[entry.local.incarnation, new_incarnation()])
-        )
+        keys = [key, incarnation_key(key), predecessor_key(key)]
+        args = [entry.local.incarnation, new_incarnation(), entry.agreed]
+        reply = await self.conn.call(script(keys=keys, args=args))
         return None if reply is None else reply.decode() if isinstance(reply, bytes) else str(reply)
 
     async def shard_for(self, key: str) -> tuple[str, Callable[[], AbstractConnection]]:

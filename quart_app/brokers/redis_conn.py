@@ -94,12 +94,22 @@ def lua_source(name: str) -> str:
 INLINE_SCRIPTS = {
     # A topic whose stream lost entries that this process had (a failover to a
     # replica that missed the last writes): a new incarnation, if the topic still
-    # has the one the caller knew, so that every id of the old one gets a gap.
-    # KEYS: the stream, its incarnation; ARGV: the known incarnation, a fresh one.
+    # has the one the caller knew, so that every id of the old one gets a gap; and
+    # the one it took over from, up to the seq ARGV[3] where both hold the same
+    # events (0: unknown), kept as long as the stream (a day if it has no TTL).
+    # KEYS: the stream, its incarnation, its predecessor; ARGV: the known
+    # incarnation, a fresh one, the seq.
     "reincarnate": """
 local inc = redis.call('GET', KEYS[2])
 if inc == ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[2], 'KEEPTTL')
+  if tonumber(ARGV[3]) > 0 then
+    local ttl = redis.call('PTTL', KEYS[1])
+    if ttl <= 0 then ttl = 86400000 end
+    redis.call('SET', KEYS[3], ARGV[1] .. '@' .. ARGV[3], 'PX', ttl)
+  else
+    redis.call('DEL', KEYS[3])
+  end
   return ARGV[2]
 end
 return inc

@@ -45,7 +45,11 @@ it).  A notification that overlaps what this process has is compared the same
 way.  A topic that fails is *lost*: it gets a new incarnation in Redis (only
 if it still has the old one: other processes may have noticed first), then its
 local subscribers are closed, so every client resumes with ``event: gap``
-(an id of the old incarnation), never with an id reused.  A job's topic, whose
+(an id of the old incarnation), never with an id reused.  The new incarnation
+names the old one and the seq up to which both hold the same events, where this
+process knows it (``agreed``: a stream that ends early holds a prefix of what it
+had; a notification that overlaps differs from its first seq): an id up to
+there resumes exactly, a later one after the shared seqs (``redis_topics``).  A job's topic, whose
 events carry their own ids (``<job>:<i>``), keeps its subscribers: its owner
 numbers them, and what they had is still theirs.
 """
@@ -102,7 +106,7 @@ class Source(Protocol):
         an incarnation for a topic nobody has published to yet."""
         ...
 
-    async def tips(self, keys: Sequence[str]) -> list[tuple[int, str | None]]:
+    async def tips(self, keys: Sequence[str]) -> list[tuple[int, str | None, str | None]]:
         """Per stream: its newest seq (0: empty) and its incarnation (None: none)."""
         ...
 
@@ -341,7 +345,7 @@ class Follower:
             # unless Redis lost what this process had and numbered new ones alike.
             overlap = messages[: position + 1 - first]
             if not self._agrees(entry, overlap) and self.lost(
-                entry, f"seqs {first}..{overlap[-1].seq} were published again"
+                entry, f"seqs {first}..{overlap[-1].seq} were published again", agreed=first - 1
             ):
                 return
         if last <= position:
@@ -409,7 +413,7 @@ class Follower:
         # Positions taken before asking: a reply cannot be older than them unless the topic reset.
         positions = [entry.position for entry in batch]
         tips = await self.source.tips([entry.key for entry in batch])
-        for entry, position, (newest, inc) in zip(batch, positions, tips, strict=True):
+        for entry, position, (newest, inc, _) in zip(batch, positions, tips, strict=True):
             if not self.followed(entry) or entry.lost:
                 continue
             incarnation = entry.local.incarnation
@@ -418,8 +422,12 @@ class Follower:
                 self.reset(entry)
                 continue
             if newest < position:
+                # A replica holds a prefix of its primary's history: up to ``newest``,
+                # what this process had.
                 if not self.lost(
-                    entry, f"its stream ends at {newest}, this process had {position}"
+                    entry,
+                    f"its stream ends at {newest}, this process had {position}",
+                    agreed=newest,
                 ):
                     self._checking.discard(entry)
                     self._go_live(entry)
@@ -456,10 +464,11 @@ class Follower:
                 return False
         return True
 
-    def lost(self, entry: FollowedTopic, why: str) -> bool:
+    def lost(self, entry: FollowedTopic, why: str, *, agreed: int = 0) -> bool:
         """Redis no longer holds entries this process had of the topic (see the module
-        docstring).  True: the topic is dropped, after a new incarnation; False: it
-        goes on (a job's topic)."""
+        docstring); up to seq ``agreed`` it still holds the same entries (0: unknown).
+        True: the topic is dropped, after a new incarnation; False: it goes on (a
+        job's topic)."""
         if entry.lost or not self.followed(entry):
             return True
         if not numbered(entry):
@@ -477,6 +486,7 @@ class Follower:
             why,
         )
         entry.lost = True
+        entry.agreed = max(0, agreed)
         self._resyncing.discard(entry)
         self._checking.discard(entry)
         self.source.spawn(self._lose(entry), "redis-reincarnate")
@@ -501,7 +511,7 @@ class Follower:
             position = entry.position
             newest = await self.source.newest(entry.key)
             if newest < position and self.followed(entry):
-                self.lost(entry, f"its stream went back to {newest} from {position}")
+                self.lost(entry, f"its stream went back to {newest} from {position}", agreed=newest)
         except DOWN:
             pass
         finally:

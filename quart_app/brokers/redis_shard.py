@@ -35,6 +35,7 @@ class FollowedTopic:
     """A topic this process follows, shared by its local subscribers."""
 
     __slots__ = (
+        "agreed",
         "channel",
         "held",
         "idle_since",
@@ -65,8 +66,10 @@ class FollowedTopic:
         # Notifications that arrive while the topic joins or catches up (None: live).
         self.held: list[tuple[int, str, list[Message]]] | None = []
         self.verifying = False
-        # Redis lost entries this process had: being given a new incarnation, then reset.
+        # Redis lost entries this process had: being given a new incarnation, then reset;
+        # ``agreed``: the seqs up to which Redis still holds what this process had.
         self.lost = False
+        self.agreed = 0
         self.users = 0
         self.idle_since: float | None = None
         self.shard: Shard | None = None

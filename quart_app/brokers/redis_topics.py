@@ -68,6 +68,11 @@ def incarnation_key(stream_key: str) -> str:
     return f"{stream_key}:inc"
 
 
+def predecessor_key(stream_key: str) -> str:
+    """The incarnation a topic took over from after Redis lost entries (see ``tips``)."""
+    return f"{stream_key}:prev"
+
+
 class RedisTopics:
     """The :class:`~.protocols.Topics` side of the Redis broker, and its followers' source."""
 
@@ -143,15 +148,23 @@ class RedisTopics:
             for inc, newest in replies
         ]
 
-    async def tips(self, keys: Sequence[str]) -> list[tuple[int, str | None]]:
+    async def tips(self, keys: Sequence[str]) -> list[tuple[int, str | None, str | None]]:
+        """Each topic's newest seq, incarnation and predecessor (``<incarnation>@<seq>``:
+        the incarnation it took over from after Redis lost entries, and the seq up to
+        which the two hold the same events; None: none)."""
         pipe = self.conn.redis.pipeline(transaction=False)
         for key in keys:
             pipe.xrevrange(key, "+", "-", count=1)
             pipe.get(incarnation_key(key))
+            pipe.get(predecessor_key(key))
         replies = await self.conn.call(pipe.execute(), limit_s=self.wait_s)
         return [
-            (entry_seq(newest[0][0]) if newest else 0, None if inc is None else inc.decode())
-            for newest, inc in zip(replies[::2], replies[1::2], strict=True)
+            (
+                entry_seq(newest[0][0]) if newest else 0,
+                None if inc is None else inc.decode(),
+                None if prev is None else prev.decode(),
+            )
+            for newest, inc, prev in zip(replies[::3], replies[1::3], replies[2::3], strict=True)
         ]
 
     async def read(self, key: str, after: int, upto: int, count: int) -> list[Any]:
@@ -419,23 +432,34 @@ class RedisTopics:
         """
         history = entry.local.history
         foreign = entry.local.foreign(after)
+        asked = after  # as the client sent it (a gap names it)
+        agreed = None
         if foreign:
             # An id of another incarnation: older than this process's copy, or newer
             # (Redis lost its data and this process has not heard yet). Redis says.
-            _, current = (await self.tips([entry.key]))[0]
+            _, current, prev = (await self.tips([entry.key]))[0]
             if (current or "").lstrip("?") != entry.local.incarnation:
                 raise Stale(entry.name)
+            old, _, upto = (prev or "").partition("@")
+            if old and isinstance(after, Seq) and after.incarnation == old and upto.isdigit():
+                agreed = int(upto)
+                if after <= agreed:
+                    # Up to there the two incarnations hold the same events: exact.
+                    foreign = False
+                    after = entry.local.seq(int(after))
         if after is None:
             start = max(0, history.last_seq - backlog)
             if live_from is not None:
                 start = min(start, entry.start)
         elif foreign:
-            start = 0  # of another incarnation: all there is, after a gap
+            # Of another incarnation: all there is, after a gap; of the one this one took
+            # over from, after what the two share.
+            start = agreed or 0
         elif after > history.last_seq:
             # Ahead of this process's copy: a notification on its way, an id from before
             # a reset of the topic (or never issued), or this copy is stale (Redis lost
             # the topic and this process has not heard yet). Redis says which.
-            newest, current = (await self.tips([entry.key]))[0]
+            newest, current, _ = (await self.tips([entry.key]))[0]
             if (current or "").lstrip("?") != entry.local.incarnation:
                 raise Stale(entry.name)
             # From before a reset: all there is, after a gap. (Stable seqs wait
@@ -458,8 +482,8 @@ class RedisTopics:
         else:
             first = start + 1
         gap = None
-        if after is not None and (first != after + 1 or foreign):
-            gap = (after, entry.local.seq(first) if isinstance(after, Seq) else first)
+        if asked is not None and after is not None and (first != after + 1 or foreign):
+            gap = (asked, entry.local.seq(first) if isinstance(asked, Seq) else first)
         return first, page, gap
 
     @property
