@@ -442,7 +442,9 @@ class Follower:
                     check = False
                     head = page[0] if page and page[0].seq == position else None
                     if (head is None or not self._agrees(entry, [head])) and self.lost(
-                        entry, f"its entry {position} is not the one this process had"
+                        entry,
+                        f"its entry {position} is not the one this process had",
+                        agreed=await self._shared(entry, position, incarnation),
                     ):
                         break
                 page = [m for m in page if m.seq > entry.position]
@@ -453,6 +455,22 @@ class Follower:
             if not entry.lost:
                 self._checking.discard(entry)
                 self._go_live(entry)
+
+    async def _shared(self, entry: FollowedTopic, position: int, incarnation: str) -> int:
+        """The seq up to which Redis holds the entries this process had (0: none that
+        it can tell: older than its history): one read of its history's span."""
+        history = entry.local.history
+        first = history.first_seq
+        if first > position:
+            return 0
+        entries = await self.source.read(entry.key, first - 1, position, PAGE)
+        shared = first - 1
+        for message in messages_of(entries, incarnation):
+            had = held_message(history, message.seq)
+            if message.seq != shared + 1 or had is None or had.frame != message.frame:
+                break
+            shared = message.seq
+        return shared if shared >= first else 0
 
     @staticmethod
     def _agrees(entry: FollowedTopic, messages: Iterable[Message]) -> bool:
