@@ -3,6 +3,8 @@ Cluster: a cluster that answers CLUSTERDOWN is a broker that is unavailable."""
 
 from __future__ import annotations
 
+import operator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,8 @@ import pytest
 from redis.exceptions import ClusterDownError, MasterDownError, RedisClusterUnreachableError
 
 from harness import RedisCluster, ServerProcess
-from quart_app.brokers import BrokerUnavailable
+from harness.polling import eventually
+from quart_app.brokers import BrokerUnavailable, create_broker
 from quart_app.brokers.redis_conn import RedisConnection
 
 TOKEN = "campaign-regression-token"
@@ -79,3 +82,35 @@ async def test_what_a_cluster_says_when_it_cannot_serve_is_an_outage(error: Exce
 
     with pytest.raises(BrokerUnavailable):
         await conn.call(failing())
+
+
+@pytest.mark.e2e
+async def test_a_cluster_node_that_restarts_empty_is_a_data_loss(tmp_path: Path) -> None:
+    """Campaign, cluster seed 33: a node restarted empty lost the records of jobs that
+    had just ended; their owner never put them back (it looks after a data loss, and
+    the one epoch key lived on another node), so every host answered 404 for them.
+    Every master now has an epoch key of its own."""
+    cluster = RedisCluster(tmp_path / "cluster").start()
+    broker = create_broker("redis+cluster://" + ",".join(cluster.addresses))
+    await broker.start()
+    try:
+        await broker.check_data()
+        assert broker.data_losses == 0
+        # Each node in turn, the one with the old single epoch key last.
+        for node in sorted(cluster.nodes, key=lambda n: n is cluster.nodes[0]):
+            before = broker.data_losses
+            node.kill()  # no persistence: it keeps its slots (nodes.conf), not its data
+            node.start()
+            await eventually(cluster._ok, timeout=60)
+            await eventually(partial(_checked, broker), partial(operator.lt, before), timeout=30)
+    finally:
+        await broker.close()
+        cluster.stop()
+
+
+async def _checked(broker: Any) -> int:
+    try:
+        await broker.check_data()
+    except BrokerUnavailable:
+        pass  # the node is still rejoining
+    return int(broker.data_losses)

@@ -73,7 +73,10 @@ class RedisCoordination:
         self._handlers: list[Callable[[str], None]] = []
         self._reader: asyncio.Task[None] | None = None
         self._reader_redis: Any = None
-        self._epoch: bytes | None = None
+        # The epoch each epoch key held last (one key; on a cluster, one per master:
+        # a node that restarts empty loses only its own keys).
+        self._epochs: dict[str, bytes] = {}
+        self._epoch_keys: dict[str, str] = {}  # cluster: master name -> its epoch key
         self._resync_needed = True
         self._inbox = conn.key("inbox", self.node)
         self._inbox_pos = "0-0"
@@ -292,8 +295,6 @@ class RedisCoordination:
 
     async def check_data(self) -> None:
         """Look now whether Redis lost its data (a new epoch), not at the next check."""
-        if self._reader_redis is None:
-            return
         async with asyncio.timeout(self.conn.timeout_s * 3):
             await self.conn.call(self._check_epoch())
 
@@ -301,19 +302,51 @@ class RedisCoordination:
         async with asyncio.timeout(self.conn.timeout_s * 3):
             await self._check_epoch()
 
+    def _epoch_keys_now(self, client: Any) -> list[str]:
+        """The epoch keys: one, or on a cluster one on each master (a hash tag found
+        for each, kept while the master serves it)."""
+        base = f"{self.conn.prefix}epoch"
+        if not self.conn.cluster:
+            return [base]
+        keys = []
+        for node in client.get_primaries():
+            key = self._epoch_keys.get(node.name)
+            if key == "":
+                continue  # a master with no slots: nothing of ours to lose there
+            if key is None or client.get_node_from_key(key).name != node.name:
+                key = next(
+                    (
+                        candidate
+                        for candidate in (f"{base}:{{e{i}}}" for i in range(100_000))
+                        if client.get_node_from_key(candidate).name == node.name
+                    ),
+                    None,
+                )
+                self._epoch_keys[node.name] = key or ""
+                if key is None:
+                    continue
+            keys.append(key)
+        return keys
+
     async def _check_epoch(self) -> None:
         """Notice lost data (a new epoch); a topic reset alone shows in its notifications."""
-        client = self._reader_redis
-        assert client is not None
-        key = f"{self.conn.prefix}epoch"
-        epoch: Any = await client.get(key)
-        if epoch is None:
-            await client.set(key, secrets.token_hex(8), nx=True)
-            epoch = await client.get(key)
-        if self._epoch is not None and epoch != self._epoch:
+        # The reader's client, or (before the reader started, and on a cluster, whose
+        # reader client knows its nodes only once it has read) the shared one.
+        client: Any = (
+            self.conn.redis if self.conn.cluster else (self._reader_redis or self.conn.redis)
+        )
+        lost = False
+        for key in self._epoch_keys_now(client):
+            epoch: Any = await client.get(key)
+            if epoch is None:
+                await client.set(key, secrets.token_hex(8), nx=True)
+                epoch = await client.get(key)
+            known = self._epochs.get(key)
+            lost = lost or (known is not None and epoch != known)
+            self._epochs[key] = epoch
+        if lost:
             log.warning("Redis lost its data: closing local subscribers so clients resume")
             self._on_data_lost()
-        self._epoch = epoch
         if not self.conn.cluster and self._server != "":
             try:
                 server = str((await client.info("server")).get("run_id", ""))
