@@ -1636,6 +1636,12 @@ def campaign_section(path: Path = CAMPAIGNS) -> list[str]:
             rows,
         ),
         "",
+        *(
+            f"* {run['topology']}, seed {run['seed']}: {run['found']}"
+            for run in runs
+            if run.get("found")
+        ),
+        "",
     ]
 
 
