@@ -43,11 +43,7 @@ async def test_a_job_is_not_404_on_another_host_after_redis_restarts_empty(
             )
             other: ServerProcess = server_factory(env(redis.url), workers=0)
             async with httpx.AsyncClient(timeout=10) as http:
-                created = await http.post(
-                    f"{owner.url}/jobs", json={"amount": 400, "length": 8, "delay_ms": 25}
-                )
-                assert created.status_code == 201
-                job_id, key = created.json()["id"], {"X-Job-Key": created.json()["key"]}
+                job_id, key = await start_job(http, owner.url, 400, 25)
                 await eventually(
                     lambda: http.get(f"{owner.url}/jobs/{job_id}", headers=key),
                     lambda r: r.json()["produced"] >= 5,
@@ -77,6 +73,17 @@ async def test_a_job_is_not_404_on_another_host_after_redis_restarts_empty(
         redis.stop()
 
 
+async def start_job(
+    http: httpx.AsyncClient, base: str, amount: int, delay_ms: int
+) -> tuple[str, dict[str, str]]:
+    """A job of ``amount`` 8-character strings on ``base``: its id, and its key's header."""
+    created = await http.post(
+        f"{base}/jobs", json={"amount": amount, "length": 8, "delay_ms": delay_ms}
+    )
+    assert created.status_code == 201
+    return created.json()["id"], {"X-Job-Key": created.json()["key"]}
+
+
 async def produced(http: httpx.AsyncClient, url: str, key: dict[str, str], at_least: int) -> Any:
     return await eventually(
         lambda: http.get(url, headers=key),
@@ -94,11 +101,7 @@ async def test_a_job_result_on_another_host_is_whole_after_redis_restarts_empty(
         owner: ServerProcess = server_factory(env(redis.url), workers=0)
         other: ServerProcess = server_factory(env(redis.url), workers=0)
         async with httpx.AsyncClient(timeout=10) as http:
-            created = await http.post(
-                f"{owner.url}/jobs", json={"amount": 60, "length": 8, "delay_ms": 40}
-            )
-            assert created.status_code == 201
-            job_id, key = created.json()["id"], {"X-Job-Key": created.json()["key"]}
+            job_id, key = await start_job(http, owner.url, 60, 40)
             await produced(http, f"{owner.url}/jobs/{job_id}", key, 10)
             redis.restart()  # empty
             await eventually(
@@ -128,11 +131,7 @@ async def test_a_job_resumed_after_redis_restarts_empty_gets_no_backward_gap(
         other: ServerProcess = server_factory(env(redis.url), workers=0)
         async with httpx.AsyncClient(timeout=10) as http:
             # One string every 4 s: the resume below comes before the next one.
-            created = await http.post(
-                f"{owner.url}/jobs", json={"amount": 4, "length": 8, "delay_ms": 4000}
-            )
-            assert created.status_code == 201
-            job_id, key = created.json()["id"], {"X-Job-Key": created.json()["key"]}
+            job_id, key = await start_job(http, owner.url, 4, 4000)
             await produced(http, f"{owner.url}/jobs/{job_id}", key, 1)
             redis.restart()  # empty
             # The owner's heartbeat writes the job's record again (each second).
@@ -180,11 +179,7 @@ async def test_a_former_owner_cut_off_past_its_lease_neither_writes_nor_answers_
             )
             other: ServerProcess = server_factory(env(redis.url), workers=0)
             async with httpx.AsyncClient(timeout=20) as http:
-                created = await http.post(
-                    f"{owner.url}/jobs", json={"amount": 120, "length": 8, "delay_ms": 40}
-                )
-                assert created.status_code == 201
-                job_id, key = created.json()["id"], {"X-Job-Key": created.json()["key"]}
+                job_id, key = await start_job(http, owner.url, 120, 40)
                 watched: dict[int, str] = {}
                 seen_twice: list[int] = []
 
@@ -248,11 +243,7 @@ async def test_a_job_whose_stream_lost_events_is_not_taken_over_from_where_it_st
             )
             other: ServerProcess = server_factory(env(redis.url), workers=0)
             async with httpx.AsyncClient(timeout=20) as http:
-                created = await http.post(
-                    f"{owner.url}/jobs", json={"amount": 100, "length": 8, "delay_ms": 40}
-                )
-                assert created.status_code == 201
-                job_id, key = created.json()["id"], {"X-Job-Key": created.json()["key"]}
+                job_id, key = await start_job(http, owner.url, 100, 40)
                 watched: list[tuple[int, str]] = []
 
                 async def watch() -> None:
@@ -324,11 +315,7 @@ async def test_a_watcher_right_after_redis_restarts_empty_is_served_not_503(
         owner: ServerProcess = server_factory(env(redis.url), workers=0)
         other: ServerProcess = server_factory(env(redis.url), workers=0)
         async with httpx.AsyncClient(timeout=20) as http:
-            created = await http.post(
-                f"{owner.url}/jobs", json={"amount": 200, "length": 8, "delay_ms": 40}
-            )
-            assert created.status_code == 201
-            job_id, key = created.json()["id"], {"X-Job-Key": created.json()["key"]}
+            job_id, key = await start_job(http, owner.url, 200, 40)
             await produced(http, f"{owner.url}/jobs/{job_id}", key, 5)
             redis.restart()  # empty
             headers = {**key, "Last-Event-ID": f"{job_id}:3"}
